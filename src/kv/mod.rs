@@ -1,0 +1,10 @@
+//! The paged KV cache: a refcounting block allocator, per-sequence block tables, and the cache tensors that
+//! attention writes through a slot mapping and reads through block tables.
+
+pub mod allocator;
+pub mod block_table;
+pub mod cache;
+
+pub use allocator::BlockAllocator;
+pub use block_table::BlockTable;
+pub use cache::KvCache;

@@ -1,0 +1,14 @@
+//! moeserve: a self-hosted inference server for Mixture-of-Experts language models.
+//!
+//! Layout (see DESIGN.md): `weights` reads checkpoints, `model` holds the generic decoder and MoE, `kv` the
+//! paged cache, `engine` sampling and generation, `loader` ties a checkpoint together.
+
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod loader;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

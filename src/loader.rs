@@ -1,0 +1,94 @@
+//! Opens a checkpoint end to end: config → spec, weights → model on the device, tokenizer, generation
+//! config, chat template. Also the embedded default model.
+
+use candle_core::{DType, Device};
+
+use crate::error::Result;
+use crate::model::config::{model_spec, HubConfig};
+use crate::model::{Model, ModelSpec};
+use crate::tokenizer::{find_chat_template, GenerationConfig, TextTokenizer};
+use crate::weights::{EmbeddedModel, ModelSource, StoreSummary, WeightStore};
+
+/// The tiny random-weight model compiled into the binary (used when no `--model` is given).
+pub static DEFAULT_MODEL: EmbeddedModel = EmbeddedModel {
+    name: "moeserve-tiny-random",
+    files: &[
+        (
+            "config.json",
+            include_bytes!("../weights/default/config.json"),
+        ),
+        (
+            "generation_config.json",
+            include_bytes!("../weights/default/generation_config.json"),
+        ),
+        (
+            "tokenizer.json",
+            include_bytes!("../weights/default/tokenizer.json"),
+        ),
+        (
+            "tokenizer_config.json",
+            include_bytes!("../weights/default/tokenizer_config.json"),
+        ),
+        (
+            "model.safetensors.index.json",
+            include_bytes!("../weights/default/model.safetensors.index.json"),
+        ),
+        (
+            "model-00001-of-00003.safetensors",
+            include_bytes!("../weights/default/model-00001-of-00003.safetensors"),
+        ),
+        (
+            "model-00002-of-00003.safetensors",
+            include_bytes!("../weights/default/model-00002-of-00003.safetensors"),
+        ),
+        (
+            "model-00003-of-00003.safetensors",
+            include_bytes!("../weights/default/model-00003-of-00003.safetensors"),
+        ),
+    ],
+};
+
+/// `--model DIR`, or the embedded default model.
+pub fn source_for(model: Option<&std::path::Path>) -> ModelSource {
+    match model {
+        Some(dir) => ModelSource::Dir(dir.to_path_buf()),
+        None => ModelSource::Embedded(&DEFAULT_MODEL),
+    }
+}
+
+/// Everything loaded from a checkpoint.
+pub struct LoadedModel {
+    pub source: ModelSource,
+    pub model: Model,
+    pub tokenizer: TextTokenizer,
+    pub generation: GenerationConfig,
+    pub chat_template: Option<(String, &'static str)>,
+    pub weights: StoreSummary,
+}
+
+/// Reads config.json and maps it to a spec, without touching the weights.
+pub fn read_spec(source: &ModelSource) -> Result<(HubConfig, ModelSpec)> {
+    let cfg = HubConfig::load(source)?;
+    let spec = model_spec(&cfg)?;
+    Ok((cfg, spec))
+}
+
+/// Loads a checkpoint onto `device` in `dtype`.
+pub fn load(source: &ModelSource, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let (cfg, spec) = read_spec(source)?;
+    let mut store = WeightStore::open(source, device, dtype)?;
+    let weights = store.summary();
+    let model = Model::load(&spec, &mut store)?;
+    store.finish()?;
+    let tokenizer = TextTokenizer::load(source)?;
+    let generation = GenerationConfig::load(source, &cfg.value)?;
+    let chat_template = find_chat_template(source)?;
+    Ok(LoadedModel {
+        source: source.clone(),
+        model,
+        tokenizer,
+        generation,
+        chat_template,
+        weights,
+    })
+}

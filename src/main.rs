@@ -1,0 +1,243 @@
+//! The `moeserve` command line: `generate` and `inspect` (and, as the engine grows, `serve` and `bench`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+
+use moeserve::engine::{generate, GenerateParams, SamplingParams};
+use moeserve::loader::{self, LoadedModel};
+
+#[derive(Parser)]
+#[command(
+    name = "moeserve",
+    version,
+    about = "Inference server for Mixture-of-Experts language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of one prompt.
+    Generate(GenerateArgs),
+    /// Describe a checkpoint: architecture, experts, parameters, files.
+    Inspect(ModelArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Checkpoint directory (hub layout). Without it, the embedded tiny random model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text (tokenized with the checkpoint's tokenizer, its special-token rules applied).
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
+    prompt: Option<String>,
+    /// Prompt as comma-separated token ids.
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 16)]
+    max_tokens: usize,
+    /// 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print exactly one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
+    let source = loader::source_for(args.model.as_deref());
+    let started = std::time::Instant::now();
+    let loaded = loader::load(&source, &Device::Cpu, DType::F32)
+        .with_context(|| format!("loading {}", source.describe()))?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    Ok(loaded)
+}
+
+fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.model)?;
+    let prompt_ids = match (&args.prompt, &args.prompt_ids) {
+        (_, Some(ids)) => ids.clone(),
+        (Some(text), None) => loaded.tokenizer.encode(text, true)?,
+        (None, None) => anyhow::bail!("give --prompt or --prompt-ids"),
+    };
+    let params = GenerateParams {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        ignore_eos: args.ignore_eos,
+    };
+    let started = std::time::Instant::now();
+    let out = generate(&loaded, prompt_ids, &params)?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        prompt_tokens = out.prompt_ids.len(),
+        completion_tokens = out.token_ids.len(),
+        tokens_per_s = out.token_ids.len() as f64 / secs,
+        "generated"
+    );
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut stdout, &out)?;
+        writeln!(stdout)?;
+    } else {
+        writeln!(stdout, "{}", out.text)?;
+    }
+    Ok(())
+}
+
+fn run_inspect(args: ModelArgs) -> anyhow::Result<()> {
+    let loaded = load(&args)?;
+    let spec = loaded.model.spec();
+    let (total, active) = spec.parameter_counts();
+    let a = &spec.attention;
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "source:        {}", loaded.source.describe())?;
+    if matches!(loaded.source, moeserve::weights::ModelSource::Embedded(_)) {
+        writeln!(
+            o,
+            "note:          tiny random-weight demo model; its text output is meaningless"
+        )?;
+    }
+    writeln!(o, "architecture:  {}", spec.family.name())?;
+    writeln!(
+        o,
+        "layers:        {} ({} MoE, {} dense)",
+        spec.num_layers(),
+        spec.layers
+            .iter()
+            .filter(|l| matches!(l, moeserve::model::spec::FfnSpec::Moe(_)))
+            .count(),
+        spec.layers
+            .iter()
+            .filter(|l| matches!(l, moeserve::model::spec::FfnSpec::Dense { .. }))
+            .count()
+    )?;
+    writeln!(o, "hidden size:   {}", spec.hidden_size)?;
+    writeln!(
+        o,
+        "attention:     GQA, {} heads, {} kv heads, head dim {}{}{}",
+        a.num_heads,
+        a.num_kv_heads,
+        a.head_dim,
+        if a.qkv_bias { ", qkv bias" } else { "" },
+        match a.qk_norm {
+            moeserve::model::spec::QkNorm::None => "",
+            moeserve::model::spec::QkNorm::PerHead => ", q/k norm per head",
+            moeserve::model::spec::QkNorm::Whole => ", q/k norm",
+        }
+    )?;
+    if let Some(m) = spec.moe() {
+        writeln!(
+            o,
+            "experts:       {} total, {} per token, {} shared (width {})",
+            m.num_experts,
+            m.top_k,
+            usize::from(m.shared.is_some()),
+            m.expert_intermediate_size
+        )?;
+        writeln!(o, "router:        {:?}", m.router)?;
+    }
+    writeln!(
+        o,
+        "parameters:    {} total, {} active per token",
+        human(total),
+        human(active)
+    )?;
+    writeln!(
+        o,
+        "context:       {} positions, rope {:?}",
+        spec.max_position_embeddings, a.rope.scaling
+    )?;
+    let dtypes: Vec<String> = loaded
+        .weights
+        .dtypes
+        .iter()
+        .map(|(k, v)| format!("{k} ({v} tensors)"))
+        .collect();
+    writeln!(o, "stored dtype:  {}", dtypes.join(", "))?;
+    writeln!(
+        o,
+        "compute dtype: {:?} on {:?}",
+        loaded.model.dtype(),
+        loaded.model.device()
+    )?;
+    writeln!(
+        o,
+        "weights:       {} tensors, {:.1} MB in {} shard(s): {}",
+        loaded.weights.tensors,
+        loaded.weights.bytes as f64 / 1e6,
+        loaded.weights.shards.len(),
+        loaded.weights.shards.join(", ")
+    )?;
+    writeln!(
+        o,
+        "tokenizer:     tokenizer.json, {} tokens",
+        loaded.tokenizer.vocab_size()
+    )?;
+    writeln!(o, "eos ids:       {:?}", loaded.generation.eos_token_ids)?;
+    match &loaded.chat_template {
+        Some((t, file)) => writeln!(o, "chat template: found in {file} ({} bytes)", t.len())?,
+        None => writeln!(o, "chat template: none")?,
+    }
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => run_generate(args),
+        Command::Inspect(args) => run_inspect(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,240 @@
+//! Grouped-query attention over the paged KV cache: projections (optional bias, q/k norm, qkv clipping),
+//! rope, writing this step's keys/values through the slot mapping, then per sequence causal attention over
+//! its whole cached context (mixed prefill and decode in one batch).
+
+use candle_core::{DType, Tensor, D};
+
+use super::layers::{Linear, RmsNorm};
+use super::spec::{AttentionSpec, QkNorm};
+use crate::error::Result;
+use crate::kv::KvCache;
+use crate::weights::WeightStore;
+
+/// Per-batch tensors shared by every layer's attention.
+pub struct AttentionInputs {
+    /// `[T, rotary_dim/2]` each.
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// `[T]` u32: where each token's key/value goes.
+    pub slots: Tensor,
+    pub seqs: Vec<SeqAttention>,
+}
+
+/// One sequence's view for attention.
+pub struct SeqAttention {
+    pub query_start: usize,
+    pub query_len: usize,
+    /// `[context_len]` u32 cache slots.
+    pub context_slots: Tensor,
+    /// Additive mask `[query_len, context_len]`, or `None` when every query sees the whole context.
+    pub mask: Option<Tensor>,
+}
+
+/// Builds the additive causal (and sliding-window) mask of one sequence, if one is needed.
+pub fn causal_mask(
+    query_len: usize,
+    context_len: usize,
+    window: Option<usize>,
+    device: &candle_core::Device,
+) -> Result<Option<Tensor>> {
+    let first_pos = context_len - query_len;
+    let windowed = window.is_some_and(|w| context_len > w);
+    if query_len == 1 && !windowed {
+        return Ok(None);
+    }
+    let mut mask = Vec::with_capacity(query_len * context_len);
+    for i in 0..query_len {
+        let p = first_pos + i;
+        for j in 0..context_len {
+            let visible = j <= p && window.is_none_or(|w| p - j < w);
+            mask.push(if visible { 0f32 } else { f32::NEG_INFINITY });
+        }
+    }
+    Ok(Some(Tensor::from_vec(
+        mask,
+        (query_len, context_len),
+        device,
+    )?))
+}
+
+pub struct Attention {
+    spec: AttentionSpec,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    scale: f64,
+}
+
+impl Attention {
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        spec: &AttentionSpec,
+        hidden: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        let (nh, nkv, hd) = (spec.num_heads, spec.num_kv_heads, spec.head_dim);
+        let q = Linear::load(
+            store,
+            &format!("{prefix}.q_proj"),
+            nh * hd,
+            hidden,
+            spec.qkv_bias,
+        )?;
+        let k = Linear::load(
+            store,
+            &format!("{prefix}.k_proj"),
+            nkv * hd,
+            hidden,
+            spec.qkv_bias,
+        )?;
+        let v = Linear::load(
+            store,
+            &format!("{prefix}.v_proj"),
+            nkv * hd,
+            hidden,
+            spec.qkv_bias,
+        )?;
+        let o = Linear::load(store, &format!("{prefix}.o_proj"), hidden, nh * hd, false)?;
+        let (q_dim, k_dim) = match spec.qk_norm {
+            QkNorm::None => (0, 0),
+            QkNorm::PerHead => (hd, hd),
+            QkNorm::Whole => (nh * hd, nkv * hd),
+        };
+        let (q_norm, k_norm) = if spec.qk_norm == QkNorm::None {
+            (None, None)
+        } else {
+            (
+                Some(RmsNorm::load(
+                    store,
+                    &format!("{prefix}.q_norm"),
+                    q_dim,
+                    eps,
+                )?),
+                Some(RmsNorm::load(
+                    store,
+                    &format!("{prefix}.k_norm"),
+                    k_dim,
+                    eps,
+                )?),
+            )
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            q,
+            k,
+            v,
+            o,
+            q_norm,
+            k_norm,
+            scale: 1.0 / (hd as f64).sqrt(),
+        })
+    }
+
+    /// `x`: `[T, hidden]` (already normed). Returns `[T, hidden]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        inputs: &AttentionInputs,
+        kv: &KvCache,
+    ) -> Result<Tensor> {
+        let (nh, nkv, hd) = (
+            self.spec.num_heads,
+            self.spec.num_kv_heads,
+            self.spec.head_dim,
+        );
+        let t = x.dim(0)?;
+        let mut q = self.q.forward(x)?;
+        let mut k = self.k.forward(x)?;
+        let mut v = self.v.forward(x)?;
+        if self.spec.qk_norm == QkNorm::Whole {
+            if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+                q = qn.forward(&q)?;
+                k = kn.forward(&k)?;
+            }
+        }
+        if let Some(c) = self.spec.clip_qkv {
+            q = q.clamp(-c, c)?;
+            k = k.clamp(-c, c)?;
+            v = v.clamp(-c, c)?;
+        }
+        let mut q = q.reshape((t, nh, hd))?;
+        let mut k = k.reshape((t, nkv, hd))?;
+        let v = v.reshape((t, nkv, hd))?;
+        if self.spec.qk_norm == QkNorm::PerHead {
+            if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+                q = qn.forward(&q)?;
+                k = kn.forward(&k)?;
+            }
+        }
+        let q = self.rotate(&q, inputs)?;
+        let k = self.rotate(&k, inputs)?;
+        kv.write(layer, &inputs.slots, &k, &v)?;
+
+        let groups = nh / nkv;
+        let mut outs = Vec::with_capacity(inputs.seqs.len());
+        for seq in &inputs.seqs {
+            let ql = seq.query_len;
+            let (kc, vc) = kv.gather(layer, &seq.context_slots)?;
+            let ctx = kc.dim(0)?;
+            // [ql, nh, hd] → [nkv, groups * ql, hd]; head h = kv_head * groups + g (HF's repeat_kv order).
+            let qs = q
+                .narrow(0, seq.query_start, ql)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((nkv, groups * ql, hd))?;
+            let kc = kc.transpose(0, 1)?.contiguous()?; // [nkv, ctx, hd]
+            let vc = vc.transpose(0, 1)?.contiguous()?;
+            let scores = (qs.matmul(&kc.t()?)? * self.scale)?;
+            let scores = match &seq.mask {
+                Some(mask) => scores
+                    .reshape((nkv, groups, ql, ctx))?
+                    .broadcast_add(mask)?
+                    .reshape((nkv, groups * ql, ctx))?,
+                None => scores,
+            };
+            let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+                .to_dtype(vc.dtype())?;
+            let out = probs.matmul(&vc)?; // [nkv, groups * ql, hd]
+            let out = out
+                .reshape((nh, ql, hd))?
+                .transpose(0, 1)?
+                .reshape((ql, nh * hd))?;
+            outs.push(out);
+        }
+        let out = Tensor::cat(&outs, 0)?;
+        self.o.forward(&out)
+    }
+
+    fn rotate(&self, x: &Tensor, inputs: &AttentionInputs) -> Result<Tensor> {
+        let rd = self.spec.rope.rotary_dim;
+        let hd = self.spec.head_dim;
+        let x = x.contiguous()?;
+        let (rot, pass) = if rd < hd {
+            (
+                x.narrow(D::Minus1, 0, rd)?.contiguous()?,
+                Some(x.narrow(D::Minus1, rd, hd - rd)?),
+            )
+        } else {
+            (x, None)
+        };
+        let rot = if self.spec.rope.interleaved {
+            // rope_i wants [b, h, t, d].
+            let r = rot.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+            candle_nn::rotary_emb::rope_i(&r, &inputs.cos, &inputs.sin)?
+                .squeeze(0)?
+                .transpose(0, 1)?
+        } else {
+            candle_nn::rotary_emb::rope_thd(&rot.unsqueeze(0)?, &inputs.cos, &inputs.sin)?
+                .squeeze(0)?
+        };
+        Ok(match pass {
+            Some(p) => Tensor::cat(&[&rot, &p], D::Minus1)?,
+            None => rot,
+        })
+    }
+}

@@ -1,0 +1,189 @@
+//! The one generic decoder: embedding → N × (norm → attention → residual, norm → dense MLP or MoE → residual)
+//! → norm → lm_head, run over a flat [`Batch`] with the paged [`KvCache`].
+
+use candle_core::{DType, Device, Tensor};
+
+use super::attention::{causal_mask, Attention, AttentionInputs, SeqAttention};
+use super::batch::Batch;
+use super::layers::{Linear, Mlp, RmsNorm};
+use super::moe::MoeBlock;
+use super::rope::Rope;
+use super::spec::{FfnSpec, ModelSpec};
+use crate::error::{Error, Result};
+use crate::kv::KvCache;
+use crate::weights::WeightStore;
+
+enum Ffn {
+    Dense(Mlp),
+    Moe(MoeBlock),
+}
+
+struct DecoderLayer {
+    input_norm: RmsNorm,
+    attention: Attention,
+    post_norm: RmsNorm,
+    ffn: Ffn,
+}
+
+/// Which logits a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsOutput {
+    /// `[num_seqs, vocab]`: each sequence's last token.
+    LastPerSequence,
+    /// `[T, vocab]`: every token of the batch (tests, prompt logprobs).
+    All,
+}
+
+pub struct Model {
+    spec: ModelSpec,
+    embed: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+}
+
+impl Model {
+    /// Builds the model from its spec, taking every tensor from `store`.
+    pub fn load(spec: &ModelSpec, store: &mut WeightStore) -> Result<Self> {
+        let h = spec.hidden_size;
+        let eps = spec.rms_norm_eps;
+        let embed = store.get("model.embed_tokens.weight", &[spec.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(spec.num_layers());
+        for (i, ffn) in spec.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let attention =
+                Attention::load(store, &format!("{p}.self_attn"), &spec.attention, h, eps)?;
+            let ffn = match ffn {
+                FfnSpec::Dense { intermediate_size } => Ffn::Dense(Mlp::load(
+                    store,
+                    &format!("{p}.mlp"),
+                    ["gate_proj", "up_proj", "down_proj"],
+                    h,
+                    *intermediate_size,
+                )?),
+                FfnSpec::Moe(moe) => Ffn::Moe(MoeBlock::load(store, &p, moe, &spec.names, h)?),
+            };
+            layers.push(DecoderLayer {
+                input_norm: RmsNorm::load(store, &format!("{p}.input_layernorm"), h, eps)?,
+                attention,
+                post_norm: RmsNorm::load(store, &format!("{p}.post_attention_layernorm"), h, eps)?,
+                ffn,
+            });
+        }
+        let norm = RmsNorm::load(store, "model.norm", h, eps)?;
+        let lm_head = if spec.tie_word_embeddings && !store.contains("lm_head.weight") {
+            Linear::from_weight(embed.clone())
+        } else {
+            Linear::load(store, "lm_head", spec.vocab_size, h, false)?
+        };
+        // Buffers some exporters keep; not parameters.
+        store.skip_where(|n| n.ends_with("rotary_emb.inv_freq"));
+        Ok(Self {
+            spec: spec.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope: Rope::new(&spec.attention.rope),
+            device: store.device().clone(),
+            dtype: store.dtype(),
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// A paged cache sized for this model.
+    pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
+        let a = &self.spec.attention;
+        KvCache::new(
+            self.layers.len(),
+            num_blocks,
+            block_size,
+            a.num_kv_heads,
+            a.head_dim,
+            self.dtype,
+            &self.device,
+        )
+    }
+
+    fn attention_inputs(&self, batch: &Batch) -> Result<AttentionInputs> {
+        let (cos, sin) = self.rope.tables(&batch.positions, &self.device)?;
+        let slots =
+            Tensor::from_slice(&batch.slot_mapping, batch.slot_mapping.len(), &self.device)?;
+        let window = self.spec.attention.sliding_window;
+        let seqs = batch
+            .seqs
+            .iter()
+            .map(|s| {
+                Ok(SeqAttention {
+                    query_start: s.query_start,
+                    query_len: s.query_len,
+                    context_slots: Tensor::from_slice(
+                        &s.context_slots,
+                        s.context_len,
+                        &self.device,
+                    )?,
+                    mask: causal_mask(s.query_len, s.context_len, window, &self.device)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AttentionInputs {
+            cos: cos.to_dtype(self.dtype)?,
+            sin: sin.to_dtype(self.dtype)?,
+            slots,
+            seqs,
+        })
+    }
+
+    /// Runs one step: writes the batch's keys/values into `kv` and returns logits (f32).
+    pub fn forward(&self, batch: &Batch, kv: &KvCache, output: LogitsOutput) -> Result<Tensor> {
+        if batch.is_empty() {
+            return Err(Error::Batch("empty batch".into()));
+        }
+        if let Some(&bad) = batch
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.spec.vocab_size)
+        {
+            return Err(Error::Batch(format!(
+                "token id {bad} outside the vocabulary ({})",
+                self.spec.vocab_size
+            )));
+        }
+        let inputs = self.attention_inputs(batch)?;
+        let ids = Tensor::from_slice(&batch.tokens, batch.tokens.len(), &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = layer.input_norm.forward(&x)?;
+            x = (x + layer.attention.forward(&h, i, &inputs, kv)?)?;
+            let h = layer.post_norm.forward(&x)?;
+            let f = match &layer.ffn {
+                Ffn::Dense(mlp) => mlp.forward(&h)?,
+                Ffn::Moe(moe) => moe.forward(&h)?,
+            };
+            x = (x + f)?;
+        }
+        let x = match output {
+            LogitsOutput::All => x,
+            LogitsOutput::LastPerSequence => {
+                let last = batch.last_token_indices();
+                x.index_select(&Tensor::from_vec(last, batch.seqs.len(), &self.device)?, 0)?
+            }
+        };
+        let x = self.norm.forward(&x)?;
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+    }
+}

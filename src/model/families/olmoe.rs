@@ -1,0 +1,32 @@
+//! OLMoE: q/k RMSNorm over the whole projection, optional `clip_qkv`, every layer MoE with softmax top-k
+//! (`norm_topk_prob`, off in OLMoE-1B-7B).
+
+use crate::error::Result;
+use crate::model::config::{CommonFields, HubConfig};
+use crate::model::spec::{Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames};
+
+pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
+    let c = CommonFields::read(cfg)?;
+    let mut attention = cfg.gqa(cfg.bool_or("attention_bias", false)?, QkNorm::Whole)?;
+    attention.clip_qkv = cfg.get("clip_qkv").and_then(|v| v.as_f64());
+    let moe = MoeSpec {
+        num_experts: cfg.usize("num_experts")?,
+        top_k: cfg.usize("num_experts_per_tok")?,
+        expert_intermediate_size: cfg.usize("intermediate_size")?,
+        router: RouterSpec::SoftmaxTopK {
+            renormalize: cfg.bool_or("norm_topk_prob", false)?,
+        },
+        shared: None,
+    };
+    Ok(ModelSpec {
+        family: Family::Olmoe,
+        vocab_size: c.vocab_size,
+        hidden_size: c.hidden_size,
+        rms_norm_eps: c.rms_norm_eps,
+        max_position_embeddings: c.max_position_embeddings,
+        tie_word_embeddings: c.tie_word_embeddings,
+        attention,
+        layers: vec![FfnSpec::Moe(moe); c.num_layers],
+        names: TensorNames::default(),
+    })
+}

@@ -1,0 +1,47 @@
+//! Qwen3-MoE: per-head q/k RMSNorm, no bias, softmax top-k with `norm_topk_prob`, no shared expert; dense
+//! layers chosen as in Qwen2-MoE.
+
+use super::qwen2_moe::sparse_layers;
+use crate::error::Result;
+use crate::model::config::{CommonFields, HubConfig};
+use crate::model::spec::{Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames};
+
+pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
+    let c = CommonFields::read(cfg)?;
+    let attention = cfg.gqa(cfg.bool_or("attention_bias", false)?, QkNorm::PerHead)?;
+    // Hub configs say num_experts; transformers 5 writes num_local_experts.
+    let num_experts = cfg.usize_any(&["num_experts", "num_local_experts"])?;
+    let moe = MoeSpec {
+        num_experts,
+        top_k: cfg.usize("num_experts_per_tok")?,
+        expert_intermediate_size: cfg.usize("moe_intermediate_size")?,
+        router: RouterSpec::SoftmaxTopK {
+            renormalize: cfg.bool_or("norm_topk_prob", true)?,
+        },
+        shared: None,
+    };
+    let dense = cfg.opt_usize("intermediate_size")?.unwrap_or(0);
+    let layers = sparse_layers(cfg, c.num_layers, num_experts)?
+        .into_iter()
+        .map(|sparse| {
+            if sparse {
+                FfnSpec::Moe(moe.clone())
+            } else {
+                FfnSpec::Dense {
+                    intermediate_size: dense,
+                }
+            }
+        })
+        .collect();
+    Ok(ModelSpec {
+        family: Family::Qwen3Moe,
+        vocab_size: c.vocab_size,
+        hidden_size: c.hidden_size,
+        rms_norm_eps: c.rms_norm_eps,
+        max_position_embeddings: c.max_position_embeddings,
+        tie_word_embeddings: c.tie_word_embeddings,
+        attention,
+        layers,
+        names: TensorNames::default(),
+    })
+}

@@ -1,0 +1,136 @@
+//! Shared building blocks: linear projections (optional bias), RMSNorm, the SwiGLU MLP.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::Result;
+use crate::weights::WeightStore;
+
+/// `y = x Wᵀ (+ b)` over `[T, in]`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        out_dim: usize,
+        in_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = store.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(store.get(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Loads the weight in `dtype` (routers run in f32).
+    pub fn load_as(
+        store: &mut WeightStore,
+        name: &str,
+        out_dim: usize,
+        in_dim: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let weight = store.get_as(&format!("{name}.weight"), &[out_dim, in_dim], dtype)?;
+        Ok(Self { weight, bias: None })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+/// Root-mean-square norm over the last dimension.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn load(store: &mut WeightStore, name: &str, dim: usize, eps: f64) -> Result<Self> {
+        let weight = store.get(&format!("{name}.weight"), &[dim])?;
+        Ok(Self {
+            weight,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    /// `names` are the gate, up and down projection names under `prefix`.
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        names: [&str; 3],
+        hidden: usize,
+        intermediate: usize,
+    ) -> Result<Self> {
+        Ok(Self {
+            gate: Linear::load(
+                store,
+                &format!("{prefix}.{}", names[0]),
+                intermediate,
+                hidden,
+                false,
+            )?,
+            up: Linear::load(
+                store,
+                &format!("{prefix}.{}", names[1]),
+                intermediate,
+                hidden,
+                false,
+            )?,
+            down: Linear::load(
+                store,
+                &format!("{prefix}.{}", names[2]),
+                hidden,
+                intermediate,
+                false,
+            )?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        let u = self.up.forward(x)?;
+        self.down.forward(&(g * u)?)
+    }
+}
+
+impl Linear {
+    /// A projection over an existing weight (tied embeddings).
+    pub fn from_weight(weight: Tensor) -> Self {
+        Self { weight, bias: None }
+    }
+}

@@ -1,0 +1,15 @@
+//! Models: config parsing, the architecture-as-data spec, shared layers, MoE, and the one generic decoder.
+
+pub mod attention;
+pub mod batch;
+pub mod config;
+pub mod decoder;
+pub mod families;
+pub mod layers;
+pub mod moe;
+pub mod rope;
+pub mod spec;
+
+pub use batch::Batch;
+pub use decoder::{LogitsOutput, Model};
+pub use spec::{Family, ModelSpec};

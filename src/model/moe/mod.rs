@@ -1,0 +1,102 @@
+//! The mixture-of-experts block: router (f32) → routed experts (through an [`ExpertsBackend`]) → plus the
+//! optional shared expert, gated by sigmoid(gate(x)) where the family asks.
+
+pub mod experts;
+pub mod router;
+
+use candle_core::{DType, Tensor};
+
+use super::layers::{Linear, Mlp};
+use super::spec::{MoeSpec, TensorNames};
+use crate::error::Result;
+use crate::weights::WeightStore;
+pub use experts::{ExpertsBackend, GroupedExperts};
+pub use router::Routes;
+
+struct SharedExpert {
+    mlp: Mlp,
+    gate: Option<Linear>,
+}
+
+pub struct MoeBlock {
+    spec: MoeSpec,
+    router: Linear,
+    experts: Box<dyn ExpertsBackend>,
+    shared: Option<SharedExpert>,
+}
+
+impl MoeBlock {
+    /// `prefix` is `model.layers.{i}`.
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        spec: &MoeSpec,
+        names: &TensorNames,
+        hidden: usize,
+    ) -> Result<Self> {
+        let block = format!("{prefix}.{}", names.moe_block);
+        let router = Linear::load_as(
+            store,
+            &format!("{block}.gate"),
+            spec.num_experts,
+            hidden,
+            DType::F32,
+        )?;
+        let experts = GroupedExperts::load(
+            store,
+            &block,
+            names.expert_proj,
+            spec.num_experts,
+            hidden,
+            spec.expert_intermediate_size,
+        )?;
+        let shared = match &spec.shared {
+            Some(s) => Some(SharedExpert {
+                mlp: Mlp::load(
+                    store,
+                    &format!("{block}.shared_expert"),
+                    ["gate_proj", "up_proj", "down_proj"],
+                    hidden,
+                    s.intermediate_size,
+                )?,
+                gate: if s.gated {
+                    Some(Linear::load(
+                        store,
+                        &format!("{block}.shared_expert_gate"),
+                        1,
+                        hidden,
+                        false,
+                    )?)
+                } else {
+                    None
+                },
+            }),
+            None => None,
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            router,
+            experts: Box::new(experts),
+            shared,
+        })
+    }
+
+    /// Routes of `x` (`[T, hidden]`), computed in f32.
+    pub fn routes(&self, x: &Tensor) -> Result<Routes> {
+        let logits = self.router.forward(&x.to_dtype(DType::F32)?)?;
+        router::route(&self.spec.router, &logits, self.spec.top_k, x.device())
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let routes = self.routes(x)?;
+        let mut out = self.experts.forward(x, &routes)?;
+        if let Some(shared) = &self.shared {
+            let mut s = shared.mlp.forward(x)?;
+            if let Some(gate) = &shared.gate {
+                s = s.broadcast_mul(&candle_nn::ops::sigmoid(&gate.forward(x)?)?)?;
+            }
+            out = (out + s)?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,7 @@
+//! Checkpoint files: where they come from (disk or embedded) and the safetensors weight store.
+
+pub mod source;
+pub mod store;
+
+pub use source::{EmbeddedModel, FileBytes, ModelSource};
+pub use store::{StoreSummary, WeightStore};

@@ -1,0 +1,265 @@
+//! The checkpoint's tensors: a single `model.safetensors` or an index with shards, memory-mapped, looked up
+//! by name, shape-checked, converted to the compute dtype and placed on the device one tensor at a time.
+//! Every tensor the model takes is recorded, so that tensors nobody used are reported as an error.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+use super::source::{FileBytes, ModelSource};
+use crate::error::{Error, Result};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+struct Shard {
+    file: String,
+    path: PathBuf,
+    bytes: FileBytes,
+    data_start: usize,
+}
+
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    offsets: (usize, usize),
+}
+
+/// Summary of the stored tensors, for `inspect`.
+#[derive(Debug, Clone)]
+pub struct StoreSummary {
+    pub shards: Vec<String>,
+    pub tensors: usize,
+    pub bytes: usize,
+    /// Stored dtypes with their tensor counts.
+    pub dtypes: BTreeMap<String, usize>,
+}
+
+/// Name → tensor access over all shards of a checkpoint.
+pub struct WeightStore {
+    shards: Vec<Shard>,
+    entries: HashMap<String, Entry>,
+    taken: HashSet<String>,
+    device: Device,
+    dtype: DType,
+    progress: indicatif::ProgressBar,
+}
+
+impl WeightStore {
+    /// Opens `model.safetensors` or `model.safetensors.index.json` and its shards; validates every header.
+    pub fn open(source: &ModelSource, device: &Device, dtype: DType) -> Result<Self> {
+        let files: Vec<(String, Option<Vec<String>>)> = if source.exists(INDEX_FILE) {
+            let index = source
+                .read_json(INDEX_FILE)?
+                .ok_or_else(|| Error::MissingShard {
+                    path: source.path_of(INDEX_FILE),
+                })?;
+            let map = index
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::Config {
+                    path: source.path_of(INDEX_FILE),
+                    message: "no \"weight_map\" object".into(),
+                })?;
+            let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| Error::Config {
+                    path: source.path_of(INDEX_FILE),
+                    message: format!("weight_map entry {name} is not a file name"),
+                })?;
+                by_file
+                    .entry(file.to_owned())
+                    .or_default()
+                    .push(name.clone());
+            }
+            by_file
+                .into_iter()
+                .map(|(f, names)| (f, Some(names)))
+                .collect()
+        } else if source.exists(SINGLE_FILE) {
+            vec![(SINGLE_FILE.to_owned(), None)]
+        } else {
+            return Err(Error::MissingShard {
+                path: source.path_of(SINGLE_FILE),
+            });
+        };
+
+        let mut shards = Vec::with_capacity(files.len());
+        let mut entries = HashMap::new();
+        for (file, listed) in files {
+            let path = source.path_of(&file);
+            let bytes = source
+                .open(&file)?
+                .ok_or_else(|| Error::MissingShard { path: path.clone() })?;
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&bytes).map_err(|e| Error::BadShard {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            let shard_id = shards.len();
+            let mut present = HashSet::new();
+            for (name, info) in metadata.tensors() {
+                present.insert(name.clone());
+                entries.insert(
+                    name,
+                    Entry {
+                        shard: shard_id,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        offsets: info.data_offsets,
+                    },
+                );
+            }
+            if let Some(listed) = listed {
+                if let Some(missing) = listed.iter().find(|n| !present.contains(*n)) {
+                    return Err(Error::MissingTensor {
+                        path,
+                        tensor: missing.clone(),
+                    });
+                }
+            }
+            shards.push(Shard {
+                file,
+                path,
+                bytes,
+                data_start: 8 + header_len,
+            });
+        }
+        let progress = if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(entries.len() as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "loading weights {bar:40} {pos}/{len} tensors {elapsed}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Ok(Self {
+            shards,
+            entries,
+            taken: HashSet::new(),
+            device: device.clone(),
+            dtype,
+            progress,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Where a tensor would be reported as missing: the index when there is one, else the single file.
+    fn where_missing(&self) -> PathBuf {
+        match self.shards.first() {
+            Some(s) if self.shards.len() == 1 && s.file == SINGLE_FILE => s.path.clone(),
+            Some(s) => s.path.with_file_name(INDEX_FILE),
+            None => PathBuf::from(INDEX_FILE),
+        }
+    }
+
+    /// Stored shape of a tensor, if present.
+    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Takes a tensor with an expected shape, in the store's compute dtype.
+    pub fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_as(name, shape, self.dtype)
+    }
+
+    /// Takes a tensor with an expected shape, converted to `dtype`.
+    pub fn get_as(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.where_missing(),
+            tensor: name.to_owned(),
+        })?;
+        let shard = &self.shards[entry.shard];
+        if entry.shape != shape {
+            return Err(Error::WrongShape {
+                path: shard.path.clone(),
+                tensor: name.to_owned(),
+                expected: shape.to_vec(),
+                found: entry.shape.clone(),
+            });
+        }
+        let stored = match entry.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    path: shard.path.clone(),
+                    tensor: name.to_owned(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let bytes =
+            &shard.bytes[shard.data_start + entry.offsets.0..shard.data_start + entry.offsets.1];
+        let tensor =
+            Tensor::from_raw_buffer(bytes, stored, shape, &self.device)?.to_dtype(dtype)?;
+        self.taken.insert(name.to_owned());
+        self.progress.inc(1);
+        Ok(tensor)
+    }
+
+    /// Marks tensors as deliberately skipped (e.g. multi-token-prediction layers).
+    pub fn skip_where(&mut self, skip: impl Fn(&str) -> bool) {
+        let names: Vec<String> = self.entries.keys().filter(|n| skip(n)).cloned().collect();
+        self.progress.inc(names.len() as u64);
+        self.taken.extend(names);
+    }
+
+    /// Ends loading: fails when the checkpoint holds tensors the model did not use.
+    pub fn finish(self) -> Result<()> {
+        self.progress.finish_and_clear();
+        let mut unused: Vec<&String> = self
+            .entries
+            .keys()
+            .filter(|n| !self.taken.contains(*n))
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        let shown: Vec<&str> = unused.iter().take(5).map(|s| s.as_str()).collect();
+        let more = if unused.len() > 5 {
+            format!(" and {} more", unused.len() - 5)
+        } else {
+            String::new()
+        };
+        Err(Error::UnexpectedTensors {
+            path: self.where_missing(),
+            names: format!("{}{more}", shown.join(", ")),
+        })
+    }
+
+    pub fn summary(&self) -> StoreSummary {
+        let mut dtypes = BTreeMap::new();
+        let mut bytes = 0;
+        for e in self.entries.values() {
+            *dtypes.entry(format!("{:?}", e.dtype)).or_insert(0) += 1;
+            bytes += e.offsets.1 - e.offsets.0;
+        }
+        StoreSummary {
+            shards: self.shards.iter().map(|s| s.file.clone()).collect(),
+            tensors: self.entries.len(),
+            bytes,
+            dtypes,
+        }
+    }
+}
