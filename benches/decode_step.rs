@@ -1,0 +1,50 @@
+//! One decode step of the embedded default model at batch 1, 8 and 32 (each sequence holding a 64-token
+//! context), and the router + experts of one MoE layer. Run: `cargo bench --bench decode_step`.
+
+use candle_core::{DType, Device};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use moeserve::kv::{BlockAllocator, BlockTable};
+use moeserve::loader;
+use moeserve::model::{Batch, LogitsOutput};
+
+const BLOCK: usize = 16;
+
+fn decode_step(c: &mut Criterion) {
+    let loaded = match loader::load(&loader::source_for(None), &Device::Cpu, DType::F32) {
+        Ok(l) => l,
+        Err(e) => panic!("default model: {e}"),
+    };
+    let model = &loaded.model;
+    let mut group = c.benchmark_group("decode_step_default_model");
+    for batch_size in [1usize, 8, 32] {
+        let blocks = batch_size * 5;
+        let kv = model.new_kv_cache(blocks, BLOCK).unwrap();
+        let mut alloc = BlockAllocator::new(blocks);
+        let mut tables = vec![BlockTable::new(); batch_size];
+        // Prefill 64 tokens per sequence.
+        let mut prefill = Batch::default();
+        for t in tables.iter_mut() {
+            t.reserve(65, BLOCK, &mut alloc).unwrap();
+            let prompt: Vec<u32> = (0..64).map(|i| (i * 7 % 300) as u32).collect();
+            prefill.push(&prompt, 0, t, BLOCK).unwrap();
+        }
+        model
+            .forward(&prefill, &kv, LogitsOutput::LastPerSequence)
+            .unwrap();
+        let mut step = Batch::default();
+        for t in &tables {
+            step.push(&[5], 64, t, BLOCK).unwrap();
+        }
+        group.bench_with_input(BenchmarkId::from_parameter(batch_size), &step, |b, step| {
+            b.iter(|| {
+                model
+                    .forward(step, &kv, LogitsOutput::LastPerSequence)
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode_step);
+criterion_main!(benches);
