@@ -162,6 +162,7 @@ impl HubConfig {
 }
 
 /// Fields every family shares.
+#[derive(Debug, Clone, Copy)]
 pub struct CommonFields {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -181,6 +182,30 @@ impl CommonFields {
             max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(4096),
             tie_word_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
         })
+    }
+}
+
+impl CommonFields {
+    /// The model spec of these fields plus the family's own parts.
+    pub fn into_spec(
+        self,
+        family: Family,
+        attention: AttentionSpec,
+        layers: Vec<super::spec::FfnSpec>,
+        names: super::spec::TensorNames,
+    ) -> ModelSpec {
+        debug_assert_eq!(layers.len(), self.num_layers);
+        ModelSpec {
+            family,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            rms_norm_eps: self.rms_norm_eps,
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings,
+            attention,
+            layers,
+            names,
+        }
     }
 }
 

@@ -16,18 +16,13 @@ pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
         router: RouterSpec::SoftmaxTopK { renormalize: true },
         shared: None,
     };
-    Ok(ModelSpec {
-        family: Family::Mixtral,
-        vocab_size: c.vocab_size,
-        hidden_size: c.hidden_size,
-        rms_norm_eps: c.rms_norm_eps,
-        max_position_embeddings: c.max_position_embeddings,
-        tie_word_embeddings: c.tie_word_embeddings,
+    Ok(c.into_spec(
+        Family::Mixtral,
         attention,
-        layers: vec![FfnSpec::Moe(moe); c.num_layers],
-        names: TensorNames {
+        vec![FfnSpec::Moe(moe); c.num_layers],
+        TensorNames {
             moe_block: "block_sparse_moe",
             expert_proj: ["w1", "w3", "w2"],
         },
-    })
+    ))
 }

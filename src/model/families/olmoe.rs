@@ -18,15 +18,10 @@ pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
         },
         shared: None,
     };
-    Ok(ModelSpec {
-        family: Family::Olmoe,
-        vocab_size: c.vocab_size,
-        hidden_size: c.hidden_size,
-        rms_norm_eps: c.rms_norm_eps,
-        max_position_embeddings: c.max_position_embeddings,
-        tie_word_embeddings: c.tie_word_embeddings,
+    Ok(c.into_spec(
+        Family::Olmoe,
         attention,
-        layers: vec![FfnSpec::Moe(moe); c.num_layers],
-        names: TensorNames::default(),
-    })
+        vec![FfnSpec::Moe(moe); c.num_layers],
+        TensorNames::default(),
+    ))
 }

@@ -7,12 +7,22 @@ use crate::model::spec::{
     Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, SharedExpertSpec, TensorNames,
 };
 
-/// Which layers are sparse, as Qwen2/3-MoE decide it.
-pub fn sparse_layers(cfg: &HubConfig, num_layers: usize, num_experts: usize) -> Result<Vec<bool>> {
+/// Each layer's FFN, as Qwen2/3-MoE decide it: MoE unless listed in `mlp_only_layers` or off the
+/// `decoder_sparse_step` grid, else a dense MLP of `intermediate_size`.
+pub fn layer_plan(cfg: &HubConfig, num_layers: usize, moe: &MoeSpec) -> Result<Vec<FfnSpec>> {
     let step = cfg.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
-    let dense = cfg.usize_list("mlp_only_layers")?;
+    let dense_layers = cfg.usize_list("mlp_only_layers")?;
+    let dense = cfg.opt_usize("intermediate_size")?.unwrap_or(0);
     Ok((0..num_layers)
-        .map(|i| !dense.contains(&i) && num_experts > 0 && (i + 1) % step == 0)
+        .map(|i| {
+            if !dense_layers.contains(&i) && moe.num_experts > 0 && (i + 1) % step == 0 {
+                FfnSpec::Moe(moe.clone())
+            } else {
+                FfnSpec::Dense {
+                    intermediate_size: dense,
+                }
+            }
+        })
         .collect())
 }
 
@@ -35,19 +45,7 @@ pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
             gated: true,
         }),
     };
-    let dense = cfg.usize("intermediate_size")?;
-    let layers = sparse_layers(cfg, c.num_layers, num_experts)?
-        .into_iter()
-        .map(|sparse| {
-            if sparse {
-                FfnSpec::Moe(moe.clone())
-            } else {
-                FfnSpec::Dense {
-                    intermediate_size: dense,
-                }
-            }
-        })
-        .collect();
+    let layers = layer_plan(cfg, c.num_layers, &moe)?;
     Ok(ModelSpec {
         family: Family::Qwen2Moe,
         vocab_size: c.vocab_size,

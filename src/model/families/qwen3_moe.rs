@@ -1,10 +1,10 @@
 //! Qwen3-MoE: per-head q/k RMSNorm, no bias, softmax top-k with `norm_topk_prob`, no shared expert; dense
 //! layers chosen as in Qwen2-MoE.
 
-use super::qwen2_moe::sparse_layers;
+use super::qwen2_moe::layer_plan;
 use crate::error::Result;
 use crate::model::config::{CommonFields, HubConfig};
-use crate::model::spec::{Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames};
+use crate::model::spec::{Family, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames};
 
 pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     let c = CommonFields::read(cfg)?;
@@ -20,19 +20,7 @@ pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
         },
         shared: None,
     };
-    let dense = cfg.opt_usize("intermediate_size")?.unwrap_or(0);
-    let layers = sparse_layers(cfg, c.num_layers, num_experts)?
-        .into_iter()
-        .map(|sparse| {
-            if sparse {
-                FfnSpec::Moe(moe.clone())
-            } else {
-                FfnSpec::Dense {
-                    intermediate_size: dense,
-                }
-            }
-        })
-        .collect();
+    let layers = layer_plan(cfg, c.num_layers, &moe)?;
     Ok(ModelSpec {
         family: Family::Qwen3Moe,
         vocab_size: c.vocab_size,
