@@ -101,7 +101,10 @@ mod tests {
         assert_eq!(batch.slot_mapping, vec![0, 1, 2, 3, 4, 10]);
         assert_eq!(batch.last_token_indices(), vec![4, 5]);
         assert_eq!(batch.seqs[1].context_slots, vec![8, 9, 10]);
-        assert!(batch.push(&[1, 2], 3, &b, 4).is_err(), "beyond the block table");
+        assert!(
+            batch.push(&[1, 2], 3, &b, 4).is_err(),
+            "beyond the block table"
+        );
         assert!(batch.push(&[], 0, &b, 4).is_err());
     }
 }
