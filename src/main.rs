@@ -2,12 +2,13 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
-use moeserve::engine::{generate, GenerateParams, SamplingParams};
+use moeserve::engine::{generate, RequestParams, SamplingParams};
 use moeserve::loader::{self, LoadedModel};
 
 #[derive(Parser)]
@@ -69,7 +70,7 @@ struct GenerateArgs {
     json: bool,
 }
 
-fn load(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
+fn load(args: &ModelArgs) -> anyhow::Result<Arc<LoadedModel>> {
     let source = loader::source_for(args.model.as_deref());
     let started = std::time::Instant::now();
     let loaded = loader::load(&source, &Device::Cpu, DType::F32)
@@ -78,7 +79,7 @@ fn load(args: &ModelArgs) -> anyhow::Result<LoadedModel> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "model loaded"
     );
-    Ok(loaded)
+    Ok(Arc::new(loaded))
 }
 
 fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
@@ -88,18 +89,20 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         (Some(text), None) => loaded.tokenizer.encode(text, true)?,
         (None, None) => anyhow::bail!("give --prompt or --prompt-ids"),
     };
-    let params = GenerateParams {
+    let params = RequestParams {
         max_tokens: args.max_tokens,
         sampling: SamplingParams {
             temperature: args.temperature,
             top_k: args.top_k,
             top_p: args.top_p,
             seed: args.seed,
+            ..Default::default()
         },
         ignore_eos: args.ignore_eos,
+        ..Default::default()
     };
     let started = std::time::Instant::now();
-    let out = generate(&loaded, prompt_ids, &params)?;
+    let out = generate(&loaded, prompt_ids, params)?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
         prompt_tokens = out.prompt_ids.len(),

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::*;
-use moeserve::engine::{generate, GenerateParams, SamplingParams};
+use moeserve::engine::{generate, RequestParams, SamplingParams};
 
 fn rows_diff(ours: &[Vec<f32>], reference: &Tensor) -> f32 {
     let ours = Tensor::new(ours.to_vec(), &candle_core::Device::Cpu).unwrap();
@@ -32,18 +32,19 @@ fn prompt_logits_match_reference_alone() {
 #[test]
 fn greedy_tokens_match_reference() {
     for family in FAMILIES {
-        let loaded = load_fixture(family);
+        let loaded = std::sync::Arc::new(load_fixture(family));
         let r = reference(family);
         for (i, prompt) in r.prompts.iter().enumerate() {
-            let params = GenerateParams {
+            let params = RequestParams {
                 max_tokens: 16,
                 sampling: SamplingParams {
                     temperature: 0.0,
                     ..Default::default()
                 },
                 ignore_eos: true,
+                ..Default::default()
             };
-            let out = generate(&loaded, prompt.clone(), &params).unwrap();
+            let out = generate(&loaded, prompt.clone(), params).unwrap();
             assert_eq!(out.token_ids, r.greedy[i], "{family} prompt {i}");
             for (a, b) in out.logprobs.iter().zip(&r.greedy_logprobs[i]) {
                 assert!(

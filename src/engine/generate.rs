@@ -1,28 +1,16 @@
-//! Generation of one sequence over the paged cache: prefill the prompt, then decode token by token until
-//! eos or the token limit. Used by `moeserve generate`; the batched engine runs the same model step.
+//! One request run to completion in the calling thread through the same engine core the server uses
+//! (`moeserve generate`, tests): same scheduler, cache, sampler and stop handling.
+
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::sampler::{logprob_of, Sampler, SamplingParams};
+use super::core::EngineCore;
+use super::request::{EngineEvent, EngineRequest, FinishReason, RequestParams};
+use super::scheduler::SchedulerConfig;
+use super::stats::EngineStats;
 use crate::error::{Error, Result};
-use crate::kv::{BlockAllocator, BlockTable};
 use crate::loader::LoadedModel;
-use crate::model::{Batch, LogitsOutput};
-
-/// Why generation stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    Stop,
-    Length,
-}
-
-#[derive(Debug, Clone)]
-pub struct GenerateParams {
-    pub max_tokens: usize,
-    pub sampling: SamplingParams,
-    pub ignore_eos: bool,
-}
 
 /// Result of one generation. Its text is request content: never log it.
 #[derive(Serialize)]
@@ -46,63 +34,71 @@ impl std::fmt::Debug for GenerateOutput {
     }
 }
 
-const BLOCK_SIZE: usize = 16;
-
+/// Generates one choice for `prompt_ids`. `params.logprobs` is forced on (the output carries them).
 pub fn generate(
-    loaded: &LoadedModel,
+    loaded: &Arc<LoadedModel>,
     prompt_ids: Vec<u32>,
-    params: &GenerateParams,
+    params: RequestParams,
 ) -> Result<GenerateOutput> {
-    let model = &loaded.model;
     if prompt_ids.is_empty() {
         return Err(Error::Batch("the prompt is empty".into()));
     }
-    let max_ctx = model.spec().max_position_embeddings;
-    let total = prompt_ids.len() + params.max_tokens;
+    let max_ctx = loaded.model.spec().max_position_embeddings;
     if prompt_ids.len() >= max_ctx {
         return Err(Error::Batch(format!(
             "prompt of {} tokens does not fit the model's context of {max_ctx}",
             prompt_ids.len()
         )));
     }
-    let max_tokens = params.max_tokens.min(max_ctx - prompt_ids.len());
-    let blocks = total.min(max_ctx).div_ceil(BLOCK_SIZE);
-    let kv = model.new_kv_cache(blocks, BLOCK_SIZE)?;
-    let mut alloc = BlockAllocator::new(blocks);
-    let mut table = BlockTable::new();
-    let mut sampler = Sampler::new(params.sampling.clone());
-
-    let mut token_ids = Vec::new();
-    let mut logprobs = Vec::new();
-    let mut finish = FinishReason::Length;
-    let mut cached = 0;
-    let mut step_tokens = prompt_ids.clone();
-    while token_ids.len() < max_tokens {
-        table.reserve(cached + step_tokens.len(), BLOCK_SIZE, &mut alloc)?;
-        let mut batch = Batch::default();
-        batch.push(&step_tokens, cached, &table, BLOCK_SIZE)?;
-        let logits = model
-            .forward(&batch, &kv, LogitsOutput::LastPerSequence)?
-            .squeeze(0)?
-            .to_vec1::<f32>()?;
-        cached += step_tokens.len();
-        let next = sampler.sample(&logits);
-        token_ids.push(next);
-        logprobs.push(logprob_of(&logits, next as usize));
-        if !params.ignore_eos && loaded.generation.eos_token_ids.contains(&next) {
-            finish = FinishReason::Stop;
-            break;
-        }
-        step_tokens = vec![next];
-    }
-    let freed = table.release(&mut alloc)?;
-    kv.zero_blocks(&freed)?;
-    let text = loaded.tokenizer.decode(&token_ids, true)?;
-    Ok(GenerateOutput {
+    let mut params = params;
+    params.max_tokens = params.max_tokens.min(max_ctx - prompt_ids.len());
+    params.logprobs = true;
+    params.n = 1;
+    let block_size = 16;
+    let config = SchedulerConfig {
+        max_running: 1,
+        max_batch_tokens: prompt_ids.len().max(512),
+        max_waiting: 1,
+        block_size,
+        num_blocks: (prompt_ids.len() + params.max_tokens + 1).div_ceil(block_size),
+    };
+    let stats = Arc::new(EngineStats::default());
+    stats
+        .queued_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut core = EngineCore::new(loaded.clone(), config, stats)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    core.add(EngineRequest {
+        id: 0,
+        prompt: prompt_ids.clone(),
+        params: Arc::new(params),
+        events: tx,
+    });
+    let mut out = GenerateOutput {
         prompt_ids,
-        token_ids,
-        logprobs,
-        text,
-        finish_reason: finish,
-    })
+        token_ids: Vec::new(),
+        logprobs: Vec::new(),
+        text: String::new(),
+        finish_reason: FinishReason::Length,
+    };
+    while core.has_work() {
+        core.step()?;
+        while let Ok(event) = rx.try_recv() {
+            match event {
+                EngineEvent::Delta { text, tokens, .. } => {
+                    out.text.push_str(&text);
+                    for t in tokens {
+                        out.token_ids.push(t.token);
+                        out.logprobs.push(t.logprob);
+                    }
+                }
+                EngineEvent::Finished { reason, text, .. } => {
+                    out.text.push_str(&text);
+                    out.finish_reason = reason;
+                }
+                EngineEvent::Failed { message } => return Err(Error::Batch(message)),
+            }
+        }
+    }
+    Ok(out)
 }

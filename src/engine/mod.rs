@@ -1,8 +1,19 @@
-//! Turning logits into text: sampling and the generation loop. (The continuous-batching engine thread and
-//! scheduler build on these.)
+//! The engine: one thread owns the model and the KV cache and runs steps over all live sequences
+//! (continuous batching); the scheduler, sampler, incremental detokenizer and stop matching live here.
 
+pub mod core;
+pub mod detokenize;
 pub mod generate;
+pub mod handle;
+pub mod request;
 pub mod sampler;
+pub mod scheduler;
+pub mod sequence;
+pub mod stats;
+pub mod stop;
 
-pub use generate::{generate, FinishReason, GenerateOutput, GenerateParams};
-pub use sampler::{Sampler, SamplingParams};
+pub use generate::{generate, GenerateOutput};
+pub use handle::{EngineHandle, SubmitError};
+pub use request::{EngineEvent, FinishReason, RequestParams, TokenLogprob};
+pub use sampler::SamplingParams;
+pub use scheduler::SchedulerConfig;

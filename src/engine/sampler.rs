@@ -1,14 +1,23 @@
-//! Per-request sampling: greedy at temperature 0, else temperature → top-k → top-p over a seeded RNG, so the
-//! same seed gives the same tokens whatever else runs. Also the raw log-probability of the chosen token.
+//! Per-request sampling over raw logits: logit_bias → repetition / presence / frequency penalties →
+//! temperature (0 = greedy) → top-k → top-p → min-p, drawn from a per-request seeded RNG so that the same
+//! seed gives the same tokens whatever else is in the batch. Also the raw log-probabilities for `logprobs`.
+
+use std::collections::HashMap;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
-/// Sampling parameters of one request.
+/// Sampling parameters of one request (OpenAI and vLLM semantics).
 #[derive(Debug, Clone)]
 pub struct SamplingParams {
     pub temperature: f32,
     pub top_k: Option<usize>,
     pub top_p: f32,
+    pub min_p: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// > 1 discourages tokens already in the prompt or output (divides positive logits, multiplies negative).
+    pub repetition_penalty: f32,
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
 }
 
@@ -18,22 +27,41 @@ impl Default for SamplingParams {
             temperature: 1.0,
             top_k: None,
             top_p: 1.0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            logit_bias: Vec::new(),
             seed: None,
         }
     }
 }
 
-/// One request's sampler state.
-pub struct Sampler {
-    params: SamplingParams,
-    rng: StdRng,
-}
-
 /// `log_softmax(logits)[index]`, computed stably in f64.
 pub fn logprob_of(logits: &[f32], index: usize) -> f32 {
+    (logits[index] as f64 - log_sum_exp(logits)) as f32
+}
+
+fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    (logits[index] as f64 - max - sum.ln()) as f32
+    max + sum.ln()
+}
+
+/// The `n` most likely tokens with their raw log-probabilities, most likely first.
+pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let lse = log_sum_exp(logits);
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    let n = n.min(idx.len());
+    idx.select_nth_unstable_by(n - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+    idx.truncate(n);
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .map(|i| (i as u32, (logits[i] as f64 - lse) as f32))
+        .collect()
 }
 
 /// Index of the largest value (the first on ties).
@@ -47,37 +75,91 @@ pub fn argmax(x: &[f32]) -> usize {
     best
 }
 
+/// One sequence's sampler: parameters, RNG, and the token counts penalties need.
+pub struct Sampler {
+    params: SamplingParams,
+    rng: StdRng,
+    /// Tokens generated so far, with counts (presence / frequency penalties).
+    output_counts: HashMap<u32, u32>,
+    /// Prompt tokens (repetition penalty).
+    prompt_tokens: std::collections::HashSet<u32>,
+}
+
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = match params.seed {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        Self { params, rng }
+        Self {
+            params,
+            rng,
+            output_counts: HashMap::new(),
+            prompt_tokens: Default::default(),
+        }
     }
 
-    /// Chooses the next token from raw logits.
+    /// Registers the prompt (for the repetition penalty).
+    pub fn with_prompt(mut self, prompt: &[u32]) -> Self {
+        if self.params.repetition_penalty != 1.0 {
+            self.prompt_tokens = prompt.iter().copied().collect();
+        }
+        self
+    }
+
+    /// Registers a token as generated (called for every token appended, sampled or not).
+    pub fn observe(&mut self, token: u32) {
+        *self.output_counts.entry(token).or_insert(0) += 1;
+    }
+
+    fn processed(&self, logits: &[f32]) -> Vec<f32> {
+        let p = &self.params;
+        let mut l = logits.to_vec();
+        for &(tok, bias) in &p.logit_bias {
+            if let Some(v) = l.get_mut(tok as usize) {
+                *v += bias;
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            let seen = self.prompt_tokens.iter().chain(self.output_counts.keys());
+            for &tok in seen {
+                if let Some(v) = l.get_mut(tok as usize) {
+                    *v = if *v > 0.0 {
+                        *v / p.repetition_penalty
+                    } else {
+                        *v * p.repetition_penalty
+                    };
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&tok, &count) in &self.output_counts {
+                if let Some(v) = l.get_mut(tok as usize) {
+                    *v -= p.presence_penalty + p.frequency_penalty * count as f32;
+                }
+            }
+        }
+        l
+    }
+
+    /// Chooses the next token from raw logits (does not call [`Sampler::observe`]).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.temperature <= 0.0 || logits.len() < 2 {
-            return argmax(logits) as u32;
+        let l = self.processed(logits);
+        if self.params.temperature <= 0.0 || l.len() < 2 {
+            return argmax(&l) as u32;
         }
         let t = self.params.temperature as f64;
-        let mut order: Vec<usize> = (0..logits.len()).collect();
-        order.sort_by(|&a, &b| {
-            logits[b]
-                .partial_cmp(&logits[a])
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        let mut order: Vec<usize> = (0..l.len()).collect();
+        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
         if let Some(k) = self.params.top_k.filter(|k| *k > 0) {
             order.truncate(k);
         }
-        let max = logits[order[0]] as f64;
+        let max = l[order[0]] as f64;
         let mut probs: Vec<f64> = order
             .iter()
-            .map(|&i| ((logits[i] as f64 - max) / t).exp())
+            .map(|&i| ((l[i] as f64 - max) / t).exp())
             .collect();
-        let sum: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
+        normalise(&mut probs);
         if self.params.top_p < 1.0 {
             let mut acc = 0.0;
             let mut keep = probs.len();
@@ -89,8 +171,13 @@ impl Sampler {
                 }
             }
             probs.truncate(keep);
-            let s: f64 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= s);
+            normalise(&mut probs);
+        }
+        if self.params.min_p > 0.0 {
+            let floor = probs[0] * self.params.min_p as f64;
+            let keep = probs.iter().take_while(|&&p| p >= floor).count().max(1);
+            probs.truncate(keep);
+            normalise(&mut probs);
         }
         let r: f64 = self.rng.random();
         let mut acc = 0.0;
@@ -104,16 +191,27 @@ impl Sampler {
     }
 }
 
+fn normalise(p: &mut [f64]) {
+    let s: f64 = p.iter().sum();
+    if s > 0.0 {
+        p.iter_mut().for_each(|x| *x /= s);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn greedy_picks_max() {
-        let mut s = Sampler::new(SamplingParams {
+    fn greedy() -> SamplingParams {
+        SamplingParams {
             temperature: 0.0,
             ..Default::default()
-        });
+        }
+    }
+
+    #[test]
+    fn greedy_picks_max() {
+        let mut s = Sampler::new(greedy());
         assert_eq!(s.sample(&[0.1, 3.0, 2.0]), 1);
     }
 
@@ -121,7 +219,6 @@ mod tests {
     fn seeded_sampling_is_reproducible() {
         let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
         let params = SamplingParams {
-            temperature: 1.0,
             seed: Some(42),
             ..Default::default()
         };
@@ -147,9 +244,45 @@ mod tests {
     }
 
     #[test]
-    fn logprob_matches_log_softmax() {
+    fn min_p_cuts_the_tail() {
+        let mut s = Sampler::new(SamplingParams {
+            min_p: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert_eq!(s.sample(&[0.0, 5.0, 0.0, 0.0]), 1);
+        }
+    }
+
+    #[test]
+    fn logit_bias_and_penalties_change_greedy_choice() {
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(0, 10.0)],
+            ..greedy()
+        });
+        assert_eq!(s.sample(&[0.0, 3.0]), 0);
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 2.0,
+            ..greedy()
+        });
+        s.observe(1);
+        assert_eq!(s.sample(&[2.0, 3.0]), 0);
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..greedy()
+        })
+        .with_prompt(&[1]);
+        assert_eq!(s.sample(&[2.0, 3.0]), 0);
+    }
+
+    #[test]
+    fn logprobs_match_log_softmax() {
         let lp = logprob_of(&[1.0, 2.0, 3.0], 2);
         let expected = 3.0 - (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
         assert!((lp as f64 - expected).abs() < 1e-6);
+        let top = top_logprobs(&[1.0, 3.0, 2.0], 2);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((top[0].1 - logprob_of(&[1.0, 3.0, 2.0], 1)).abs() < 1e-7);
     }
 }

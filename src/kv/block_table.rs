@@ -18,6 +18,11 @@ impl BlockTable {
         &self.blocks
     }
 
+    /// Takes over blocks already allocated (and retained) for this table, e.g. a forked prefix.
+    pub fn adopt(&mut self, blocks: Vec<u32>) {
+        self.blocks.extend(blocks);
+    }
+
     /// Tokens this table can hold.
     pub fn capacity(&self, block_size: usize) -> usize {
         self.blocks.len() * block_size

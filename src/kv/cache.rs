@@ -101,6 +101,18 @@ impl KvCache {
         Ok(())
     }
 
+    /// Copies one block's keys and values, in every layer, into another block.
+    pub fn copy_block(&self, src: u32, dst: u32) -> Result<()> {
+        let bs = self.block_size;
+        for (kc, vc) in &self.layers {
+            let k = kc.narrow(0, src as usize * bs, bs)?.contiguous()?;
+            let v = vc.narrow(0, src as usize * bs, bs)?.contiguous()?;
+            kc.slice_set(&k, 0, dst as usize * bs)?;
+            vc.slice_set(&v, 0, dst as usize * bs)?;
+        }
+        Ok(())
+    }
+
     /// Copy of one block's keys of one layer (tests and audits).
     pub fn block_keys(&self, layer: usize, block: u32) -> Result<Tensor> {
         let (kc, _) = &self.layers[layer];

@@ -1,0 +1,489 @@
+//! The engine's state and one step: schedule (see [`super::scheduler`]), run the model over the flat batch,
+//! sample every sequence that reached its last token, detokenize, check stops, send events, free finished
+//! sequences' blocks (zeroed). Owned by the engine thread only.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::detokenize::IncrementalDecoder;
+use super::request::{EngineEvent, EngineRequest, FinishReason, TokenLogprob};
+use super::sampler::{logprob_of, top_logprobs, Sampler};
+use super::scheduler::{chunk_for, SchedulerConfig};
+use super::sequence::{SeqId, Sequence};
+use super::stats::EngineStats;
+use super::stop::{StopMatcher, StopOutcome};
+use crate::error::Result;
+use crate::kv::{BlockAllocator, BlockTable, KvCache};
+use crate::loader::LoadedModel;
+use crate::model::{Batch, LogitsOutput};
+
+pub struct EngineCore {
+    loaded: Arc<LoadedModel>,
+    kv: KvCache,
+    alloc: BlockAllocator,
+    config: SchedulerConfig,
+    seqs: HashMap<SeqId, Sequence>,
+    waiting: VecDeque<SeqId>,
+    running: Vec<SeqId>,
+    next_seq: SeqId,
+    admissions: u64,
+    stats: Arc<EngineStats>,
+}
+
+impl EngineCore {
+    pub fn new(
+        loaded: Arc<LoadedModel>,
+        config: SchedulerConfig,
+        stats: Arc<EngineStats>,
+    ) -> Result<Self> {
+        let kv = loaded
+            .model
+            .new_kv_cache(config.num_blocks, config.block_size)?;
+        stats
+            .kv_blocks_total
+            .store(config.num_blocks, Ordering::Relaxed);
+        stats
+            .kv_blocks_free
+            .store(config.num_blocks, Ordering::Relaxed);
+        Ok(Self {
+            alloc: BlockAllocator::new(config.num_blocks),
+            kv,
+            loaded,
+            config,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            next_seq: 0,
+            admissions: 0,
+            stats,
+        })
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    pub fn kv(&self) -> &KvCache {
+        &self.kv
+    }
+
+    pub fn free_blocks(&self) -> usize {
+        self.alloc.num_free()
+    }
+
+    /// Queues a request (its first choice; the others fork from it after prefill).
+    pub fn add(&mut self, req: EngineRequest) {
+        let id = self.next_seq;
+        self.next_seq += 1;
+        let sampler = Sampler::new(req.params.sampling.clone()).with_prompt(&req.prompt);
+        let n = req.params.n.max(1);
+        let seq = Sequence {
+            id,
+            request_id: req.id,
+            choice: 0,
+            prompt_len: req.prompt.len(),
+            tokens: req.prompt,
+            cached: 0,
+            table: BlockTable::new(),
+            sampler,
+            decoder: IncrementalDecoder::new(),
+            stop: StopMatcher::new(req.params.stop.clone()),
+            params: req.params,
+            events: req.events,
+            pending_forks: n - 1,
+            admitted: 0,
+        };
+        self.stats.queued_requests.fetch_sub(1, Ordering::Relaxed);
+        self.seqs.insert(id, seq);
+        self.waiting.push_back(id);
+        self.publish();
+    }
+
+    /// Cancels every choice of a request and frees its blocks.
+    pub fn cancel(&mut self, request_id: u64) {
+        let ids: Vec<SeqId> = self
+            .seqs
+            .values()
+            .filter(|s| s.request_id == request_id)
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            self.finish(id, FinishReason::Abort, String::new());
+        }
+        self.publish();
+    }
+
+    /// Fails every sequence (after an internal error), telling each client.
+    pub fn fail_all(&mut self, message: &str) {
+        for seq in self.seqs.values() {
+            let _ = seq.events.send(EngineEvent::Failed {
+                message: message.to_owned(),
+            });
+        }
+        self.abort_all();
+    }
+
+    /// Aborts everything (shutdown).
+    pub fn abort_all(&mut self) {
+        let ids: Vec<SeqId> = self.seqs.keys().copied().collect();
+        for id in ids {
+            self.finish(id, FinishReason::Abort, String::new());
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let s = &self.stats;
+        s.waiting_sequences
+            .store(self.waiting.len(), Ordering::Relaxed);
+        s.running_sequences
+            .store(self.running.len(), Ordering::Relaxed);
+        s.kv_blocks_free
+            .store(self.alloc.num_free(), Ordering::Relaxed);
+    }
+
+    /// Removes a sequence, frees (and zeroes) its blocks, and tells the client.
+    fn finish(&mut self, id: SeqId, reason: FinishReason, text: String) {
+        let Some(mut seq) = self.seqs.remove(&id) else {
+            return;
+        };
+        self.running.retain(|&r| r != id);
+        self.waiting.retain(|&w| w != id);
+        self.release_blocks(&mut seq.table);
+        let _ = seq.events.send(EngineEvent::Finished {
+            choice: seq.choice,
+            reason,
+            text,
+            completion_tokens: seq.generated(),
+        });
+        // Choices never forked (cancelled before prefill ended) finish too.
+        for k in 0..seq.pending_forks {
+            let _ = seq.events.send(EngineEvent::Finished {
+                choice: seq.choice + 1 + k,
+                reason,
+                text: String::new(),
+                completion_tokens: 0,
+            });
+        }
+    }
+
+    fn release_blocks(&mut self, table: &mut BlockTable) {
+        match table.release(&mut self.alloc) {
+            Ok(freed) => {
+                if let Err(e) = self.kv.zero_blocks(&freed) {
+                    tracing::error!(error = %e, "zeroing freed KV blocks failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "releasing KV blocks failed"),
+        }
+    }
+
+    /// Frees the newest running sequence's blocks and puts it back at the head of the queue.
+    fn preempt_newest(&mut self, except: Option<SeqId>) -> bool {
+        let victim = self
+            .running
+            .iter()
+            .filter(|&&id| Some(id) != except)
+            .max_by_key(|&&id| self.seqs.get(&id).map_or(0, |s| s.admitted))
+            .copied();
+        let Some(victim) = victim else {
+            return false;
+        };
+        self.running.retain(|&r| r != victim);
+        if let Some(mut seq) = self.seqs.remove(&victim) {
+            self.release_blocks(&mut seq.table);
+            seq.cached = 0;
+            self.seqs.insert(victim, seq);
+        }
+        self.waiting.push_front(victim);
+        self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(seq = victim, "preempted for KV blocks");
+        true
+    }
+
+    /// Reserves blocks for `len` tokens of `id`, preempting newer sequences when short.
+    fn reserve(&mut self, id: SeqId, len: usize) -> bool {
+        loop {
+            let bs = self.config.block_size;
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                return false;
+            };
+            if seq.table.blocks_needed(len, bs) <= self.alloc.num_free() {
+                return seq.table.reserve(len, bs, &mut self.alloc).is_ok();
+            }
+            if !self.preempt_newest(Some(id)) {
+                return false;
+            }
+        }
+    }
+
+    /// Decides this step's work: (sequence, number of tokens).
+    fn schedule(&mut self) -> Vec<(SeqId, usize)> {
+        let mut budget = self.config.max_batch_tokens;
+        let mut plan = Vec::new();
+        // Running sequences in admission order: decodes, then unfinished prefills.
+        let mut order = self.running.clone();
+        order.sort_by_key(|id| {
+            (
+                self.seqs.get(id).map_or(true, |s| s.is_prefilling()),
+                self.seqs.get(id).map_or(0, |s| s.admitted),
+            )
+        });
+        for id in order {
+            if budget == 0 {
+                break;
+            }
+            if !self.running.contains(&id) {
+                continue; // preempted while planning
+            }
+            let Some(seq) = self.seqs.get(&id) else {
+                continue;
+            };
+            let chunk = chunk_for(seq.uncached(), budget);
+            let target = seq.cached + chunk;
+            if self.reserve(id, target) {
+                plan.push((id, chunk));
+                budget -= chunk;
+            } else if target.div_ceil(self.config.block_size) > self.config.num_blocks {
+                // Longer than the whole cache: it can never continue.
+                self.finish(id, FinishReason::Length, String::new());
+            } else {
+                // Not even alone does it fit now: it waits for blocks and is recomputed later.
+                self.running.retain(|&r| r != id);
+                if let Some(mut seq) = self.seqs.remove(&id) {
+                    self.release_blocks(&mut seq.table);
+                    seq.cached = 0;
+                    self.seqs.insert(id, seq);
+                }
+                self.waiting.push_front(id);
+            }
+        }
+        plan.retain(|(id, _)| self.running.contains(id));
+        // Admit waiting sequences.
+        while budget > 0 && self.running.len() < self.config.max_running {
+            let Some(&id) = self.waiting.front() else {
+                break;
+            };
+            let Some(seq) = self.seqs.get(&id) else {
+                self.waiting.pop_front();
+                continue;
+            };
+            let chunk = chunk_for(seq.uncached(), budget);
+            let target = seq.cached + chunk;
+            let bs = self.config.block_size;
+            if seq.table.blocks_needed(target, bs) > self.alloc.num_free() {
+                break; // wait for blocks; running sequences are not preempted for newcomers
+            }
+            self.waiting.pop_front();
+            self.admissions += 1;
+            if let Some(seq) = self.seqs.get_mut(&id) {
+                seq.admitted = self.admissions;
+                if seq.table.reserve(target, bs, &mut self.alloc).is_err() {
+                    self.waiting.push_front(id);
+                    break;
+                }
+            }
+            self.running.push(id);
+            plan.push((id, chunk));
+            budget -= chunk;
+        }
+        plan
+    }
+
+    /// Runs one step. Returns the number of tokens processed (0 when idle).
+    pub fn step(&mut self) -> Result<usize> {
+        let plan = self.schedule();
+        self.publish();
+        if plan.is_empty() {
+            return Ok(0);
+        }
+        let bs = self.config.block_size;
+        let mut batch = Batch::default();
+        for &(id, chunk) in &plan {
+            if let Some(seq) = self.seqs.get(&id) {
+                batch.push(
+                    &seq.tokens[seq.cached..seq.cached + chunk],
+                    seq.cached,
+                    &seq.table,
+                    bs,
+                )?;
+            }
+        }
+        let logits = self
+            .loaded
+            .model
+            .forward(&batch, &self.kv, LogitsOutput::LastPerSequence)?
+            .to_vec2::<f32>()?;
+        let tokens = batch.num_tokens();
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        for (&(id, chunk), row) in plan.iter().zip(&logits) {
+            let done = match self.seqs.get_mut(&id) {
+                Some(seq) => {
+                    seq.cached += chunk;
+                    seq.cached == seq.tokens.len()
+                }
+                None => false,
+            };
+            if done {
+                let children = self.fork_pending(id)?;
+                self.advance_one(id, row);
+                for child in children {
+                    self.advance_one(child, row);
+                }
+            }
+        }
+        self.publish();
+        Ok(tokens)
+    }
+
+    /// After the prompt of a multi-choice request is prefilled, the other choices share its blocks.
+    /// Returns the new sequences; they sample their first token from the same logits.
+    fn fork_pending(&mut self, id: SeqId) -> Result<Vec<SeqId>> {
+        let mut children = Vec::new();
+        let Some(parent) = self.seqs.get(&id) else {
+            return Ok(children);
+        };
+        let forks = parent.pending_forks;
+        if forks == 0 {
+            return Ok(children);
+        }
+        let bs = self.config.block_size;
+        for k in 1..=forks {
+            let Some(parent) = self.seqs.get(&id) else {
+                return Ok(children);
+            };
+            let len = parent.tokens.len();
+            let full = len / bs;
+            let blocks = parent.table.blocks().to_vec();
+            let mut table = BlockTable::new();
+            for &b in &blocks[..full] {
+                self.alloc.retain(b)?;
+            }
+            let mut child_blocks = blocks[..full].to_vec();
+            if len % bs != 0 {
+                // The partly filled last block is copied: each choice writes its own next tokens there.
+                let Some(fresh) = self.alloc.allocate() else {
+                    for &b in &child_blocks {
+                        let _ = self.alloc.release(b);
+                    }
+                    self.finish_unforked(id, k);
+                    continue;
+                };
+                self.kv.copy_block(blocks[full], fresh)?;
+                child_blocks.push(fresh);
+            }
+            table.adopt(child_blocks);
+            let params = parent.params.clone();
+            let mut sampling = params.sampling.clone();
+            sampling.seed = sampling.seed.map(|s| s.wrapping_add(k as u64));
+            let child = Sequence {
+                id: self.next_seq,
+                request_id: parent.request_id,
+                choice: parent.choice + k,
+                tokens: parent.tokens.clone(),
+                prompt_len: parent.prompt_len,
+                cached: parent.cached,
+                table,
+                sampler: Sampler::new(sampling).with_prompt(&parent.tokens),
+                decoder: IncrementalDecoder::new(),
+                stop: StopMatcher::new(params.stop.clone()),
+                params,
+                events: parent.events.clone(),
+                pending_forks: 0,
+                admitted: parent.admitted,
+            };
+            self.next_seq += 1;
+            let cid = child.id;
+            self.seqs.insert(cid, child);
+            self.running.push(cid);
+            children.push(cid);
+        }
+        if let Some(parent) = self.seqs.get_mut(&id) {
+            parent.pending_forks = 0;
+        }
+        Ok(children)
+    }
+
+    fn finish_unforked(&mut self, id: SeqId, k: usize) {
+        if let Some(parent) = self.seqs.get(&id) {
+            let _ = parent.events.send(EngineEvent::Failed {
+                message: format!("no KV blocks to fork choice {k}"),
+            });
+        }
+    }
+
+    fn advance_one(&mut self, id: SeqId, logits: &[f32]) {
+        let eos = &self.loaded.generation.eos_token_ids;
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        let token = seq.sampler.sample(logits);
+        seq.sampler.observe(token);
+        self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        seq.tokens.push(token);
+        let info = if seq.params.logprobs {
+            vec![TokenLogprob {
+                token,
+                logprob: logprob_of(logits, token as usize),
+                top: top_logprobs(logits, seq.params.top_logprobs),
+            }]
+        } else {
+            Vec::new()
+        };
+        let is_eos = !seq.params.ignore_eos && eos.contains(&token);
+        let is_stop_token = seq.params.stop_token_ids.contains(&token);
+        let mut finish: Option<FinishReason> = None;
+        let mut text = String::new();
+        if is_eos || is_stop_token {
+            finish = Some(FinishReason::Stop);
+        } else {
+            let delta = seq
+                .decoder
+                .push(&self.loaded.tokenizer, token)
+                .unwrap_or_default();
+            match seq.stop.push(&delta) {
+                StopOutcome::Continue(t) => text = t,
+                StopOutcome::Stopped(t) => {
+                    text = t;
+                    finish = Some(FinishReason::Stop);
+                }
+            }
+        }
+        if finish.is_none() && seq.generated() >= seq.params.max_tokens {
+            finish = Some(FinishReason::Length);
+            let tail = seq
+                .decoder
+                .flush(&self.loaded.tokenizer)
+                .unwrap_or_default();
+            let (StopOutcome::Continue(t) | StopOutcome::Stopped(t)) = seq.stop.push(&tail);
+            text.push_str(&t);
+            text.push_str(&seq.stop.flush());
+        }
+        match finish {
+            None => {
+                if seq
+                    .events
+                    .send(EngineEvent::Delta {
+                        choice: seq.choice,
+                        text,
+                        tokens: info,
+                    })
+                    .is_err()
+                {
+                    // The client is gone: stop working for it.
+                    let rid = seq.request_id;
+                    self.cancel(rid);
+                }
+            }
+            Some(reason) => {
+                let _ = seq.events.send(EngineEvent::Delta {
+                    choice: seq.choice,
+                    text: String::new(),
+                    tokens: info,
+                });
+                self.finish(id, reason, text);
+            }
+        }
+    }
+}

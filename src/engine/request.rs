@@ -1,0 +1,138 @@
+//! The small types where the HTTP side and the engine meet: a request (token ids + parameters + a channel
+//! for events) and the events streamed back. Content-bearing fields print their length, never their text.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::sampler::SamplingParams;
+
+/// Why a choice stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    /// The request was cancelled (client gone) or the server is shutting down.
+    Abort,
+}
+
+/// Per-request generation parameters.
+#[derive(Clone)]
+pub struct RequestParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop strings (request content: never logged).
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// Number of choices; they share the prompt's KV blocks.
+    pub n: usize,
+    /// Return the chosen token's log-probability (and `top_logprobs` alternatives).
+    pub logprobs: bool,
+    pub top_logprobs: usize,
+}
+
+impl Default for RequestParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 16,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            n: 1,
+            logprobs: false,
+            top_logprobs: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestParams")
+            .field("max_tokens", &self.max_tokens)
+            .field("temperature", &self.sampling.temperature)
+            .field("stop_count", &self.stop.len())
+            .field("n", &self.n)
+            .field("logprobs", &self.logprobs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request handed to the engine.
+pub struct EngineRequest {
+    pub id: u64,
+    pub prompt: Vec<u32>,
+    pub params: Arc<RequestParams>,
+    pub events: UnboundedSender<EngineEvent>,
+}
+
+impl std::fmt::Debug for EngineRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineRequest")
+            .field("id", &self.id)
+            .field("prompt_tokens", &self.prompt.len())
+            .field("params", &self.params)
+            .finish()
+    }
+}
+
+/// A generated token with its raw log-probability and the most likely alternatives.
+#[derive(Clone)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What the engine sends back for a request.
+pub enum EngineEvent {
+    /// New text of one choice (may be empty when text is held back) and the tokens that produced it.
+    Delta {
+        choice: usize,
+        text: String,
+        tokens: Vec<TokenLogprob>,
+    },
+    /// A choice finished; `text` is the last piece of its output.
+    Finished {
+        choice: usize,
+        reason: FinishReason,
+        text: String,
+        completion_tokens: usize,
+    },
+    /// The request failed inside the engine (the message holds no content).
+    Failed { message: String },
+}
+
+impl std::fmt::Debug for EngineEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineEvent::Delta {
+                choice,
+                text,
+                tokens,
+            } => f
+                .debug_struct("Delta")
+                .field("choice", choice)
+                .field("text_len", &text.len())
+                .field("tokens", &tokens.len())
+                .finish(),
+            EngineEvent::Finished {
+                choice,
+                reason,
+                completion_tokens,
+                ..
+            } => f
+                .debug_struct("Finished")
+                .field("choice", choice)
+                .field("reason", reason)
+                .field("completion_tokens", completion_tokens)
+                .finish(),
+            EngineEvent::Failed { message } => {
+                f.debug_struct("Failed").field("message", message).finish()
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! One choice of one request as the engine tracks it: its tokens, how many are in the KV cache, its block
+//! table, sampler, incremental detokenizer and stop matcher.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::detokenize::IncrementalDecoder;
+use super::request::{EngineEvent, RequestParams};
+use super::sampler::Sampler;
+use super::stop::StopMatcher;
+use crate::kv::BlockTable;
+
+pub type SeqId = u64;
+
+pub struct Sequence {
+    pub id: SeqId,
+    pub request_id: u64,
+    pub choice: usize,
+    /// Prompt followed by the generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens whose keys/values are in the cache.
+    pub cached: usize,
+    pub table: BlockTable,
+    pub sampler: Sampler,
+    pub decoder: IncrementalDecoder,
+    pub stop: StopMatcher,
+    pub params: Arc<RequestParams>,
+    pub events: UnboundedSender<EngineEvent>,
+    /// Choices still to be forked from this one once its prompt is prefilled (n > 1).
+    pub pending_forks: usize,
+    /// Admission order; the newest running sequence is preempted first.
+    pub admitted: u64,
+}
+
+impl Sequence {
+    pub fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// Tokens still to be run through the model.
+    pub fn uncached(&self) -> usize {
+        self.tokens.len() - self.cached
+    }
+
+    pub fn is_prefilling(&self) -> bool {
+        self.uncached() > 1
+    }
+}
