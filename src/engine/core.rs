@@ -226,7 +226,7 @@ impl EngineCore {
         let mut order = self.running.clone();
         order.sort_by_key(|id| {
             (
-                self.seqs.get(id).map_or(true, |s| s.is_prefilling()),
+                self.seqs.get(id).is_none_or(|s| s.is_prefilling()),
                 self.seqs.get(id).map_or(0, |s| s.admitted),
             )
         });
