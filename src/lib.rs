@@ -3,6 +3,7 @@
 //! Layout (see DESIGN.md): `weights` reads checkpoints, `model` holds the generic decoder and MoE, `kv` the
 //! paged cache, `engine` sampling and generation, `loader` ties a checkpoint together.
 
+pub mod api;
 pub mod chat;
 pub mod engine;
 pub mod error;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
-use moeserve::engine::{generate, RequestParams, SamplingParams};
+use moeserve::engine::{generate, EngineHandle, RequestParams, SamplingParams, SchedulerConfig};
 use moeserve::loader::{self, LoadedModel};
 
 #[derive(Parser)]
@@ -28,6 +28,43 @@ enum Command {
     Generate(GenerateArgs),
     /// Describe a checkpoint: architecture, experts, parameters, files.
     Inspect(ModelArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (the address is printed on stdout).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Name clients use in `model` (default: the checkpoint directory's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Sequences decoding together at most.
+    #[arg(long, default_value_t = 64)]
+    max_running_seqs: usize,
+    /// Tokens per forward pass at most (decodes plus prefill chunks).
+    #[arg(long, default_value_t = 2048)]
+    max_batch_tokens: usize,
+    /// Requests waiting for admission at most; more get 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// KV cache blocks (overrides --kv-cache-mib).
+    #[arg(long)]
+    kv_blocks: Option<usize>,
+    /// KV cache size in MiB when --kv-blocks is not given.
+    #[arg(long, default_value_t = 1024)]
+    kv_cache_mib: usize,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    max_body_bytes: usize,
 }
 
 #[derive(Args)]
@@ -217,6 +254,64 @@ fn run_inspect(args: ModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let loaded = load(&args.model)?;
+    let spec = loaded.model.spec();
+    let a = &spec.attention;
+    let bytes_per_token =
+        2 * spec.num_layers() * a.num_kv_heads * a.head_dim * loaded.model.dtype().size_in_bytes();
+    let block_size = args.block_size.max(1);
+    let num_blocks = args.kv_blocks.unwrap_or_else(|| {
+        (args.kv_cache_mib * 1024 * 1024 / (bytes_per_token * block_size).max(1)).max(1)
+    });
+    let config = SchedulerConfig {
+        max_running: args.max_running_seqs.max(1),
+        max_batch_tokens: args.max_batch_tokens.max(1),
+        max_waiting: args.max_queue,
+        block_size,
+        num_blocks,
+    };
+    let name = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| match &args.model.model {
+            Some(dir) => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
+            None => moeserve::loader::DEFAULT_MODEL.name.to_owned(),
+        });
+    let chat = moeserve::chat::ChatTemplate::from_source(&loaded.source)?;
+    let (engine, engine_thread) = EngineHandle::start(loaded, config.clone())?;
+    tracing::info!(
+        kv_blocks = config.num_blocks,
+        block_size = config.block_size,
+        kv_bytes_per_token = bytes_per_token,
+        max_running = config.max_running,
+        max_batch_tokens = config.max_batch_tokens,
+        "engine started"
+    );
+    let state = moeserve::api::AppState::new(engine, chat, name, args.max_body_bytes);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "moeserve listening on http://{addr}")?;
+            out.flush()?;
+        }
+        moeserve::api::serve(listener, state).await?;
+        anyhow::Ok(())
+    })?;
+    let _ = engine_thread.join();
+    Ok(())
+}
+
 fn human(n: u64) -> String {
     match n {
         n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
@@ -239,6 +334,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
         Command::Inspect(args) => run_inspect(args),
+        Command::Serve(args) => run_serve(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,414 @@
+//! Running a validated request through the engine and answering in OpenAI's shapes: collected into one
+//! JSON response, or streamed as Server-Sent Events exactly as OpenAI sends them (role first, content
+//! deltas, finish_reason, optional usage chunk, `data: [DONE]`). A dropped client cancels its sequences.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::engine::{EngineEvent, EngineHandle, FinishReason, RequestParams, TokenLogprob};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Completion,
+}
+
+/// Token counts of an answered request, for the access log (counts only).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+pub struct Job {
+    pub kind: Kind,
+    pub prompts: Vec<Vec<u32>>,
+    pub params: RequestParams,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Cancels the engine requests when dropped before they finished (client went away).
+struct InFlight {
+    engine: EngineHandle,
+    ids: Vec<u64>,
+    done: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.done {
+            for &id in &self.ids {
+                self.engine.cancel(id);
+            }
+        }
+    }
+}
+
+fn finish_str(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Abort => "abort",
+    }
+}
+
+fn random_id(prefix: &str) -> String {
+    use rand::Rng;
+    let n: u128 = rand::rng().random();
+    format!("{prefix}-{n:032x}")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Logprob formatting needs token strings.
+struct Formatter {
+    state: AppState,
+    kind: Kind,
+    id: String,
+    created: u64,
+}
+
+impl Formatter {
+    fn token_str(&self, id: u32) -> String {
+        self.state
+            .engine
+            .loaded
+            .tokenizer
+            .decode(&[id], false)
+            .unwrap_or_default()
+    }
+
+    fn chat_logprobs(&self, tokens: &[TokenLogprob]) -> Value {
+        let content: Vec<Value> = tokens
+            .iter()
+            .map(|t| {
+                let s = self.token_str(t.token);
+                let top: Vec<Value> = t
+                    .top
+                    .iter()
+                    .map(|(id, lp)| {
+                        let s = self.token_str(*id);
+                        json!({"token": s, "logprob": lp, "bytes": s.as_bytes()})
+                    })
+                    .collect();
+                json!({"token": s, "logprob": t.logprob, "bytes": s.as_bytes(), "top_logprobs": top})
+            })
+            .collect();
+        json!({ "content": content })
+    }
+
+    fn completion_logprobs(&self, tokens: &[TokenLogprob], offset: &mut usize) -> Value {
+        let mut strs = Vec::new();
+        let mut lps = Vec::new();
+        let mut tops = Vec::new();
+        let mut offsets = Vec::new();
+        for t in tokens {
+            let s = self.token_str(t.token);
+            offsets.push(*offset);
+            *offset += s.len();
+            strs.push(s);
+            lps.push(t.logprob);
+            let top: serde_json::Map<String, Value> = t
+                .top
+                .iter()
+                .map(|(id, lp)| (self.token_str(*id), json!(lp)))
+                .collect();
+            tops.push(Value::Object(top));
+        }
+        json!({"tokens": strs, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+    }
+
+    fn model(&self) -> &str {
+        &self.state.model_name
+    }
+
+    fn chunk(&self, choices: Vec<Value>, include_usage: bool) -> Value {
+        let object = match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        };
+        let mut v = json!({"id": self.id, "object": object, "created": self.created, "model": self.model(),
+            "system_fingerprint": null, "choices": choices});
+        if include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+}
+
+fn usage_json(u: Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens})
+}
+
+/// Submits every prompt; returns the merged stream of (choice index, event) and the guard.
+fn submit(
+    state: &AppState,
+    job: &Job,
+) -> Result<
+    (
+        futures::stream::BoxStream<'static, (usize, EngineEvent)>,
+        InFlight,
+    ),
+    ApiError,
+> {
+    let n = job.params.n;
+    let mut guard = InFlight {
+        engine: state.engine.clone(),
+        ids: Vec::new(),
+        done: false,
+    };
+    let mut streams = Vec::new();
+    for (p, prompt) in job.prompts.iter().enumerate() {
+        let (id, rx) = state.engine.submit(prompt.clone(), job.params.clone())?;
+        guard.ids.push(id);
+        streams.push(
+            UnboundedReceiverStream::new(rx)
+                .map(move |e| {
+                    let choice = match &e {
+                        EngineEvent::Delta { choice, .. }
+                        | EngineEvent::Finished { choice, .. } => *choice,
+                        EngineEvent::Failed { .. } => 0,
+                    };
+                    (p * n + choice, e)
+                })
+                .boxed(),
+        );
+    }
+    Ok((futures::stream::select_all(streams).boxed(), guard))
+}
+
+pub async fn run(state: AppState, job: Job) -> Result<Response, ApiError> {
+    let prompt_tokens: usize = job.prompts.iter().map(|p| p.len()).sum();
+    let (events, guard) = submit(&state, &job)?;
+    let fmt = Formatter {
+        id: random_id(match job.kind {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        }),
+        created: now(),
+        kind: job.kind,
+        state,
+    };
+    let choices = job.prompts.len() * job.params.n;
+    if job.stream {
+        Ok(stream(
+            fmt,
+            events,
+            guard,
+            choices,
+            prompt_tokens,
+            job.include_usage,
+            job.params.logprobs,
+        ))
+    } else {
+        collect(
+            fmt,
+            events,
+            guard,
+            choices,
+            prompt_tokens,
+            job.params.logprobs,
+        )
+        .await
+    }
+}
+
+#[derive(Default)]
+struct ChoiceAcc {
+    text: String,
+    tokens: Vec<TokenLogprob>,
+    finish: Option<FinishReason>,
+    completion_tokens: usize,
+}
+
+async fn collect(
+    fmt: Formatter,
+    mut events: futures::stream::BoxStream<'static, (usize, EngineEvent)>,
+    mut guard: InFlight,
+    choices: usize,
+    prompt_tokens: usize,
+    logprobs: bool,
+) -> Result<Response, ApiError> {
+    let mut acc: Vec<ChoiceAcc> = (0..choices).map(|_| ChoiceAcc::default()).collect();
+    while let Some((idx, event)) = events.next().await {
+        let Some(a) = acc.get_mut(idx) else { continue };
+        match event {
+            EngineEvent::Delta { text, tokens, .. } => {
+                a.text.push_str(&text);
+                a.tokens.extend(tokens);
+            }
+            EngineEvent::Finished {
+                reason,
+                text,
+                completion_tokens,
+                ..
+            } => {
+                a.text.push_str(&text);
+                a.finish = Some(reason);
+                a.completion_tokens = completion_tokens;
+            }
+            EngineEvent::Failed { message } => return Err(ApiError::internal(message)),
+        }
+    }
+    guard.done = true;
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens: acc.iter().map(|a| a.completion_tokens).sum(),
+    };
+    let out_choices: Vec<Value> = acc
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let finish = a.finish.map(finish_str);
+            match fmt.kind {
+                Kind::Chat => json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": a.text},
+                    "logprobs": if logprobs { fmt.chat_logprobs(&a.tokens) } else { Value::Null },
+                    "finish_reason": finish,
+                }),
+                Kind::Completion => json!({
+                    "index": i,
+                    "text": a.text,
+                    "logprobs": if logprobs { fmt.completion_logprobs(&a.tokens, &mut 0) } else { Value::Null },
+                    "finish_reason": finish,
+                }),
+            }
+        })
+        .collect();
+    let object = match fmt.kind {
+        Kind::Chat => "chat.completion",
+        Kind::Completion => "text_completion",
+    };
+    let body = json!({"id": fmt.id, "object": object, "created": fmt.created, "model": fmt.model(),
+        "system_fingerprint": null, "choices": out_choices, "usage": usage_json(usage)});
+    let mut resp = axum::Json(body).into_response();
+    resp.extensions_mut().insert(usage);
+    Ok(resp)
+}
+
+fn stream(
+    fmt: Formatter,
+    mut events: futures::stream::BoxStream<'static, (usize, EngineEvent)>,
+    guard: InFlight,
+    choices: usize,
+    prompt_tokens: usize,
+    include_usage: bool,
+    logprobs: bool,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
+    let usage_out = Usage {
+        prompt_tokens,
+        completion_tokens: 0,
+    };
+    let fmt = Arc::new(fmt);
+    tokio::spawn(async move {
+        // Move the whole guard in (not just a field): dropping it early would cancel the request.
+        let mut guard = guard;
+        let send = |v: Value| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Ok(Event::default().data(v.to_string())))
+                    .await
+                    .is_ok()
+            }
+        };
+        // Role first (chat), one chunk per choice.
+        if fmt.kind == Kind::Chat {
+            for i in 0..choices {
+                let c = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+                if !send(fmt.chunk(vec![c], include_usage)).await {
+                    return;
+                }
+            }
+        }
+        let mut completion_tokens = 0;
+        let mut offsets = vec![0usize; choices];
+        while let Some((idx, event)) = events.next().await {
+            let (text, tokens, finish) = match event {
+                EngineEvent::Delta { text, tokens, .. } => (text, tokens, None),
+                EngineEvent::Finished {
+                    reason,
+                    text,
+                    completion_tokens: n,
+                    ..
+                } => {
+                    completion_tokens += n;
+                    (text, Vec::new(), Some(reason))
+                }
+                EngineEvent::Failed { message } => {
+                    let _ = send(ApiError::internal(message).body()).await;
+                    return;
+                }
+            };
+            if !text.is_empty() || (logprobs && !tokens.is_empty()) {
+                let lp = if logprobs && !tokens.is_empty() {
+                    match fmt.kind {
+                        Kind::Chat => fmt.chat_logprobs(&tokens),
+                        Kind::Completion => {
+                            fmt.completion_logprobs(&tokens, &mut offsets[idx.min(choices - 1)])
+                        }
+                    }
+                } else {
+                    Value::Null
+                };
+                let c = match fmt.kind {
+                    Kind::Chat => {
+                        json!({"index": idx, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
+                    }
+                    Kind::Completion => {
+                        json!({"index": idx, "text": text, "logprobs": lp, "finish_reason": null})
+                    }
+                };
+                if !send(fmt.chunk(vec![c], include_usage)).await {
+                    return;
+                }
+            }
+            if let Some(reason) = finish {
+                let c = match fmt.kind {
+                    Kind::Chat => {
+                        json!({"index": idx, "delta": {}, "logprobs": null, "finish_reason": finish_str(reason)})
+                    }
+                    Kind::Completion => {
+                        json!({"index": idx, "text": "", "logprobs": null, "finish_reason": finish_str(reason)})
+                    }
+                };
+                if !send(fmt.chunk(vec![c], include_usage)).await {
+                    return;
+                }
+            }
+        }
+        guard.done = true;
+        if include_usage {
+            let mut v = fmt.chunk(vec![], false);
+            v["usage"] = usage_json(Usage {
+                prompt_tokens,
+                completion_tokens,
+            });
+            if !send(v).await {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
+    });
+    let mut resp = Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    resp.extensions_mut().insert(usage_out);
+    resp
+}

@@ -1,0 +1,216 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`: parse, validate, apply the chat template,
+//! tokenize, check lengths against the context, then hand over to [`super::generation`].
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::Response;
+
+use super::error::ApiError;
+use super::generation::{self, Job, Kind};
+use super::types::{
+    from_value, parse_value, validate, ChatRequest, CompletionRequest, GenerationFields,
+    MessageContent, PromptField, Validated,
+};
+use super::AppState;
+use crate::chat::ChatMessage;
+
+/// The body, or 413 / 400 in OpenAI's format.
+pub fn body_bytes(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(state.max_body_bytes)
+        } else {
+            ApiError::bad_request("Could not read the request body")
+        }
+    })
+}
+
+pub fn check_model(state: &AppState, model: &str) -> Result<(), ApiError> {
+    if model == &*state.model_name {
+        Ok(())
+    } else {
+        Err(ApiError::model_not_found(model.len()))
+    }
+}
+
+/// Sets `max_tokens` from the prompt length and checks it fits the context.
+fn fit(state: &AppState, v: &mut Validated, longest_prompt: usize) -> Result<(), ApiError> {
+    let ctx = state.max_context;
+    if longest_prompt == 0 {
+        return Err(ApiError::invalid("prompt", "The prompt is empty"));
+    }
+    if longest_prompt >= ctx {
+        return Err(ApiError::invalid(
+            "messages",
+            format!("The prompt has {longest_prompt} tokens; the model's context is {ctx} tokens"),
+        ));
+    }
+    let room = ctx - longest_prompt;
+    match v.max_tokens {
+        Some(m) if m > room => Err(ApiError::invalid(
+            "max_tokens",
+            format!(
+                "The prompt has {longest_prompt} tokens and max_tokens is {m}: together more than the \
+                 model's context of {ctx} tokens"
+            ),
+        )),
+        Some(m) => {
+            v.params.max_tokens = m;
+            Ok(())
+        }
+        None => {
+            v.params.max_tokens = room;
+            Ok(())
+        }
+    }
+}
+
+fn check_vocab(state: &AppState, prompt: &[u32]) -> Result<(), ApiError> {
+    let vocab = state.engine.loaded.model.spec().vocab_size;
+    if prompt.iter().any(|&t| t as usize >= vocab) {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("Token ids must be below the vocabulary size {vocab}"),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(&state, body)?;
+    let value = parse_value(&body)?;
+    let req: ChatRequest = from_value(&value)?;
+    let gen: GenerationFields = from_value(&value)?;
+    check_model(&state, &req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let content = match m.content {
+            None => String::new(),
+            Some(MessageContent::Text(t)) => t,
+            Some(MessageContent::Parts(parts)) => {
+                let mut texts = Vec::new();
+                for p in parts {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => texts.push(t),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                &format!("messages[{i}].content"),
+                                "Only text content parts are supported",
+                            ))
+                        }
+                    }
+                }
+                texts.join("\n")
+            }
+        };
+        messages.push(ChatMessage {
+            role: m.role,
+            content,
+        });
+    }
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top = req.top_logprobs.unwrap_or(0);
+    if top > 0 && !logprobs {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        ));
+    }
+    let vocab = state.engine.loaded.model.spec().vocab_size;
+    let mut v = validate(&gen, req.max_completion_tokens, logprobs, top, vocab)?;
+    let template = state.chat.as_ref().ok_or_else(|| {
+        ApiError::bad_request("This model has no chat template; use /v1/completions")
+    })?;
+    let text = template
+        .render(&messages, true)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    drop(messages);
+    let prompt = state
+        .engine
+        .loaded
+        .tokenizer
+        .encode(&text, false)
+        .map_err(|_| ApiError::internal("tokenization failed"))?;
+    drop(text);
+    fit(&state, &mut v, prompt.len())?;
+    generation::run(
+        state,
+        Job {
+            kind: Kind::Chat,
+            prompts: vec![prompt],
+            params: v.params,
+            stream: v.stream,
+            include_usage: v.include_usage,
+        },
+    )
+    .await
+}
+
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(&state, body)?;
+    let value = parse_value(&body)?;
+    let req: CompletionRequest = from_value(&value)?;
+    let gen: GenerationFields = from_value(&value)?;
+    check_model(&state, &req.model)?;
+    if req.echo.unwrap_or(false) {
+        return Err(ApiError::invalid("echo", "`echo` is not supported"));
+    }
+    let top = req.logprobs;
+    if top.is_some_and(|t| t > 5) {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "`logprobs` must be between 0 and 5",
+        ));
+    }
+    let vocab = state.engine.loaded.model.spec().vocab_size;
+    let mut v = validate(&gen, None, top.is_some(), top.unwrap_or(0), vocab)?;
+    let tok = &state.engine.loaded.tokenizer;
+    let encode = |t: &str| {
+        tok.encode(t, true)
+            .map_err(|_| ApiError::internal("tokenization failed"))
+    };
+    let prompts: Vec<Vec<u32>> = match req.prompt {
+        PromptField::Text(t) => vec![encode(&t)?],
+        PromptField::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+        PromptField::Ids(ids) => vec![ids],
+        PromptField::IdLists(lists) => lists,
+    };
+    if prompts.is_empty() || prompts.len() > 64 {
+        return Err(ApiError::invalid("prompt", "Give between 1 and 64 prompts"));
+    }
+    for p in &prompts {
+        check_vocab(&state, p)?;
+    }
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    if prompts.iter().any(|p| p.is_empty()) {
+        return Err(ApiError::invalid("prompt", "The prompt is empty"));
+    }
+    fit(&state, &mut v, longest)?;
+    generation::run(
+        state,
+        Job {
+            kind: Kind::Completion,
+            prompts,
+            params: v.params,
+            stream: v.stream,
+            include_usage: v.include_usage,
+        },
+    )
+    .await
+}

@@ -1,0 +1,143 @@
+//! The small routes: `GET /v1/models`, `GET /health`, `POST /tokenize`, `POST /detokenize` (vLLM's shapes),
+//! and the OpenAI-format 404 / 405 fallbacks.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::handlers::{body_bytes, check_model};
+use super::types::{from_value, parse_value, RequestMessage};
+use super::AppState;
+use crate::chat::ChatMessage;
+
+pub async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": &*state.model_name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "moeserve",
+            "max_model_len": state.max_context,
+        }]
+    }))
+}
+
+pub async fn health(State(state): State<AppState>) -> Response {
+    if state
+        .engine
+        .stats
+        .shutting_down
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        ApiError::shutting_down().into_response()
+    } else {
+        (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenizeRequest {
+    model: Option<String>,
+    prompt: Option<String>,
+    messages: Option<Vec<RequestMessage>>,
+    add_special_tokens: Option<bool>,
+    add_generation_prompt: Option<bool>,
+}
+
+pub async fn tokenize(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(&state, body)?;
+    let value = parse_value(&body)?;
+    let req: TokenizeRequest = from_value(&value)?;
+    if let Some(m) = &req.model {
+        check_model(&state, m)?;
+    }
+    let tok = &state.engine.loaded.tokenizer;
+    let tokens = match (req.prompt, req.messages) {
+        (Some(p), None) => tok.encode(&p, req.add_special_tokens.unwrap_or(true)),
+        (None, Some(msgs)) => {
+            let messages: Vec<ChatMessage> = msgs
+                .into_iter()
+                .map(|m| ChatMessage {
+                    role: m.role,
+                    content: match m.content {
+                        Some(super::types::MessageContent::Text(t)) => t,
+                        Some(super::types::MessageContent::Parts(parts)) => parts
+                            .into_iter()
+                            .filter_map(|p| p.text)
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                        None => String::new(),
+                    },
+                })
+                .collect();
+            let template = state
+                .chat
+                .as_ref()
+                .ok_or_else(|| ApiError::bad_request("This model has no chat template"))?;
+            let text = template
+                .render(&messages, req.add_generation_prompt.unwrap_or(true))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            tok.encode(&text, req.add_special_tokens.unwrap_or(false))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "Give exactly one of `prompt` or `messages`",
+            ))
+        }
+    }
+    .map_err(|_| ApiError::internal("tokenization failed"))?;
+    Ok(
+        Json(json!({"count": tokens.len(), "max_model_len": state.max_context, "tokens": tokens}))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+struct DetokenizeRequest {
+    model: Option<String>,
+    tokens: Vec<u32>,
+}
+
+pub async fn detokenize(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(&state, body)?;
+    let value = parse_value(&body)?;
+    let req: DetokenizeRequest = from_value(&value)?;
+    if let Some(m) = &req.model {
+        check_model(&state, m)?;
+    }
+    let vocab = state.engine.loaded.tokenizer.vocab_size();
+    if req.tokens.iter().any(|&t| t as usize >= vocab) {
+        return Err(ApiError::invalid(
+            "tokens",
+            format!("Token ids must be below {vocab}"),
+        ));
+    }
+    let text = state
+        .engine
+        .loaded
+        .tokenizer
+        .decode(&req.tokens, false)
+        .map_err(|_| ApiError::internal("detokenization failed"))?;
+    Ok(Json(json!({"prompt": text})).into_response())
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

@@ -1,0 +1,146 @@
+//! The OpenAI-compatible HTTP API (axum): routes, shared state, the access log (ids, counts and timings
+//! only), and serving with graceful shutdown (new requests get 503 while in-flight ones finish).
+
+pub mod error;
+pub mod generation;
+pub mod handlers;
+pub mod misc;
+pub mod types;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::chat::ChatTemplate;
+use crate::engine::EngineHandle;
+pub use generation::Usage;
+
+/// What every handler can see. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub chat: Option<Arc<ChatTemplate>>,
+    pub model_name: Arc<str>,
+    pub created: u64,
+    pub max_body_bytes: usize,
+    /// Longest prompt + completion a request may have (model context and KV capacity).
+    pub max_context: usize,
+    request_ids: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn new(
+        engine: EngineHandle,
+        chat: Option<ChatTemplate>,
+        model_name: String,
+        max_body_bytes: usize,
+    ) -> Self {
+        let spec_ctx = engine.loaded.model.spec().max_position_embeddings;
+        let kv_ctx = engine.config.num_blocks * engine.config.block_size;
+        Self {
+            chat: chat.map(Arc::new),
+            model_name: model_name.into(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            max_body_bytes,
+            max_context: spec_ctx.min(kv_ctx),
+            request_ids: Arc::new(AtomicU64::new(1)),
+            engine,
+        }
+    }
+}
+
+/// One line per request: id, method, route, status, token counts, duration. Never content.
+async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let id = state.request_ids.fetch_add(1, Ordering::Relaxed);
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "<unmatched>".to_owned());
+    let started = Instant::now();
+    let mut resp = next.run(req).await;
+    let usage = resp
+        .extensions()
+        .get::<Usage>()
+        .copied()
+        .unwrap_or_default();
+    tracing::info!(
+        target: "moeserve::access",
+        request_id = id,
+        method = %method,
+        route = %route,
+        status = resp.status().as_u16(),
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("req-{id}")) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/models", get(misc::models))
+        .route("/health", get(misc::health))
+        .route("/tokenize", post(misc::tokenize))
+        .route("/detokenize", post(misc::detokenize))
+        .fallback(misc::not_found)
+        .method_not_allowed_fallback(misc::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access_log,
+        ))
+        .with_state(state)
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Serves until a shutdown signal; then refuses new work (503) and drains in-flight requests.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    let engine = state.engine.clone();
+    let app = router(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: draining in-flight requests");
+        engine.shutdown();
+    })
+    .await
+}
