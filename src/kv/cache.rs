@@ -105,8 +105,8 @@ impl KvCache {
     pub fn copy_block(&self, src: u32, dst: u32) -> Result<()> {
         let bs = self.block_size;
         for (kc, vc) in &self.layers {
-            let k = kc.narrow(0, src as usize * bs, bs)?.contiguous()?;
-            let v = vc.narrow(0, src as usize * bs, bs)?.contiguous()?;
+            let k = kc.narrow(0, src as usize * bs, bs)?.copy()?;
+            let v = vc.narrow(0, src as usize * bs, bs)?.copy()?;
             kc.slice_set(&k, 0, dst as usize * bs)?;
             vc.slice_set(&v, 0, dst as usize * bs)?;
         }
@@ -138,11 +138,27 @@ mod tests {
             vec![vec![vec![3., 4.]], vec![vec![1., 2.]]]
         );
         assert_eq!(gv.to_vec3::<f32>()?[0][0], vec![30., 40.]);
+        cache.copy_block(1, 0)?;
+        assert_eq!(
+            cache.block_keys(0, 0)?.flatten_all()?.to_vec1::<f32>()?,
+            vec![0., 0., 1., 2.]
+        );
+        cache.write(
+            0,
+            &Tensor::new(&[2u32], &dev)?,
+            &(&k.narrow(0, 0, 1)? * 5.)?,
+            &v.narrow(0, 0, 1)?,
+        )?;
+        assert_eq!(
+            cache.block_keys(0, 0)?.flatten_all()?.to_vec1::<f32>()?,
+            vec![0., 0., 1., 2.],
+            "copy is deep"
+        );
         cache.zero_blocks(&[1])?;
         let block = cache.block_keys(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
         assert!(block.iter().all(|x| *x == 0.0));
         let block0 = cache.block_keys(0, 0)?.flatten_all()?.to_vec1::<f32>()?;
-        assert_eq!(block0, vec![0., 0., 3., 4.]);
+        assert_eq!(block0, vec![0., 0., 1., 2.], "other blocks untouched");
         Ok(())
     }
 }

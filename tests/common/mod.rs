@@ -2,6 +2,8 @@
 //! over the paged cache.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 

@@ -1,0 +1,55 @@
+//! Starts `moeserve serve` on a free loopback port for a test and stops it when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub model: String,
+}
+
+impl Server {
+    /// `moeserve serve --port 0 <args>`; waits for the "listening on" line.
+    pub fn start(model_dir: Option<&std::path::Path>, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moeserve"));
+        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
+        if let Some(dir) = model_dir {
+            cmd.arg("--model").arg(dir);
+        }
+        cmd.args(["--served-model-name", "test-model"]);
+        cmd.args(extra);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn moeserve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read address");
+        let base = line
+            .trim()
+            .strip_prefix("moeserve listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server {
+            child,
+            base,
+            model: "test-model".into(),
+        }
+    }
+
+    pub fn v1(&self) -> String {
+        format!("{}/v1", self.base)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
