@@ -151,6 +151,8 @@ impl EngineCore {
         self.running.retain(|&r| r != id);
         self.waiting.retain(|&w| w != id);
         self.release_blocks(&mut seq.table);
+        // Published before the client hears of the finish, so observers never see stale counts.
+        self.publish();
         let _ = seq.events.send(EngineEvent::Finished {
             choice: seq.choice,
             reason,
