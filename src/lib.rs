@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod chat;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod kv;

