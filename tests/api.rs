@@ -218,6 +218,30 @@ async fn seeded_sampling_is_reproducible() {
         texts.push(resp.choices[0].message.content.clone().unwrap_or_default());
     }
     assert_eq!(texts[0], texts[1]);
+    // The same seed gives the same text while other requests share the batch.
+    let busy: Vec<_> = (0..6)
+        .map(|i| {
+            let c = c.clone();
+            let req = chat_request(&format!("Background request {i}"), 24)
+                .build()
+                .unwrap();
+            tokio::spawn(async move { c.chat().create(req).await.map(|_| ()) })
+        })
+        .collect();
+    let mut req = chat_request("Tell me a story", 16);
+    req.temperature(1.0).seed(1234);
+    let crowded = c.chat().create(req.build().unwrap()).await.unwrap();
+    assert_eq!(
+        crowded.choices[0]
+            .message
+            .content
+            .clone()
+            .unwrap_or_default(),
+        texts[0]
+    );
+    for b in busy {
+        b.await.unwrap().unwrap();
+    }
     let mut req = chat_request("Tell me a story", 16);
     req.temperature(1.0).seed(99);
     let other = c.chat().create(req.build().unwrap()).await.unwrap();
