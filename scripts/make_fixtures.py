@@ -31,6 +31,10 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -130,6 +134,9 @@ def randomise(model, gen, router_scale):
                 p.copy_(torch.randn(p.shape, generator=gen) * scale)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.2)
 
 
 def hub_config(path, family):
@@ -151,6 +158,18 @@ def hub_config(path, family):
     if family == "qwen2_moe":
         cfg.pop("qkv_bias", None)
         cfg.pop("layer_types", None)
+    if family in ("deepseek_v2", "deepseek_v3"):
+        # Hub DeepSeek configs have neither; transformers 5 derives them.
+        cfg.pop("head_dim", None)
+        cfg.pop("qk_head_dim", None)
+        cfg.pop("pretraining_tp", None)
+        cfg["moe_layer_freq"] = 1
+        cfg.setdefault("num_nextn_predict_layers", 0)
+        if family == "deepseek_v3":
+            cfg["scoring_func"] = "sigmoid"
+            cfg["topk_method"] = "noaux_tc"
+        else:
+            cfg["scoring_func"] = "softmax"
     with open(path, "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
 
@@ -198,15 +217,39 @@ def references(model, prompts):
 
 
 def route_gap(model, prompts):
-    """Smallest gap between the k-th and (k+1)-th router logit over all tokens and layers."""
+    """Smallest margin of any routing decision over all tokens and layers, in the space the router decides in:
+    logits for softmax routers (monotonic), biased sigmoid scores for DeepSeek-V3; group choices included."""
     gaps = []
     hooks = []
-    k = model.config.num_experts_per_tok
+    cfg = model.config
+    k = cfg.num_experts_per_tok
+    kind = cfg.model_type
 
-    def hook(_m, inp, _out):
-        logits = torch.nn.functional.linear(inp[0].reshape(-1, inp[0].shape[-1]), _m.weight)
-        top = torch.topk(logits.float(), k + 1, -1).values
-        gaps.append(float((top[:, k - 1] - top[:, k]).min()))
+    def margin(values, n):
+        top = torch.topk(values, n + 1, -1).values
+        return float((top[:, n - 1] - top[:, n]).min())
+
+    def hook(mod, inp, _out):
+        x = inp[0].reshape(-1, inp[0].shape[-1]).float()
+        logits = torch.nn.functional.linear(x, mod.weight.float())
+        if kind == "deepseek_v3":
+            choice = logits.sigmoid() + mod.e_score_correction_bias
+            ng, tg = cfg.n_group, cfg.topk_group
+            grouped = choice.view(-1, ng, choice.shape[-1] // ng)
+            gscore = grouped.topk(2, -1).values.sum(-1)
+            if tg < ng:
+                gaps.append(margin(gscore, tg))
+            keep = torch.zeros_like(gscore).scatter_(1, gscore.topk(tg, -1).indices, 1).bool()
+            choice = choice.masked_fill(~keep.repeat_interleave(choice.shape[-1] // ng, 1), float("-inf"))
+            gaps.append(margin(choice, k))
+        elif kind == "deepseek_v2" and cfg.topk_method == "group_limited_greedy":
+            ng, tg = cfg.n_group, cfg.topk_group
+            gscore = logits.view(-1, ng, logits.shape[-1] // ng).max(-1).values
+            gaps.append(margin(gscore, tg))
+            keep = torch.zeros_like(gscore).scatter_(1, gscore.topk(tg, -1).indices, 1).bool()
+            gaps.append(margin(logits.masked_fill(~keep.repeat_interleave(logits.shape[-1] // ng, 1), float("-inf")), k))
+        else:
+            gaps.append(margin(logits, k))
 
     for name, mod in model.named_modules():
         if name.endswith(".gate") and hasattr(mod, "weight") and "shared" not in name:
@@ -284,6 +327,134 @@ FAMILIES = {
         ),
         dict(dtype=torch.float32, separate_template=False, seed=14),
     ),
+    "kimi_k2": (
+        DeepseekV3Config,
+        DeepseekV3ForCausalLM,
+        dict(
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=96,
+            moe_intermediate_size=32,
+            n_routed_experts=16,
+            num_experts_per_tok=4,
+            n_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.827,
+            norm_topk_prob=True,
+            first_k_dense_replace=1,
+            q_lora_rank=48,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            rope_interleave=True,
+            num_nextn_predict_layers=0,
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+                "beta_fast": 32,
+                "beta_slow": 1,
+                "rope_theta": 50000.0,
+            },
+            max_position_embeddings=128,
+        ),
+        dict(dtype=torch.bfloat16, separate_template=False, seed=15, model_type="kimi_k2"),
+    ),
+    "moonlight": (
+        DeepseekV3Config,
+        DeepseekV3ForCausalLM,
+        dict(
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=96,
+            moe_intermediate_size=32,
+            n_routed_experts=16,
+            num_experts_per_tok=4,
+            n_shared_experts=2,
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=2.446,
+            norm_topk_prob=True,
+            first_k_dense_replace=1,
+            q_lora_rank=None,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            rope_interleave=True,
+            num_nextn_predict_layers=0,
+            rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
+            max_position_embeddings=512,
+        ),
+        dict(dtype=torch.float32, separate_template=False, seed=16),
+    ),
+    "deepseek_v2_lite": (
+        DeepseekV2Config,
+        DeepseekV2ForCausalLM,
+        dict(
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=96,
+            moe_intermediate_size=32,
+            n_routed_experts=16,
+            num_experts_per_tok=4,
+            n_shared_experts=2,
+            topk_method="greedy",
+            routed_scaling_factor=1.0,
+            first_k_dense_replace=1,
+            q_lora_rank=None,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 32,
+                "mscale": 0.707,
+                "mscale_all_dim": 0.707,
+                "beta_fast": 32,
+                "beta_slow": 1,
+                "rope_theta": 10000.0,
+            },
+            max_position_embeddings=128,
+        ),
+        dict(dtype=torch.float32, separate_template=False, seed=17),
+    ),
+    "deepseek_v2": (
+        DeepseekV2Config,
+        DeepseekV2ForCausalLM,
+        dict(
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=96,
+            moe_intermediate_size=32,
+            n_routed_experts=16,
+            num_experts_per_tok=4,
+            n_shared_experts=2,
+            topk_method="group_limited_greedy",
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=16.0,
+            first_k_dense_replace=1,
+            q_lora_rank=48,
+            kv_lora_rank=32,
+            qk_nope_head_dim=16,
+            qk_rope_head_dim=8,
+            v_head_dim=16,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            max_position_embeddings=512,
+        ),
+        dict(dtype=torch.float32, separate_template=True, seed=18),
+    ),
 }
 
 
@@ -336,12 +507,20 @@ def build(name, out_dir, fast, base, extra, opts, make_refs=True):
             return
         ref, tensors = references(reloaded, prompts)
         gap = route_gap(reloaded, [p + g for p, g in zip(prompts, ref["greedy"])])
-        if gap > 1e-3 and min(ref["min_greedy_gap"]) > 2e-3:
+        if gap > 2e-4 and min(ref["min_greedy_gap"]) > 2e-3:
             break
     else:
         raise SystemExit(f"{name}: no seed gave decided routing")
     ref["min_route_gap"] = gap
     ref["seed"] = seed
+    if opts.get("model_type"):
+        # Kimi K2 ships model_type "kimi_k2" with DeepseekV3ForCausalLM; transformers only loads deepseek_v3.
+        cfg_path = os.path.join(out_dir, "config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["model_type"] = opts["model_type"]
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
     ref["family"] = name
     ref["prompt_texts"] = PROMPTS
     with open(os.path.join(out_dir, "reference.json"), "w") as f:

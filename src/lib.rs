@@ -8,6 +8,7 @@ pub mod chat;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod inspect;
 pub mod kv;
 pub mod loader;
 pub mod model;

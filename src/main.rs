@@ -180,110 +180,22 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn run_inspect(args: ModelArgs) -> anyhow::Result<()> {
     let loaded = load(&args)?;
-    let spec = loaded.model.spec();
-    let (total, active) = spec.parameter_counts();
-    let a = &spec.attention;
     let mut o = std::io::stdout().lock();
-    writeln!(o, "source:        {}", loaded.source.describe())?;
-    if matches!(loaded.source, moeserve::weights::ModelSource::Embedded(_)) {
-        writeln!(
-            o,
-            "note:          tiny random-weight demo model; its text output is meaningless"
-        )?;
-    }
-    writeln!(o, "architecture:  {}", spec.family.name())?;
-    writeln!(
-        o,
-        "layers:        {} ({} MoE, {} dense)",
-        spec.num_layers(),
-        spec.layers
-            .iter()
-            .filter(|l| matches!(l, moeserve::model::spec::FfnSpec::Moe(_)))
-            .count(),
-        spec.layers
-            .iter()
-            .filter(|l| matches!(l, moeserve::model::spec::FfnSpec::Dense { .. }))
-            .count()
-    )?;
-    writeln!(o, "hidden size:   {}", spec.hidden_size)?;
-    writeln!(
-        o,
-        "attention:     GQA, {} heads, {} kv heads, head dim {}{}{}",
-        a.num_heads,
-        a.num_kv_heads,
-        a.head_dim,
-        if a.qkv_bias { ", qkv bias" } else { "" },
-        match a.qk_norm {
-            moeserve::model::spec::QkNorm::None => "",
-            moeserve::model::spec::QkNorm::PerHead => ", q/k norm per head",
-            moeserve::model::spec::QkNorm::Whole => ", q/k norm",
-        }
-    )?;
-    if let Some(m) = spec.moe() {
-        writeln!(
-            o,
-            "experts:       {} total, {} per token, {} shared (width {})",
-            m.num_experts,
-            m.top_k,
-            usize::from(m.shared.is_some()),
-            m.expert_intermediate_size
-        )?;
-        writeln!(o, "router:        {:?}", m.router)?;
-    }
-    writeln!(
-        o,
-        "parameters:    {} total, {} active per token",
-        human(total),
-        human(active)
-    )?;
-    writeln!(
-        o,
-        "context:       {} positions, rope {:?}",
-        spec.max_position_embeddings, a.rope.scaling
-    )?;
-    let dtypes: Vec<String> = loaded
-        .weights
-        .dtypes
-        .iter()
-        .map(|(k, v)| format!("{k} ({v} tensors)"))
-        .collect();
-    writeln!(o, "stored dtype:  {}", dtypes.join(", "))?;
-    writeln!(
-        o,
-        "compute dtype: {:?} on {:?}",
-        loaded.model.dtype(),
-        loaded.model.device()
-    )?;
-    writeln!(
-        o,
-        "weights:       {} tensors, {:.1} MB in {} shard(s): {}",
-        loaded.weights.tensors,
-        loaded.weights.bytes as f64 / 1e6,
-        loaded.weights.shards.len(),
-        loaded.weights.shards.join(", ")
-    )?;
-    writeln!(
-        o,
-        "tokenizer:     tokenizer.json, {} tokens",
-        loaded.tokenizer.vocab_size()
-    )?;
-    writeln!(o, "eos ids:       {:?}", loaded.generation.eos_token_ids)?;
-    match &loaded.chat_template {
-        Some((t, file)) => writeln!(o, "chat template: found in {file} ({} bytes)", t.len())?,
-        None => writeln!(o, "chat template: none")?,
-    }
+    write!(o, "{}", moeserve::inspect::describe(&loaded))?;
     Ok(())
 }
 
 fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     let loaded = load(&args.model)?;
     let spec = loaded.model.spec();
-    let a = &spec.attention;
-    let bytes_per_token =
-        2 * spec.num_layers() * a.num_kv_heads * a.head_dim * loaded.model.dtype().size_in_bytes();
+    let (bytes_per_token, _) =
+        moeserve::inspect::kv_bytes_per_token(spec, loaded.model.dtype().size_in_bytes());
     let block_size = args.block_size.max(1);
+    // By default: the memory budget, but no more than every running sequence at full context needs.
+    let full = args.max_running_seqs.max(1) * spec.max_position_embeddings.div_ceil(block_size);
     let num_blocks = args.kv_blocks.unwrap_or_else(|| {
-        (args.kv_cache_mib * 1024 * 1024 / (bytes_per_token * block_size).max(1)).max(1)
+        (args.kv_cache_mib * 1024 * 1024 / (bytes_per_token * block_size).max(1))
+            .clamp(1, full.max(1))
     });
     let config = SchedulerConfig {
         max_running: args.max_running_seqs.max(1),
@@ -331,15 +243,6 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let _ = engine_thread.join();
     Ok(())
-}
-
-fn human(n: u64) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
-        n => n.to_string(),
-    }
 }
 
 fn main() {

@@ -133,10 +133,21 @@ async fn chat_greedy_equals_generate_streamed_and_not() {
 
 #[tokio::test]
 async fn completions_match_reference_greedy_streamed_and_not() {
-    let server = fixture_server();
+    completions_match_reference("qwen3_moe").await;
+}
+
+#[tokio::test]
+async fn mla_fixtures_serve_their_reference_greedy() {
+    for family in ["kimi_k2", "moonlight", "deepseek_v2"] {
+        completions_match_reference(family).await;
+    }
+}
+
+async fn completions_match_reference(family: &str) {
+    let server = Server::start(Some(&common::fixture_dir(family)), &[]);
     let c = client(&server);
-    let r = common::reference("qwen3_moe");
-    let loaded = common::load_fixture("qwen3_moe");
+    let r = common::reference(family);
+    let loaded = common::load_fixture(family);
     let eos = &loaded.generation.eos_token_ids;
     for (i, prompt) in r.prompts.iter().enumerate() {
         let greedy: Vec<u32> = r.greedy[i]
@@ -153,7 +164,7 @@ async fn completions_match_reference_greedy_streamed_and_not() {
             .build()
             .unwrap();
         let resp = c.completions().create(req.clone()).await.unwrap();
-        assert_eq!(resp.choices[0].text, expected, "prompt {i}");
+        assert_eq!(resp.choices[0].text, expected, "{family} prompt {i}");
         let mut req = req;
         req.stream = Some(true);
         let mut stream = c.completions().create_stream(req).await.unwrap();
@@ -163,7 +174,7 @@ async fn completions_match_reference_greedy_streamed_and_not() {
                 streamed.push_str(&ch.text);
             }
         }
-        assert_eq!(streamed, expected, "prompt {i} streamed");
+        assert_eq!(streamed, expected, "{family} prompt {i} streamed");
     }
 }
 

@@ -122,17 +122,68 @@ fn inspect_describes_fixtures_and_default_model() {
         out.contains("Qwen3MoeForCausalLM") && out.contains("meaningless"),
         "{out}"
     );
-    for (family, arch, shared) in [
-        ("mixtral", "MixtralForCausalLM", "0 shared"),
-        ("qwen2_moe", "Qwen2MoeForCausalLM", "1 shared"),
-        ("qwen3_moe", "Qwen3MoeForCausalLM", "0 shared"),
-        ("olmoe", "OlmoeForCausalLM", "0 shared"),
+    for (family, arch, shared, experts) in [
+        (
+            "mixtral",
+            "MixtralForCausalLM",
+            "0 shared",
+            "8 total, 2 per token",
+        ),
+        (
+            "qwen2_moe",
+            "Qwen2MoeForCausalLM",
+            "1 shared",
+            "8 total, 2 per token",
+        ),
+        (
+            "qwen3_moe",
+            "Qwen3MoeForCausalLM",
+            "0 shared",
+            "8 total, 2 per token",
+        ),
+        (
+            "olmoe",
+            "OlmoeForCausalLM",
+            "0 shared",
+            "8 total, 2 per token",
+        ),
+        (
+            "kimi_k2",
+            "DeepseekV3ForCausalLM",
+            "1 shared",
+            "16 total, 4 per token",
+        ),
+        (
+            "moonlight",
+            "DeepseekV3ForCausalLM",
+            "2 shared",
+            "16 total, 4 per token",
+        ),
+        (
+            "deepseek_v2_lite",
+            "DeepseekV2ForCausalLM",
+            "2 shared",
+            "16 total, 4 per token",
+        ),
+        (
+            "deepseek_v2",
+            "DeepseekV2ForCausalLM",
+            "2 shared",
+            "16 total, 4 per token",
+        ),
     ] {
         let dir = common::fixture_dir(family);
         let (ok, out, stderr) = moeserve(&["inspect", "--model", dir.to_str().unwrap()]);
         assert!(ok, "{family}: {stderr}");
         assert!(out.contains(arch) && out.contains(shared), "{out}");
-        assert!(out.contains("8 total, 2 per token"), "{out}");
+        assert!(out.contains(experts), "{out}");
+        if arch.starts_with("Deepseek") {
+            // Latent cache: (32 + 8) f32 values per layer and token, 4x smaller than per-head K/V here.
+            assert!(
+                out.contains("kv cache:      480 bytes/token (latent"),
+                "{out}"
+            );
+        }
         assert!(out.contains("chat template: found"), "{out}");
         assert!(out.contains("active per token"), "{out}");
     }

@@ -1,18 +1,19 @@
-//! The cache tensors: per layer, keys and values of every slot, `[num_blocks * block_size, kv_heads, head_dim]`.
-//! New keys and values are written in place through a slot mapping; attention gathers a sequence's context
-//! through its slots. Freed blocks are zeroed so no content outlives its request.
+//! The cache tensors: per layer, keys `[num_blocks * block_size, heads, dim]` and (for GQA) values of every
+//! slot; MLA stores one latent vector per slot as its "key" and no values. New entries are written in place
+//! through a slot mapping; attention gathers a sequence's context through its slots. Freed blocks are zeroed
+//! so no content outlives its request.
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
+use crate::model::spec::KvLayout;
 
 /// Paged key/value storage for all layers.
 pub struct KvCache {
     block_size: usize,
     num_blocks: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    layers: Vec<(Tensor, Tensor)>,
+    layout: KvLayout,
+    layers: Vec<(Tensor, Option<Tensor>)>,
 }
 
 impl KvCache {
@@ -20,27 +21,31 @@ impl KvCache {
         num_layers: usize,
         num_blocks: usize,
         block_size: usize,
-        kv_heads: usize,
-        head_dim: usize,
+        layout: KvLayout,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let shape = (num_blocks * block_size, kv_heads, head_dim);
+        let slots = num_blocks * block_size;
         let layers = (0..num_layers)
             .map(|_| {
-                Ok((
-                    Tensor::zeros(shape, dtype, device)?,
-                    Tensor::zeros(shape, dtype, device)?,
-                ))
+                let k = Tensor::zeros((slots, layout.k.0, layout.k.1), dtype, device)?;
+                let v = match layout.v {
+                    Some((h, d)) => Some(Tensor::zeros((slots, h, d), dtype, device)?),
+                    None => None,
+                };
+                Ok((k, v))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             block_size,
             num_blocks,
-            kv_heads,
-            head_dim,
+            layout,
             layers,
         })
+    }
+
+    pub fn layout(&self) -> KvLayout {
+        self.layout
     }
 
     pub fn block_size(&self) -> usize {
@@ -57,25 +62,39 @@ impl KvCache {
             .layers
             .first()
             .map_or(4, |(k, _)| k.dtype().size_in_bytes());
-        2 * self.layers.len() * self.kv_heads * self.head_dim * elem
+        self.layers.len() * self.layout.values_per_token() * elem
     }
 
-    /// Writes `k`, `v` (`[T, kv_heads, head_dim]`) into the slots `slots` (`[T]`, u32) of `layer`.
-    pub fn write(&self, layer: usize, slots: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+    /// Writes `k` (and `v`), `[T, heads, dim]`, into the slots `slots` (`[T]`, u32) of `layer`.
+    pub fn write(
+        &self,
+        layer: usize,
+        slots: &Tensor,
+        k: &Tensor,
+        v: Option<&Tensor>,
+    ) -> Result<()> {
         let (kc, vc) = &self.layers[layer];
-        let idx = slots
-            .reshape(((), 1, 1))?
-            .broadcast_as(k.shape())?
-            .contiguous()?;
-        kc.scatter_set(&idx, &k.contiguous()?, 0)?;
-        vc.scatter_set(&idx, &v.contiguous()?, 0)?;
+        let idx = |shape: &candle_core::Shape| -> Result<Tensor> {
+            Ok(slots
+                .reshape(((), 1, 1))?
+                .broadcast_as(shape)?
+                .contiguous()?)
+        };
+        kc.scatter_set(&idx(k.shape())?, &k.contiguous()?, 0)?;
+        if let (Some(vc), Some(v)) = (vc, v) {
+            vc.scatter_set(&idx(v.shape())?, &v.contiguous()?, 0)?;
+        }
         Ok(())
     }
 
-    /// Keys and values at `slots` (`[N]`, u32) of `layer`: `[N, kv_heads, head_dim]` each.
-    pub fn gather(&self, layer: usize, slots: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Keys (and values) at `slots` (`[N]`, u32) of `layer`: `[N, heads, dim]`.
+    pub fn gather(&self, layer: usize, slots: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let (kc, vc) = &self.layers[layer];
-        Ok((kc.index_select(slots, 0)?, vc.index_select(slots, 0)?))
+        let v = match vc {
+            Some(vc) => Some(vc.index_select(slots, 0)?),
+            None => None,
+        };
+        Ok((kc.index_select(slots, 0)?, v))
     }
 
     /// Zeroes whole blocks in every layer (called when blocks are freed).
@@ -86,16 +105,23 @@ impl KvCache {
         let Some((k0, _)) = self.layers.first() else {
             return Ok(());
         };
-        let zeros = Tensor::zeros(
-            (self.block_size, self.kv_heads, self.head_dim),
-            k0.dtype(),
-            k0.device(),
-        )?;
+        let (kh, kd) = self.layout.k;
+        let k_zeros = Tensor::zeros((self.block_size, kh, kd), k0.dtype(), k0.device())?;
+        let v_zeros = match self.layout.v {
+            Some((vh, vd)) => Some(Tensor::zeros(
+                (self.block_size, vh, vd),
+                k0.dtype(),
+                k0.device(),
+            )?),
+            None => None,
+        };
         for (kc, vc) in &self.layers {
             for &b in blocks {
                 let offset = b as usize * self.block_size;
-                kc.slice_set(&zeros, 0, offset)?;
-                vc.slice_set(&zeros, 0, offset)?;
+                kc.slice_set(&k_zeros, 0, offset)?;
+                if let (Some(vc), Some(z)) = (vc, &v_zeros) {
+                    vc.slice_set(z, 0, offset)?;
+                }
             }
         }
         Ok(())
@@ -106,9 +132,11 @@ impl KvCache {
         let bs = self.block_size;
         for (kc, vc) in &self.layers {
             let k = kc.narrow(0, src as usize * bs, bs)?.copy()?;
-            let v = vc.narrow(0, src as usize * bs, bs)?.copy()?;
             kc.slice_set(&k, 0, dst as usize * bs)?;
-            vc.slice_set(&v, 0, dst as usize * bs)?;
+            if let Some(vc) = vc {
+                let v = vc.narrow(0, src as usize * bs, bs)?.copy()?;
+                vc.slice_set(&v, 0, dst as usize * bs)?;
+            }
         }
         Ok(())
     }
@@ -127,12 +155,17 @@ mod tests {
     #[test]
     fn write_gather_and_zero() -> Result<()> {
         let dev = Device::Cpu;
-        let cache = KvCache::new(1, 2, 2, 1, 2, DType::F32, &dev)?;
+        let layout = KvLayout {
+            k: (1, 2),
+            v: Some((1, 2)),
+        };
+        let cache = KvCache::new(1, 2, 2, layout, DType::F32, &dev)?;
         let k = Tensor::new(&[[[1f32, 2.]], [[3., 4.]]], &dev)?;
         let v = (&k * 10.)?;
         let slots = Tensor::new(&[3u32, 1], &dev)?;
-        cache.write(0, &slots, &k, &v)?;
+        cache.write(0, &slots, &k, Some(&v))?;
         let (gk, gv) = cache.gather(0, &Tensor::new(&[1u32, 3], &dev)?)?;
+        let gv = gv.unwrap();
         assert_eq!(
             gk.to_vec3::<f32>()?,
             vec![vec![vec![3., 4.]], vec![vec![1., 2.]]]
@@ -147,7 +180,7 @@ mod tests {
             0,
             &Tensor::new(&[2u32], &dev)?,
             &(&k.narrow(0, 0, 1)? * 5.)?,
-            &v.narrow(0, 0, 1)?,
+            Some(&v.narrow(0, 0, 1)?),
         )?;
         assert_eq!(
             cache.block_keys(0, 0)?.flatten_all()?.to_vec1::<f32>()?,

@@ -173,13 +173,14 @@ impl Attention {
         }
         let q = self.rotate(&q, inputs)?;
         let k = self.rotate(&k, inputs)?;
-        kv.write(layer, &inputs.slots, &k, &v)?;
+        kv.write(layer, &inputs.slots, &k, Some(&v))?;
 
         let groups = nh / nkv;
         let mut outs = Vec::with_capacity(inputs.seqs.len());
         for seq in &inputs.seqs {
             let ql = seq.query_len;
             let (kc, vc) = kv.gather(layer, &seq.context_slots)?;
+            let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
             let ctx = kc.dim(0)?;
             // [ql, nh, hd] → [nkv, groups * ql, hd]; head h = kv_head * groups + g (HF's repeat_kv order).
             let qs = q
@@ -213,28 +214,19 @@ impl Attention {
     fn rotate(&self, x: &Tensor, inputs: &AttentionInputs) -> Result<Tensor> {
         let rd = self.spec.rope.rotary_dim;
         let hd = self.spec.head_dim;
-        let x = x.contiguous()?;
-        let (rot, pass) = if rd < hd {
-            (
-                x.narrow(D::Minus1, 0, rd)?.contiguous()?,
-                Some(x.narrow(D::Minus1, rd, hd - rd)?),
-            )
-        } else {
-            (x, None)
-        };
-        let rot = if self.spec.rope.interleaved {
-            // rope_i wants [b, h, t, d].
-            let r = rot.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
-            candle_nn::rotary_emb::rope_i(&r, &inputs.cos, &inputs.sin)?
-                .squeeze(0)?
-                .transpose(0, 1)?
-        } else {
-            candle_nn::rotary_emb::rope_thd(&rot.unsqueeze(0)?, &inputs.cos, &inputs.sin)?
-                .squeeze(0)?
-        };
-        Ok(match pass {
-            Some(p) => Tensor::cat(&[&rot, &p], D::Minus1)?,
-            None => rot,
-        })
+        let interleaved = self.spec.rope.interleaved;
+        if rd >= hd {
+            return super::rope::apply(x, &inputs.cos, &inputs.sin, interleaved);
+        }
+        let rot = super::rope::apply(
+            &x.narrow(D::Minus1, 0, rd)?,
+            &inputs.cos,
+            &inputs.sin,
+            interleaved,
+        )?;
+        Ok(Tensor::cat(
+            &[&rot, &x.narrow(D::Minus1, rd, hd - rd)?],
+            D::Minus1,
+        )?)
     }
 }

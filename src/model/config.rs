@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::families;
 use super::rope::{parse_scaling, RopeSpec};
-use super::spec::{AttentionSpec, Family, ModelSpec, QkNorm};
+use super::spec::{AttentionKind, AttentionSpec, Family, ModelSpec, QkNorm};
 use crate::error::{Error, Result};
 use crate::weights::ModelSource;
 
@@ -35,7 +35,7 @@ impl HubConfig {
         Self { path, value }
     }
 
-    fn err(&self, message: String) -> Error {
+    pub fn err(&self, message: String) -> Error {
         Error::Config {
             path: self.path.clone(),
             message,
@@ -190,7 +190,7 @@ impl CommonFields {
     pub fn into_spec(
         self,
         family: Family,
-        attention: AttentionSpec,
+        attention: AttentionKind,
         layers: Vec<super::spec::FfnSpec>,
         names: super::spec::TensorNames,
     ) -> ModelSpec {
@@ -205,6 +205,7 @@ impl CommonFields {
             attention,
             layers,
             names,
+            mtp_layers: 0,
         }
     }
 }
@@ -221,6 +222,8 @@ pub fn detect_family(cfg: &HubConfig) -> Result<Family> {
         "Qwen2MoeForCausalLM" => Some(Family::Qwen2Moe),
         "Qwen3MoeForCausalLM" => Some(Family::Qwen3Moe),
         "OlmoeForCausalLM" => Some(Family::Olmoe),
+        "DeepseekV2ForCausalLM" => Some(Family::DeepseekV2),
+        "DeepseekV3ForCausalLM" => Some(Family::DeepseekV3),
         _ => None,
     });
     let by_type = cfg.str("model_type").and_then(|t| match t {
@@ -228,6 +231,8 @@ pub fn detect_family(cfg: &HubConfig) -> Result<Family> {
         "qwen2_moe" => Some(Family::Qwen2Moe),
         "qwen3_moe" => Some(Family::Qwen3Moe),
         "olmoe" => Some(Family::Olmoe),
+        "deepseek_v2" => Some(Family::DeepseekV2),
+        "deepseek_v3" | "kimi_k2" => Some(Family::DeepseekV3),
         _ => None,
     });
     by_arch
@@ -251,6 +256,8 @@ pub fn model_spec(cfg: &HubConfig) -> Result<ModelSpec> {
         Family::Qwen2Moe => families::qwen2_moe::spec(cfg),
         Family::Qwen3Moe => families::qwen3_moe::spec(cfg),
         Family::Olmoe => families::olmoe::spec(cfg),
+        Family::DeepseekV2 => families::deepseek_v2::spec(cfg),
+        Family::DeepseekV3 => families::deepseek_v3::spec(cfg),
     }?;
     validate(cfg, &spec)?;
     Ok(spec)

@@ -6,9 +6,10 @@ use candle_core::{DType, Device, Tensor};
 use super::attention::{causal_mask, Attention, AttentionInputs, SeqAttention};
 use super::batch::Batch;
 use super::layers::{Linear, Mlp, RmsNorm};
+use super::mla::MlaAttention;
 use super::moe::MoeBlock;
 use super::rope::Rope;
-use super::spec::{FfnSpec, ModelSpec};
+use super::spec::{AttentionKind, FfnSpec, ModelSpec};
 use crate::error::{Error, Result};
 use crate::kv::KvCache;
 use crate::weights::WeightStore;
@@ -18,9 +19,14 @@ enum Ffn {
     Moe(MoeBlock),
 }
 
+enum LayerAttention {
+    Gqa(Attention),
+    Mla(MlaAttention),
+}
+
 struct DecoderLayer {
     input_norm: RmsNorm,
-    attention: Attention,
+    attention: LayerAttention,
     post_norm: RmsNorm,
     ffn: Ffn,
 }
@@ -54,8 +60,18 @@ impl Model {
         let mut layers = Vec::with_capacity(spec.num_layers());
         for (i, ffn) in spec.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            let attention =
-                Attention::load(store, &format!("{p}.self_attn"), &spec.attention, h, eps)?;
+            let attention = match &spec.attention {
+                AttentionKind::Gqa(a) => LayerAttention::Gqa(Attention::load(
+                    store,
+                    &format!("{p}.self_attn"),
+                    a,
+                    h,
+                    eps,
+                )?),
+                AttentionKind::Mla(m) => {
+                    LayerAttention::Mla(MlaAttention::load(store, &format!("{p}.self_attn"), m, h)?)
+                }
+            };
             let ffn = match ffn {
                 FfnSpec::Dense { intermediate_size } => Ffn::Dense(Mlp::load(
                     store,
@@ -81,13 +97,21 @@ impl Model {
         };
         // Buffers some exporters keep; not parameters.
         store.skip_where(|n| n.ends_with("rotary_emb.inv_freq"));
+        // Multi-token-prediction layers (DeepSeek-V3 `num_nextn_predict_layers`) are not used for decoding.
+        let (first_mtp, end_mtp) = (spec.num_layers(), spec.num_layers() + spec.mtp_layers);
+        store.skip_where(|n| {
+            n.strip_prefix("model.layers.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i >= first_mtp && i < end_mtp)
+        });
         Ok(Self {
             spec: spec.clone(),
             embed,
             layers,
             norm,
             lm_head,
-            rope: Rope::new(&spec.attention.rope),
+            rope: Rope::new(spec.attention.rope()),
             device: store.device().clone(),
             dtype: store.dtype(),
         })
@@ -107,13 +131,11 @@ impl Model {
 
     /// A paged cache sized for this model.
     pub fn new_kv_cache(&self, num_blocks: usize, block_size: usize) -> Result<KvCache> {
-        let a = &self.spec.attention;
         KvCache::new(
             self.layers.len(),
             num_blocks,
             block_size,
-            a.num_kv_heads,
-            a.head_dim,
+            self.spec.attention.kv_layout(),
             self.dtype,
             &self.device,
         )
@@ -123,7 +145,7 @@ impl Model {
         let (cos, sin) = self.rope.tables(&batch.positions, &self.device)?;
         let slots =
             Tensor::from_slice(&batch.slot_mapping, batch.slot_mapping.len(), &self.device)?;
-        let window = self.spec.attention.sliding_window;
+        let window = self.spec.attention.sliding_window();
         let seqs = batch
             .seqs
             .iter()
@@ -168,7 +190,11 @@ impl Model {
         let mut x = self.embed.index_select(&ids, 0)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x)?;
-            x = (x + layer.attention.forward(&h, i, &inputs, kv)?)?;
+            let a = match &layer.attention {
+                LayerAttention::Gqa(att) => att.forward(&h, i, &inputs, kv)?,
+                LayerAttention::Mla(att) => att.forward(&h, i, &inputs, kv)?,
+            };
+            x = (x + a)?;
             let h = layer.post_norm.forward(&x)?;
             let f = match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(&h)?,

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decoder;
 pub mod families;
 pub mod layers;
+pub mod mla;
 pub mod moe;
 pub mod rope;
 pub mod spec;

@@ -246,6 +246,22 @@ impl Rope {
     }
 }
 
+/// Rotates every dimension of `x` (`[T, heads, dim]`) by the batch's tables (`[T, dim/2]`): pairs
+/// `(i, i + dim/2)` (rotate-half), or `(2i, 2i+1)` when `interleaved`.
+pub fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    Ok(if interleaved {
+        // rope_i wants [b, h, t, d].
+        let r = x.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+        candle_nn::rotary_emb::rope_i(&r, cos, sin)?
+            .squeeze(0)?
+            .transpose(0, 1)?
+            .contiguous()?
+    } else {
+        candle_nn::rotary_emb::rope_thd(&x.unsqueeze(0)?, cos, sin)?.squeeze(0)?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,8 @@ pub enum Family {
     Qwen2Moe,
     Qwen3Moe,
     Olmoe,
+    DeepseekV2,
+    DeepseekV3,
 }
 
 impl Family {
@@ -19,6 +21,8 @@ impl Family {
             Family::Qwen2Moe => "Qwen2MoeForCausalLM",
             Family::Qwen3Moe => "Qwen3MoeForCausalLM",
             Family::Olmoe => "OlmoeForCausalLM",
+            Family::DeepseekV2 => "DeepseekV2ForCausalLM",
+            Family::DeepseekV3 => "DeepseekV3ForCausalLM",
         }
     }
 }
@@ -48,16 +52,125 @@ pub struct AttentionSpec {
     pub rope: RopeSpec,
 }
 
+/// Multi-head latent attention (DeepSeek-V2/V3, Kimi K2, Moonlight). The cache holds the compressed latent
+/// (`kv_lora_rank`) and the shared rope key (`qk_rope_head_dim`) per token, not per-head keys and values.
+#[derive(Debug, Clone)]
+pub struct MlaSpec {
+    pub num_heads: usize,
+    /// Low-rank query path (`q_a_proj` → norm → `q_b_proj`), or `None` for a plain `q_proj`.
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    /// Softmax scale: `qk_head_dim^-0.5`, times YaRN's `mscale(factor, mscale_all_dim)²`.
+    pub softmax_scale: f64,
+    pub rope: RopeSpec,
+}
+
+impl MlaSpec {
+    pub fn qk_head_dim(&self) -> usize {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// Values cached per token and layer.
+    pub fn latent_dim(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
+}
+
+/// The attention of every layer.
+#[derive(Debug, Clone)]
+pub enum AttentionKind {
+    Gqa(AttentionSpec),
+    Mla(MlaSpec),
+}
+
+/// Shape of one layer's cache entry per token: keys `(heads, dim)` and, unless latent, values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub k: (usize, usize),
+    pub v: Option<(usize, usize)>,
+}
+
+impl KvLayout {
+    pub fn values_per_token(&self) -> usize {
+        self.k.0 * self.k.1 + self.v.map_or(0, |(h, d)| h * d)
+    }
+}
+
+impl AttentionKind {
+    pub fn rope(&self) -> &RopeSpec {
+        match self {
+            AttentionKind::Gqa(a) => &a.rope,
+            AttentionKind::Mla(m) => &m.rope,
+        }
+    }
+
+    pub fn num_heads(&self) -> usize {
+        match self {
+            AttentionKind::Gqa(a) => a.num_heads,
+            AttentionKind::Mla(m) => m.num_heads,
+        }
+    }
+
+    pub fn sliding_window(&self) -> Option<usize> {
+        match self {
+            AttentionKind::Gqa(a) => a.sliding_window,
+            AttentionKind::Mla(_) => None,
+        }
+    }
+
+    pub fn kv_layout(&self) -> KvLayout {
+        match self {
+            AttentionKind::Gqa(a) => KvLayout {
+                k: (a.num_kv_heads, a.head_dim),
+                v: Some((a.num_kv_heads, a.head_dim)),
+            },
+            AttentionKind::Mla(m) => KvLayout {
+                k: (1, m.latent_dim()),
+                v: None,
+            },
+        }
+    }
+
+    /// Values per token and layer a cache of decompressed per-head keys and values would hold.
+    pub fn decompressed_values_per_token(&self) -> usize {
+        match self {
+            AttentionKind::Gqa(_) => self.kv_layout().values_per_token(),
+            AttentionKind::Mla(m) => m.num_heads * (m.qk_head_dim() + m.v_head_dim),
+        }
+    }
+}
+
 /// How router logits become expert ids and weights (computed in f32).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouterSpec {
     /// softmax over all experts → top-k → renormalise when `renormalize`.
     SoftmaxTopK { renormalize: bool },
+    /// DeepSeek-V2: softmax; `greedy` top-k, or `group_limited_greedy` (keep the `topk_group` groups with the
+    /// highest max score, others 0). Renormalised when `renormalize` (and top_k > 1), else × `scaling`.
+    DeepseekV2 {
+        groups: Option<(usize, usize)>,
+        renormalize: bool,
+        scaling: f32,
+    },
+    /// DeepSeek-V3 `noaux_tc`: sigmoid scores; choose on scores + `e_score_correction_bias`; group score = sum
+    /// of the top-2 biased scores; keep `topk_group` of `n_group` groups (others −inf); weights = unbiased
+    /// scores of the chosen, renormalised (+1e-20) when `renormalize`, × `scaling`.
+    DeepseekV3 {
+        n_group: usize,
+        topk_group: usize,
+        renormalize: bool,
+        scaling: f32,
+    },
 }
 
 /// A shared expert that every token goes through.
 #[derive(Debug, Clone)]
 pub struct SharedExpertSpec {
+    /// Tensor prefix under the MoE block: `shared_expert` (Qwen2-MoE) or `shared_experts` (DeepSeek).
+    pub name: &'static str,
     pub intermediate_size: usize,
     /// Output scaled by sigmoid(gate(x)) (Qwen2-MoE's `shared_expert_gate`).
     pub gated: bool,
@@ -107,10 +220,12 @@ pub struct ModelSpec {
     pub rms_norm_eps: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    pub attention: AttentionSpec,
+    pub attention: AttentionKind,
     /// One entry per decoder layer.
     pub layers: Vec<FfnSpec>,
     pub names: TensorNames,
+    /// Multi-token-prediction layers a checkpoint may carry after the decoder layers; skipped when loading.
+    pub mtp_layers: usize,
 }
 
 impl ModelSpec {
@@ -129,16 +244,30 @@ impl ModelSpec {
     /// Parameter counts: (total, active per token).
     pub fn parameter_counts(&self) -> (u64, u64) {
         let h = self.hidden_size as u64;
-        let a = &self.attention;
-        let (nh, nkv, hd) = (a.num_heads as u64, a.num_kv_heads as u64, a.head_dim as u64);
-        let mut attn = h * nh * hd + 2 * h * nkv * hd + nh * hd * h + h; // q, k, v, o, input norm
-        if a.qkv_bias {
-            attn += nh * hd + 2 * nkv * hd;
-        }
-        attn += match a.qk_norm {
-            QkNorm::None => 0,
-            QkNorm::PerHead => 2 * hd,
-            QkNorm::Whole => nh * hd + nkv * hd,
+        let attn = match &self.attention {
+            AttentionKind::Gqa(a) => {
+                let (nh, nkv, hd) = (a.num_heads as u64, a.num_kv_heads as u64, a.head_dim as u64);
+                let mut attn = h * nh * hd + 2 * h * nkv * hd + nh * hd * h + h; // q, k, v, o, input norm
+                if a.qkv_bias {
+                    attn += nh * hd + 2 * nkv * hd;
+                }
+                attn + match a.qk_norm {
+                    QkNorm::None => 0,
+                    QkNorm::PerHead => 2 * hd,
+                    QkNorm::Whole => nh * hd + nkv * hd,
+                }
+            }
+            AttentionKind::Mla(m) => {
+                let nh = m.num_heads as u64;
+                let qk = m.qk_head_dim() as u64;
+                let q = match m.q_lora_rank {
+                    Some(r) => h * r as u64 + r as u64 + r as u64 * nh * qk,
+                    None => h * nh * qk,
+                };
+                let kv_a = h * m.latent_dim() as u64 + m.kv_lora_rank as u64;
+                let kv_b = m.kv_lora_rank as u64 * nh * (m.qk_nope_head_dim + m.v_head_dim) as u64;
+                q + kv_a + kv_b + nh * m.v_head_dim as u64 * h + h
+            }
         };
         let embed = self.vocab_size as u64 * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
@@ -151,7 +280,7 @@ impl ModelSpec {
                 }
                 FfnSpec::Moe(m) => {
                     let expert = 3 * h * m.expert_intermediate_size as u64;
-                    let router = h * m.num_experts as u64;
+                    let router = h * m.num_experts as u64 + m.num_experts as u64;
                     let shared = m.shared.as_ref().map_or(0, |s| {
                         3 * h * s.intermediate_size as u64 + if s.gated { h } else { 0 }
                     });

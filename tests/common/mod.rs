@@ -13,7 +13,16 @@ use moeserve::loader::{self, LoadedModel};
 use moeserve::model::{Batch, LogitsOutput};
 use moeserve::weights::ModelSource;
 
-pub const FAMILIES: [&str; 4] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"];
+pub const FAMILIES: [&str; 8] = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "kimi_k2",
+    "moonlight",
+    "deepseek_v2_lite",
+    "deepseek_v2",
+];
 pub const TOLERANCE: f32 = 2e-5;
 
 pub fn fixture_dir(family: &str) -> PathBuf {

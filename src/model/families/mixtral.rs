@@ -3,7 +3,9 @@
 
 use crate::error::Result;
 use crate::model::config::{CommonFields, HubConfig};
-use crate::model::spec::{Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames};
+use crate::model::spec::{
+    AttentionKind, Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames,
+};
 
 pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     let c = CommonFields::read(cfg)?;
@@ -18,7 +20,7 @@ pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     };
     Ok(c.into_spec(
         Family::Mixtral,
-        attention,
+        AttentionKind::Gqa(attention),
         vec![FfnSpec::Moe(moe); c.num_layers],
         TensorNames {
             moe_block: "block_sparse_moe",

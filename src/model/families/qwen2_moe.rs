@@ -4,7 +4,8 @@
 use crate::error::Result;
 use crate::model::config::{CommonFields, HubConfig};
 use crate::model::spec::{
-    Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, SharedExpertSpec, TensorNames,
+    AttentionKind, Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, SharedExpertSpec,
+    TensorNames,
 };
 
 /// Each layer's FFN, as Qwen2/3-MoE decide it: MoE unless listed in `mlp_only_layers` or off the
@@ -41,20 +42,16 @@ pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
             renormalize: cfg.bool_or("norm_topk_prob", false)?,
         },
         shared: (shared_size > 0).then_some(SharedExpertSpec {
+            name: "shared_expert",
             intermediate_size: shared_size,
             gated: true,
         }),
     };
     let layers = layer_plan(cfg, c.num_layers, &moe)?;
-    Ok(ModelSpec {
-        family: Family::Qwen2Moe,
-        vocab_size: c.vocab_size,
-        hidden_size: c.hidden_size,
-        rms_norm_eps: c.rms_norm_eps,
-        max_position_embeddings: c.max_position_embeddings,
-        tie_word_embeddings: c.tie_word_embeddings,
-        attention,
+    Ok(c.into_spec(
+        Family::Qwen2Moe,
+        AttentionKind::Gqa(attention),
         layers,
-        names: TensorNames::default(),
-    })
+        TensorNames::default(),
+    ))
 }

@@ -4,7 +4,9 @@
 use super::qwen2_moe::layer_plan;
 use crate::error::Result;
 use crate::model::config::{CommonFields, HubConfig};
-use crate::model::spec::{Family, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames};
+use crate::model::spec::{
+    AttentionKind, Family, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames,
+};
 
 pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     let c = CommonFields::read(cfg)?;
@@ -21,15 +23,10 @@ pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
         shared: None,
     };
     let layers = layer_plan(cfg, c.num_layers, &moe)?;
-    Ok(ModelSpec {
-        family: Family::Qwen3Moe,
-        vocab_size: c.vocab_size,
-        hidden_size: c.hidden_size,
-        rms_norm_eps: c.rms_norm_eps,
-        max_position_embeddings: c.max_position_embeddings,
-        tie_word_embeddings: c.tie_word_embeddings,
-        attention,
+    Ok(c.into_spec(
+        Family::Qwen3Moe,
+        AttentionKind::Gqa(attention),
         layers,
-        names: TensorNames::default(),
-    })
+        TensorNames::default(),
+    ))
 }

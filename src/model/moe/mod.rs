@@ -7,7 +7,7 @@ pub mod router;
 use candle_core::{DType, Tensor};
 
 use super::layers::{Linear, Mlp};
-use super::spec::{MoeSpec, TensorNames};
+use super::spec::{MoeSpec, RouterSpec, TensorNames};
 use crate::error::Result;
 use crate::weights::WeightStore;
 pub use experts::{ExpertsBackend, GroupedExperts};
@@ -21,6 +21,8 @@ struct SharedExpert {
 pub struct MoeBlock {
     spec: MoeSpec,
     router: Linear,
+    /// DeepSeek-V3's `e_score_correction_bias` (selection only).
+    score_bias: Option<Vec<f32>>,
     experts: Box<dyn ExpertsBackend>,
     shared: Option<SharedExpert>,
 }
@@ -42,6 +44,18 @@ impl MoeBlock {
             hidden,
             DType::F32,
         )?;
+        let score_bias = match spec.router {
+            RouterSpec::DeepseekV3 { .. } => Some(
+                store
+                    .get_as(
+                        &format!("{block}.gate.e_score_correction_bias"),
+                        &[spec.num_experts],
+                        DType::F32,
+                    )?
+                    .to_vec1::<f32>()?,
+            ),
+            _ => None,
+        };
         let experts = GroupedExperts::load(
             store,
             &block,
@@ -54,7 +68,7 @@ impl MoeBlock {
             Some(s) => Some(SharedExpert {
                 mlp: Mlp::load(
                     store,
-                    &format!("{block}.shared_expert"),
+                    &format!("{block}.{}", s.name),
                     ["gate_proj", "up_proj", "down_proj"],
                     hidden,
                     s.intermediate_size,
@@ -76,6 +90,7 @@ impl MoeBlock {
         Ok(Self {
             spec: spec.clone(),
             router,
+            score_bias,
             experts: Box::new(experts),
             shared,
         })
@@ -84,7 +99,13 @@ impl MoeBlock {
     /// Routes of `x` (`[T, hidden]`), computed in f32.
     pub fn routes(&self, x: &Tensor) -> Result<Routes> {
         let logits = self.router.forward(&x.to_dtype(DType::F32)?)?;
-        router::route(&self.spec.router, &logits, self.spec.top_k, x.device())
+        router::route(
+            &self.spec.router,
+            &logits,
+            self.spec.top_k,
+            self.score_bias.as_deref(),
+            x.device(),
+        )
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,0 +1,147 @@
+//! `moeserve inspect`: a human-readable description of a loaded checkpoint (architecture, attention and
+//! cache layout, experts, parameter counts, dtypes, files).
+
+use std::fmt::Write;
+
+use crate::loader::LoadedModel;
+use crate::model::spec::{AttentionKind, FfnSpec, ModelSpec, QkNorm};
+use crate::weights::ModelSource;
+
+/// "1.23M"-style counts.
+pub fn human(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+/// The attention line.
+pub fn attention(spec: &ModelSpec) -> String {
+    match &spec.attention {
+        AttentionKind::Gqa(a) => format!(
+            "GQA, {} heads, {} kv heads, head dim {}{}{}",
+            a.num_heads,
+            a.num_kv_heads,
+            a.head_dim,
+            if a.qkv_bias { ", qkv bias" } else { "" },
+            match a.qk_norm {
+                QkNorm::None => "",
+                QkNorm::PerHead => ", q/k norm per head",
+                QkNorm::Whole => ", q/k norm",
+            }
+        ),
+        AttentionKind::Mla(m) => format!(
+            "MLA, {} heads, q_lora_rank {}, kv_lora_rank {}, qk nope/rope {}/{}, v {}",
+            m.num_heads,
+            m.q_lora_rank.map_or("none".to_owned(), |r| r.to_string()),
+            m.kv_lora_rank,
+            m.qk_nope_head_dim,
+            m.qk_rope_head_dim,
+            m.v_head_dim
+        ),
+    }
+}
+
+/// KV cache bytes per token (all layers) at `elem` bytes per value: (as cached, decompressed per-head K/V).
+pub fn kv_bytes_per_token(spec: &ModelSpec, elem: usize) -> (usize, usize) {
+    let layers = spec.num_layers();
+    (
+        layers * spec.attention.kv_layout().values_per_token() * elem,
+        layers * spec.attention.decompressed_values_per_token() * elem,
+    )
+}
+
+pub fn describe(loaded: &LoadedModel) -> String {
+    let spec = loaded.model.spec();
+    let (total, active) = spec.parameter_counts();
+    let mut o = String::new();
+    let _ = writeln!(o, "source:        {}", loaded.source.describe());
+    if matches!(loaded.source, ModelSource::Embedded(_)) {
+        let _ = writeln!(
+            o,
+            "note:          tiny random-weight demo model; its text output is meaningless"
+        );
+    }
+    let moe_layers = spec
+        .layers
+        .iter()
+        .filter(|l| matches!(l, FfnSpec::Moe(_)))
+        .count();
+    let _ = writeln!(o, "architecture:  {}", spec.family.name());
+    let _ = writeln!(
+        o,
+        "layers:        {} ({moe_layers} MoE, {} dense)",
+        spec.num_layers(),
+        spec.num_layers() - moe_layers
+    );
+    let _ = writeln!(o, "hidden size:   {}", spec.hidden_size);
+    let _ = writeln!(o, "attention:     {}", attention(spec));
+    let elem = loaded.model.dtype().size_in_bytes();
+    let (cached, full) = kv_bytes_per_token(spec, elem);
+    let _ = match &spec.attention {
+        AttentionKind::Mla(_) => writeln!(
+            o,
+            "kv cache:      {cached} bytes/token (latent, {:?}); decompressed K/V would be {full} bytes/token ({:.1}x)",
+            loaded.model.dtype(),
+            full as f64 / cached as f64
+        ),
+        AttentionKind::Gqa(_) => writeln!(o, "kv cache:      {cached} bytes/token ({:?})", loaded.model.dtype()),
+    };
+    if let Some(m) = spec.moe() {
+        let shared = m.shared.as_ref().map_or(0, |s| {
+            (s.intermediate_size / m.expert_intermediate_size.max(1)).max(1)
+        });
+        let _ = writeln!(
+            o,
+            "experts:       {} total, {} per token, {shared} shared (width {})",
+            m.num_experts, m.top_k, m.expert_intermediate_size
+        );
+        let _ = writeln!(o, "router:        {:?}", m.router);
+    }
+    let _ = writeln!(
+        o,
+        "parameters:    {} total, {} active per token",
+        human(total),
+        human(active)
+    );
+    let _ = writeln!(
+        o,
+        "context:       {} positions, rope {:?}",
+        spec.max_position_embeddings,
+        spec.attention.rope().scaling
+    );
+    let dtypes: Vec<String> = loaded
+        .weights
+        .dtypes
+        .iter()
+        .map(|(k, v)| format!("{k} ({v} tensors)"))
+        .collect();
+    let _ = writeln!(o, "stored dtype:  {}", dtypes.join(", "));
+    let _ = writeln!(
+        o,
+        "compute dtype: {:?} on {:?}",
+        loaded.model.dtype(),
+        loaded.model.device()
+    );
+    let _ = writeln!(
+        o,
+        "weights:       {} tensors, {:.1} MB in {} shard(s): {}",
+        loaded.weights.tensors,
+        loaded.weights.bytes as f64 / 1e6,
+        loaded.weights.shards.len(),
+        loaded.weights.shards.join(", ")
+    );
+    let _ = writeln!(
+        o,
+        "tokenizer:     tokenizer.json, {} tokens",
+        loaded.tokenizer.vocab_size()
+    );
+    let _ = writeln!(o, "eos ids:       {:?}", loaded.generation.eos_token_ids);
+    let _ = match &loaded.chat_template {
+        Some((t, file)) => writeln!(o, "chat template: found in {file} ({} bytes)", t.len()),
+        None => writeln!(o, "chat template: none"),
+    };
+    o
+}
