@@ -1,57 +1,91 @@
-//! The text side of a checkpoint: `tokenizer.json`, `generation_config.json` (eos/bos), and where the chat
-//! template lives (`tokenizer_config.json` or `chat_template.jinja`).
+//! The text side of a checkpoint: `tokenizer.json` (HF tokenizers) or `tiktoken.model` (Kimi),
+//! `generation_config.json` (eos/bos), and where the chat template lives (`tokenizer_config.json` or
+//! `chat_template.jinja`).
+
+pub mod tiktoken;
 
 use crate::error::{Error, Result};
 use crate::weights::ModelSource;
+use tiktoken::{TiktokenTokenizer, TIKTOKEN_FILE};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
 
+enum Backend {
+    Hf(Box<tokenizers::Tokenizer>),
+    Tiktoken(Box<TiktokenTokenizer>),
+}
+
 /// A loaded tokenizer.
 pub struct TextTokenizer {
-    inner: tokenizers::Tokenizer,
+    backend: Backend,
     path: std::path::PathBuf,
 }
 
 impl TextTokenizer {
+    /// `tokenizer.json` when present, else `tiktoken.model` (Kimi layout).
     pub fn load(source: &ModelSource) -> Result<Self> {
+        if !source.exists(TOKENIZER_FILE) && source.exists(TIKTOKEN_FILE) {
+            return Ok(Self {
+                backend: Backend::Tiktoken(Box::new(TiktokenTokenizer::load(source)?)),
+                path: source.path_of(TIKTOKEN_FILE),
+            });
+        }
         let path = source.path_of(TOKENIZER_FILE);
         let bytes = source
             .open(TOKENIZER_FILE)?
             .ok_or_else(|| Error::Tokenizer {
                 path: path.clone(),
-                message: "missing".into(),
+                message: "missing (neither tokenizer.json nor tiktoken.model)".into(),
             })?;
         let inner = tokenizers::Tokenizer::from_bytes(&*bytes).map_err(|e| Error::Tokenizer {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        Ok(Self { inner, path })
+        Ok(Self {
+            backend: Backend::Hf(Box::new(inner)),
+            path,
+        })
+    }
+
+    /// Which file the tokenizer came from.
+    pub fn file(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// Token ids of `text`, with the tokenizer's own special-token handling (post-processor).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| self.err(e))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.backend {
+            Backend::Hf(t) => Ok(t
+                .encode(text, add_special_tokens)
+                .map_err(|e| self.err(e))?
+                .get_ids()
+                .to_vec()),
+            Backend::Tiktoken(t) => Ok(t.encode(text)),
+        }
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| self.err(e))
+        match &self.backend {
+            Backend::Hf(t) => t.decode(ids, skip_special_tokens).map_err(|e| self.err(e)),
+            Backend::Tiktoken(t) => t.decode(ids, skip_special_tokens),
+        }
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        match &self.backend {
+            Backend::Hf(t) => t.token_to_id(token),
+            Backend::Tiktoken(t) => t.token_to_id(token),
+        }
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        match &self.backend {
+            Backend::Hf(t) => t.get_vocab_size(true),
+            Backend::Tiktoken(t) => t.vocab_size(),
+        }
     }
 
     // The message comes from the tokenizers crate and never includes the input text.
