@@ -200,6 +200,10 @@ impl WeightStore {
             Dtype::F32 => DType::F32,
             Dtype::F16 => DType::F16,
             Dtype::BF16 => DType::BF16,
+            // Block-quantized FP8 (DeepSeek-V3, Kimi K2): dequantized with its `_scale_inv` below.
+            Dtype::F8_E4M3 if self.entries.contains_key(&format!("{name}_scale_inv")) => {
+                DType::F8E4M3
+            }
             other => {
                 return Err(Error::UnsupportedDtype {
                     path: shard.path.clone(),
@@ -210,11 +214,47 @@ impl WeightStore {
         };
         let bytes =
             &shard.bytes[shard.data_start + entry.offsets.0..shard.data_start + entry.offsets.1];
-        let tensor =
-            Tensor::from_raw_buffer(bytes, stored, shape, &self.device)?.to_dtype(dtype)?;
+        let tensor = Tensor::from_raw_buffer(bytes, stored, shape, &self.device)?;
+        let tensor = if stored == DType::F8E4M3 {
+            self.dequantize_fp8(name, tensor)?
+        } else {
+            tensor
+        }
+        .to_dtype(dtype)?;
         self.taken.insert(name.to_owned());
         self.progress.inc(1);
         Ok(tensor)
+    }
+
+    /// `w * scale_inv` with one scale per block (128×128 in DeepSeek-V3's `weight_block_size`), as the
+    /// reference `weight_dequant` computes it, in f32.
+    fn dequantize_fp8(&mut self, name: &str, w: Tensor) -> Result<Tensor> {
+        let scale_name = format!("{name}_scale_inv");
+        let (rows, cols) = w.dims2()?;
+        let scale_shape = self
+            .shape_of(&scale_name)
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
+        let path = self.where_missing();
+        let [sr, sc] = scale_shape[..] else {
+            return Err(Error::WrongShape {
+                path,
+                tensor: scale_name,
+                expected: vec![0, 0],
+                found: scale_shape,
+            });
+        };
+        let (br, bc) = (rows.div_ceil(sr.max(1)), cols.div_ceil(sc.max(1)));
+        let scale = self.get_as(&scale_name, &[sr, sc], DType::F32)?;
+        // Expand each scale over its block, crop to the weight's shape.
+        let scale = scale
+            .unsqueeze(1)?
+            .unsqueeze(3)?
+            .broadcast_as((sr, br, sc, bc))?
+            .reshape((sr * br, sc * bc))?
+            .narrow(0, 0, rows)?
+            .narrow(1, 0, cols)?;
+        Ok((w.to_dtype(DType::F32)? * scale)?)
     }
 
     /// Marks tensors as deliberately skipped (e.g. multi-token-prediction layers).
@@ -261,5 +301,48 @@ impl WeightStore {
             bytes,
             dtypes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn fp8_block_quantized_weights_are_dequantized() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|source| Error::Io {
+            path: "tmp".into(),
+            source,
+        })?;
+        let dev = Device::Cpu;
+        // 3x5 weight, blocks of 2x2 → scale_inv is 2x3.
+        let w = Tensor::new(
+            &[
+                [1f32, -2., 0.5, 4., 1.],
+                [0.25, 3., -1., 2., -4.],
+                [1.5, 1., 2., -0.5, 8.],
+            ],
+            &dev,
+        )?;
+        let scale = Tensor::new(&[[1f32, 2., 0.5], [4., 0.25, 1.]], &dev)?;
+        let mut tensors = HashMap::new();
+        tensors.insert("x.weight".to_owned(), w.to_dtype(DType::F8E4M3)?);
+        tensors.insert("x.weight_scale_inv".to_owned(), scale);
+        candle_core::safetensors::save(&tensors, dir.path().join(SINGLE_FILE))?;
+        let mut store = WeightStore::open(
+            &ModelSource::Dir(dir.path().to_path_buf()),
+            &dev,
+            DType::F32,
+        )?;
+        let got = store.get("x.weight", &[3, 5])?.to_vec2::<f32>()?;
+        // All values are exact in e4m3; each is multiplied by its block's scale.
+        let expected = [
+            [1f32, -2., 1., 8., 0.5],
+            [0.25, 3., -2., 4., -2.],
+            [6., 4., 0.5, -0.125, 8.],
+        ];
+        assert_eq!(got, expected);
+        store.finish()
     }
 }
