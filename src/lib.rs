@@ -11,6 +11,7 @@ pub mod error;
 pub mod inspect;
 pub mod kv;
 pub mod loader;
+pub mod logging;
 pub mod model;
 pub mod tokenizer;
 pub mod weights;

@@ -1,6 +1,6 @@
 //! The `moeserve` command line: `generate` and `inspect` (and, as the engine grows, `serve` and `bench`).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,6 +20,9 @@ use moeserve::loader::{self, LoadedModel};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as human-readable text or JSON (stderr). Logs never contain request content.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: moeserve::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -246,15 +249,14 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    // `serve` logs its access log (ids, counts, timings) by default; the one-shot commands only warnings.
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    moeserve::logging::init(cli.log_format, default);
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
         Command::Inspect(args) => run_inspect(args),
