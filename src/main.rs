@@ -35,6 +35,8 @@ enum Command {
     Serve(ServeArgs),
     /// Build a Mixtral-layout demo MoE checkpoint from a dense llama GGUF (sparse upcycling).
     Upcycle(UpcycleArgs),
+    /// Print the SHA-256 of an API key read from stdin (for --api-keys-file; keeps keys out of configs).
+    HashKey,
 }
 
 #[derive(Args)]
@@ -89,6 +91,19 @@ struct ServeArgs {
     /// Largest request body in bytes (413 beyond).
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// API keys file: lines `<id> <sha256-hex> [inference|admin] [rpm=N] [tpm=N]` (hashes, never keys).
+    /// With keys configured, every route but /health needs `Authorization: Bearer <key>`.
+    #[arg(long)]
+    api_keys_file: Option<PathBuf>,
+    /// One API key line, as in --api-keys-file (repeatable).
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS (rustls).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -227,21 +242,45 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         max_batch_tokens = config.max_batch_tokens,
         "engine started"
     );
-    let state = moeserve::api::AppState::new(engine, chat, name, args.max_body_bytes);
+    let mut key_lines = match &args.api_keys_file {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => String::new(),
+    };
+    for line in &args.api_keys {
+        key_lines.push('\n');
+        key_lines.push_str(line);
+    }
+    let keys = moeserve::api::auth::Keys::parse(&key_lines)
+        .map_err(|e| anyhow::anyhow!("API keys: {e}"))?;
+    if !keys.is_empty() {
+        tracing::info!(keys = keys.len(), "API keys required");
+    }
+    let state =
+        moeserve::api::AppState::new(engine, chat, name, args.max_body_bytes).with_keys(keys);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-            .await
+        let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
             .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let scheme = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         {
             let mut out = std::io::stdout().lock();
-            writeln!(out, "moeserve listening on http://{addr}")?;
+            writeln!(out, "moeserve listening on {scheme}://{addr}")?;
             out.flush()?;
         }
-        moeserve::api::serve(listener, state).await?;
+        match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => moeserve::api::serve_tls(listener, state, cert, key).await?,
+            _ => moeserve::api::serve(tokio::net::TcpListener::from_std(listener)?, state).await?,
+        }
         anyhow::Ok(())
     })?;
     let _ = engine_thread.join();
@@ -261,6 +300,18 @@ fn main() {
         Command::Generate(args) => run_generate(args),
         Command::Inspect(args) => run_inspect(args),
         Command::Serve(args) => run_serve(args),
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .map(|_| {
+                    println!(
+                        "{}",
+                        moeserve::api::auth::hash_key(key.trim_end_matches(['\r', '\n']))
+                    );
+                })
+                .map_err(anyhow::Error::from)
+        }
         Command::Upcycle(args) => {
             let opts = moeserve::demo::UpcycleOptions {
                 experts: args.experts,

@@ -12,6 +12,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds for a Retry-After header (429).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -36,6 +38,7 @@ impl ApiError {
             kind,
             param: None,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -85,6 +88,38 @@ impl ApiError {
             "invalid_request_error",
             format!("Request body larger than {limit} bytes"),
         )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self {
+            code: Some("invalid_api_key"),
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "Missing or invalid API key (Authorization: Bearer <key>)",
+            )
+        }
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "This API key's role may not use this route",
+        )
+    }
+
+    /// 429 for a per-key limit, with the seconds to wait.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self {
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "Rate limit reached for this API key",
+            )
+        }
     }
 
     pub fn queue_full() -> Self {

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +13,7 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 
 use super::error::ApiError;
+use super::metrics::Metrics;
 use super::AppState;
 use crate::engine::{EngineEvent, EngineHandle, FinishReason, RequestParams, TokenLogprob};
 
@@ -34,6 +36,64 @@ pub struct Job {
     pub params: RequestParams,
     pub stream: bool,
     pub include_usage: bool,
+    /// When the request arrived (TTFT and end-to-end latency are measured from here).
+    pub received: Instant,
+    /// The API key id the request was authenticated with, for per-key accounting.
+    pub key: Option<String>,
+}
+
+/// Latency bookkeeping of one request: TTFT, gaps between a choice's tokens, end-to-end.
+struct Timing {
+    received: Instant,
+    first_token: bool,
+    last: Vec<Option<Instant>>,
+}
+
+impl Timing {
+    fn new(received: Instant, choices: usize) -> Self {
+        Self {
+            received,
+            first_token: false,
+            last: vec![None; choices],
+        }
+    }
+
+    /// One token of `choice` was produced now.
+    fn token(&mut self, metrics: &Metrics, choice: usize) {
+        let now = Instant::now();
+        if !self.first_token {
+            self.first_token = true;
+            metrics
+                .ttft
+                .observe(now.duration_since(self.received).as_secs_f64());
+        }
+        if let Some(slot) = self.last.get_mut(choice) {
+            if let Some(prev) = *slot {
+                metrics
+                    .inter_token
+                    .observe(now.duration_since(prev).as_secs_f64());
+            }
+            *slot = Some(now);
+        }
+    }
+}
+
+/// Counts the tokens of a completed request (globally, per key, and against the key's token limit).
+fn account(state: &AppState, key: Option<&str>, timing: &Timing, usage: Usage) {
+    state
+        .metrics
+        .e2e
+        .observe(timing.received.elapsed().as_secs_f64());
+    state.metrics.record_tokens(
+        key,
+        usage.prompt_tokens as u64,
+        usage.completion_tokens as u64,
+    );
+    if let Some(key) = key {
+        state
+            .keys
+            .record_tokens(key, (usage.prompt_tokens + usage.completion_tokens) as u64);
+    }
 }
 
 /// Cancels the engine requests when dropped before they finished (client went away).
@@ -205,27 +265,27 @@ pub async fn run(state: AppState, job: Job) -> Result<Response, ApiError> {
         state,
     };
     let choices = job.prompts.len() * job.params.n;
+    let ctx = RunContext {
+        choices,
+        prompt_tokens,
+        logprobs: job.params.logprobs,
+        timing: Timing::new(job.received, choices),
+        key: job.key,
+    };
     if job.stream {
-        Ok(stream(
-            fmt,
-            events,
-            guard,
-            choices,
-            prompt_tokens,
-            job.include_usage,
-            job.params.logprobs,
-        ))
+        Ok(stream(fmt, events, guard, ctx, job.include_usage))
     } else {
-        collect(
-            fmt,
-            events,
-            guard,
-            choices,
-            prompt_tokens,
-            job.params.logprobs,
-        )
-        .await
+        collect(fmt, events, guard, ctx).await
     }
+}
+
+/// What both answer modes need besides the events.
+struct RunContext {
+    choices: usize,
+    prompt_tokens: usize,
+    logprobs: bool,
+    timing: Timing,
+    key: Option<String>,
 }
 
 #[derive(Default)]
@@ -240,15 +300,15 @@ async fn collect(
     fmt: Formatter,
     mut events: futures::stream::BoxStream<'static, (usize, EngineEvent)>,
     mut guard: InFlight,
-    choices: usize,
-    prompt_tokens: usize,
-    logprobs: bool,
+    mut ctx: RunContext,
 ) -> Result<Response, ApiError> {
+    let (choices, prompt_tokens, logprobs) = (ctx.choices, ctx.prompt_tokens, ctx.logprobs);
     let mut acc: Vec<ChoiceAcc> = (0..choices).map(|_| ChoiceAcc::default()).collect();
     while let Some((idx, event)) = events.next().await {
         let Some(a) = acc.get_mut(idx) else { continue };
         match event {
             EngineEvent::Delta { text, tokens, .. } => {
+                ctx.timing.token(&fmt.state.metrics, idx);
                 a.text.push_str(&text);
                 a.tokens.extend(tokens);
             }
@@ -270,6 +330,7 @@ async fn collect(
         prompt_tokens,
         completion_tokens: acc.iter().map(|a| a.completion_tokens).sum(),
     };
+    account(&fmt.state, ctx.key.as_deref(), &ctx.timing, usage);
     let out_choices: Vec<Value> = acc
         .iter()
         .enumerate()
@@ -306,11 +367,10 @@ fn stream(
     fmt: Formatter,
     mut events: futures::stream::BoxStream<'static, (usize, EngineEvent)>,
     guard: InFlight,
-    choices: usize,
-    prompt_tokens: usize,
+    ctx: RunContext,
     include_usage: bool,
-    logprobs: bool,
 ) -> Response {
+    let (choices, prompt_tokens, logprobs) = (ctx.choices, ctx.prompt_tokens, ctx.logprobs);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
     let usage_out = Usage {
         prompt_tokens,
@@ -320,6 +380,7 @@ fn stream(
     tokio::spawn(async move {
         // Move the whole guard in (not just a field): dropping it early would cancel the request.
         let mut guard = guard;
+        let mut ctx = ctx;
         let send = |v: Value| {
             let tx = tx.clone();
             async move {
@@ -341,7 +402,10 @@ fn stream(
         let mut offsets = vec![0usize; choices];
         while let Some((idx, event)) = events.next().await {
             let (text, tokens, finish) = match event {
-                EngineEvent::Delta { text, tokens, .. } => (text, tokens, None),
+                EngineEvent::Delta { text, tokens, .. } => {
+                    ctx.timing.token(&fmt.state.metrics, idx);
+                    (text, tokens, None)
+                }
                 EngineEvent::Finished {
                     reason,
                     text,
@@ -394,6 +458,15 @@ fn stream(
             }
         }
         guard.done = true;
+        account(
+            &fmt.state,
+            ctx.key.as_deref(),
+            &ctx.timing,
+            Usage {
+                prompt_tokens,
+                completion_tokens,
+            },
+        );
         if include_usage {
             let mut v = fmt.chunk(vec![], false);
             v["usage"] = usage_json(Usage {

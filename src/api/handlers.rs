@@ -5,7 +5,9 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
+use axum::Extension;
 
+use super::auth::KeyId;
 use super::error::ApiError;
 use super::generation::{self, Job, Kind};
 use super::types::{
@@ -82,8 +84,11 @@ fn check_vocab(state: &AppState, prompt: &[u32]) -> Result<(), ApiError> {
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    key: Option<Extension<KeyId>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let received = std::time::Instant::now();
+    let key = key.map(|Extension(KeyId(id))| id);
     let body = body_bytes(&state, body)?;
     let value = parse_value(&body)?;
     let req: ChatRequest = from_value(&value)?;
@@ -154,6 +159,8 @@ pub async fn chat_completions(
             params: v.params,
             stream: v.stream,
             include_usage: v.include_usage,
+            received,
+            key,
         },
     )
     .await
@@ -161,8 +168,11 @@ pub async fn chat_completions(
 
 pub async fn completions(
     State(state): State<AppState>,
+    key: Option<Extension<KeyId>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let received = std::time::Instant::now();
+    let key = key.map(|Extension(KeyId(id))| id);
     let body = body_bytes(&state, body)?;
     let value = parse_value(&body)?;
     let req: CompletionRequest = from_value(&value)?;
@@ -210,6 +220,8 @@ pub async fn completions(
             params: v.params,
             stream: v.stream,
             include_usage: v.include_usage,
+            received,
+            key,
         },
     )
     .await

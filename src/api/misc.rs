@@ -134,69 +134,14 @@ pub async fn detokenize(
     Ok(Json(json!({"prompt": text})).into_response())
 }
 
-/// Engine gauges and counters in Prometheus text format (counts only, never content).
+/// Prometheus text format (counts and timings only, never content).
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &state.engine.stats;
-    let total = s.kv_blocks_total.load(Relaxed);
-    let free = s.kv_blocks_free.load(Relaxed);
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP moeserve_{name} {help}\n# TYPE moeserve_{name} {kind}\nmoeserve_{name} {value}"
-        );
-    };
-    metric(
-        "queue_depth",
-        "gauge",
-        "Requests waiting for admission.",
-        (s.queued_requests.load(Relaxed) + s.waiting_sequences.load(Relaxed)) as f64,
-    );
-    metric(
-        "running_sequences",
-        "gauge",
-        "Sequences decoding.",
-        s.running_sequences.load(Relaxed) as f64,
-    );
-    metric("kv_blocks_total", "gauge", "KV cache blocks.", total as f64);
-    metric(
-        "kv_blocks_free",
-        "gauge",
-        "Free KV cache blocks.",
-        free as f64,
-    );
-    metric(
-        "kv_blocks_used",
-        "gauge",
-        "KV cache blocks in use.",
-        total.saturating_sub(free) as f64,
-    );
-    metric(
-        "preemptions_total",
-        "counter",
-        "Sequences preempted for KV blocks.",
-        s.preemptions.load(Relaxed) as f64,
-    );
-    metric(
-        "engine_steps_total",
-        "counter",
-        "Forward passes run.",
-        s.steps.load(Relaxed) as f64,
-    );
-    metric(
-        "generation_tokens_total",
-        "counter",
-        "Tokens generated.",
-        s.generated_tokens.load(Relaxed) as f64,
-    );
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        out,
+        state.metrics.render(&state.engine),
     )
         .into_response()
 }

@@ -1,9 +1,11 @@
 //! The OpenAI-compatible HTTP API (axum): routes, shared state, the access log (ids, counts and timings
 //! only), and serving with graceful shutdown (new requests get 503 while in-flight ones finish).
 
+pub mod auth;
 pub mod error;
 pub mod generation;
 pub mod handlers;
+pub mod metrics;
 pub mod misc;
 pub mod types;
 
@@ -14,9 +16,13 @@ use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+
+use auth::{KeyId, Keys, Role};
+use error::ApiError;
+use metrics::Metrics;
 
 use crate::chat::ChatTemplate;
 use crate::engine::EngineHandle;
@@ -32,6 +38,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Longest prompt + completion a request may have (model context and KV capacity).
     pub max_context: usize,
+    pub metrics: Arc<Metrics>,
+    /// Configured API keys (empty: no authentication).
+    pub keys: Arc<Keys>,
     request_ids: Arc<AtomicU64>,
 }
 
@@ -53,10 +62,43 @@ impl AppState {
                 .unwrap_or(0),
             max_body_bytes,
             max_context: spec_ctx.min(kv_ctx),
+            metrics: Arc::new(Metrics::default()),
+            keys: Arc::new(Keys::default()),
             request_ids: Arc::new(AtomicU64::new(1)),
             engine,
         }
     }
+
+    /// Requires API keys (as parsed by [`Keys::parse`]) on every route but `/health`.
+    pub fn with_keys(mut self, keys: Keys) -> Self {
+        self.keys = Arc::new(keys);
+        self
+    }
+}
+
+/// Authentication, role and per-key limits; runs inside the access log.
+async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if state.keys.is_empty() || req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(entry) = presented.and_then(|k| state.keys.authenticate(k)) else {
+        return ApiError::unauthorized().into_response();
+    };
+    if req.uri().path() == "/metrics" && entry.role != Role::Admin {
+        return ApiError::forbidden().into_response();
+    }
+    if let Err(wait) = state.keys.admit(entry) {
+        return ApiError::rate_limited(wait.as_secs().max(1)).into_response();
+    }
+    state.metrics.record_key_request(&entry.id);
+    req.extensions_mut().insert(KeyId(entry.id.clone()));
+    next.run(req).await
 }
 
 /// One line per request: id, method, route, status, token counts, duration. Never content.
@@ -104,11 +146,24 @@ pub fn router(state: AppState) -> Router {
         .fallback(misc::not_found)
         .method_not_allowed_fallback(misc::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access_log,
         ))
         .with_state(state)
+}
+
+/// A handler that panicked answers 500 in OpenAI's format; the server keeps running.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::internal("internal error").into_response()
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -144,4 +199,57 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::i
         engine.shutdown();
     })
     .await
+}
+
+/// The same over TLS (rustls), with a certificate chain and private key in PEM files.
+pub async fn serve_tls(
+    listener: std::net::TcpListener,
+    state: AppState,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<()> {
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
+    let engine = state.engine.clone();
+    let handle = axum_server::Handle::new();
+    let shutdown = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: draining in-flight requests");
+        engine.shutdown();
+        shutdown.graceful_shutdown(None);
+    });
+    axum_server::from_tcp_rustls(listener, config)?
+        .handle(handle)
+        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_in_openai_format() {
+        let app: Router = Router::new()
+            .route("/boom", get(|| async { panic!("boom") as &str }))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                panic_response,
+            ));
+        let req = axum::http::Request::get("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 500);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["type"], "internal_error");
+        // The service still answers afterwards.
+        let req = axum::http::Request::get("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(app.oneshot(req).await.unwrap().status(), 500);
+    }
 }

@@ -121,6 +121,18 @@ impl Model {
         &self.spec
     }
 
+    /// Routed-token counters of every MoE layer: (layer index, one counter per expert).
+    pub fn expert_load(&self) -> Vec<(usize, std::sync::Arc<[std::sync::atomic::AtomicU64]>)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match &l.ffn {
+                Ffn::Moe(m) => Some((i, m.expert_load())),
+                Ffn::Dense(_) => None,
+            })
+            .collect()
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -38,6 +38,15 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit; true on status 0.
+    pub fn wait_success(&mut self) -> bool {
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
     pub fn v1(&self) -> String {
         format!("{}/v1", self.base)
     }

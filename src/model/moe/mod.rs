@@ -4,6 +4,9 @@
 pub mod experts;
 pub mod router;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
 use candle_core::{DType, Tensor};
 
 use super::layers::{Linear, Mlp};
@@ -20,6 +23,8 @@ struct SharedExpert {
 
 pub struct MoeBlock {
     spec: MoeSpec,
+    /// Tokens routed to each expert since start (observability; counts only).
+    load: Arc<[AtomicU64]>,
     router: Linear,
     /// DeepSeek-V3's `e_score_correction_bias` (selection only).
     score_bias: Option<Vec<f32>>,
@@ -89,6 +94,7 @@ impl MoeBlock {
         };
         Ok(Self {
             spec: spec.clone(),
+            load: (0..spec.num_experts).map(|_| AtomicU64::new(0)).collect(),
             router,
             score_bias,
             experts: Box::new(experts),
@@ -104,8 +110,14 @@ impl MoeBlock {
             &logits,
             self.spec.top_k,
             self.score_bias.as_deref(),
+            &self.load,
             x.device(),
         )
+    }
+
+    /// Per-expert routed-token counters of this block.
+    pub fn expert_load(&self) -> Arc<[AtomicU64]> {
+        self.load.clone()
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

@@ -1,6 +1,8 @@
 //! Routing: router logits (f32) → each token's top-k experts and their weights, with the exact semantics of
 //! the reference implementation of each family.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use candle_core::{Device, Tensor};
 
 use crate::error::Result;
@@ -110,12 +112,13 @@ fn best_groups(
     chosen
 }
 
-/// Routes every row of `logits` (`[T, E]`, f32).
+/// Routes every row of `logits` (`[T, E]`, f32); counts each choice in `load` (tokens per expert).
 pub fn route(
     spec: &RouterSpec,
     logits: &Tensor,
     top_k: usize,
     bias: Option<&[f32]>,
+    load: &[AtomicU64],
     device: &Device,
 ) -> Result<Routes> {
     let rows = logits.to_vec2::<f32>()?;
@@ -124,6 +127,11 @@ pub fn route(
     let mut weights = Vec::with_capacity(t * top_k);
     for row in &rows {
         let (i, w) = route_row(spec, row, top_k, bias);
+        for &e in &i {
+            if let Some(c) = load.get(e as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         ids.extend(i);
         weights.extend(w);
     }
