@@ -11,11 +11,9 @@ use super::auth::KeyId;
 use super::error::ApiError;
 use super::generation::{self, Job, Kind};
 use super::types::{
-    from_value, parse_value, validate, ChatRequest, CompletionRequest, GenerationFields,
-    MessageContent, PromptField, Validated,
+    parse_chat, parse_completion, ParsedChat, ParsedCompletion, PromptField, Validated,
 };
 use super::AppState;
-use crate::chat::ChatMessage;
 
 /// The body, or 413 / 400 in OpenAI's format.
 pub fn body_bytes(
@@ -90,52 +88,13 @@ pub async fn chat_completions(
     let received = std::time::Instant::now();
     let key = key.map(|Extension(KeyId(id))| id);
     let body = body_bytes(&state, body)?;
-    let value = parse_value(&body)?;
-    let req: ChatRequest = from_value(&value)?;
-    let gen: GenerationFields = from_value(&value)?;
-    check_model(&state, &req.model)?;
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid(
-            "messages",
-            "`messages` must not be empty",
-        ));
-    }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.into_iter().enumerate() {
-        let content = match m.content {
-            None => String::new(),
-            Some(MessageContent::Text(t)) => t,
-            Some(MessageContent::Parts(parts)) => {
-                let mut texts = Vec::new();
-                for p in parts {
-                    match (p.kind.as_str(), p.text) {
-                        ("text", Some(t)) => texts.push(t),
-                        _ => {
-                            return Err(ApiError::invalid(
-                                &format!("messages[{i}].content"),
-                                "Only text content parts are supported",
-                            ))
-                        }
-                    }
-                }
-                texts.join("\n")
-            }
-        };
-        messages.push(ChatMessage {
-            role: m.role,
-            content,
-        });
-    }
-    let logprobs = req.logprobs.unwrap_or(false);
-    let top = req.top_logprobs.unwrap_or(0);
-    if top > 0 && !logprobs {
-        return Err(ApiError::invalid(
-            "top_logprobs",
-            "`top_logprobs` needs `logprobs: true`",
-        ));
-    }
     let vocab = state.engine.loaded.model.spec().vocab_size;
-    let mut v = validate(&gen, req.max_completion_tokens, logprobs, top, vocab)?;
+    let ParsedChat {
+        model,
+        messages,
+        validated: mut v,
+    } = parse_chat(&body, vocab)?;
+    check_model(&state, &model)?;
     let template = state.chat.as_ref().ok_or_else(|| {
         ApiError::bad_request("This model has no chat template; use /v1/completions")
     })?;
@@ -174,28 +133,19 @@ pub async fn completions(
     let received = std::time::Instant::now();
     let key = key.map(|Extension(KeyId(id))| id);
     let body = body_bytes(&state, body)?;
-    let value = parse_value(&body)?;
-    let req: CompletionRequest = from_value(&value)?;
-    let gen: GenerationFields = from_value(&value)?;
-    check_model(&state, &req.model)?;
-    if req.echo.unwrap_or(false) {
-        return Err(ApiError::invalid("echo", "`echo` is not supported"));
-    }
-    let top = req.logprobs;
-    if top.is_some_and(|t| t > 5) {
-        return Err(ApiError::invalid(
-            "logprobs",
-            "`logprobs` must be between 0 and 5",
-        ));
-    }
     let vocab = state.engine.loaded.model.spec().vocab_size;
-    let mut v = validate(&gen, None, top.is_some(), top.unwrap_or(0), vocab)?;
+    let ParsedCompletion {
+        model,
+        prompt,
+        validated: mut v,
+    } = parse_completion(&body, vocab)?;
+    check_model(&state, &model)?;
     let tok = &state.engine.loaded.tokenizer;
     let encode = |t: &str| {
         tok.encode(t, true)
             .map_err(|_| ApiError::internal("tokenization failed"))
     };
-    let prompts: Vec<Vec<u32>> = match req.prompt {
+    let prompts: Vec<Vec<u32>> = match prompt {
         PromptField::Text(t) => vec![encode(&t)?],
         PromptField::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
         PromptField::Ids(ids) => vec![ids],

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::error::ApiError;
+use crate::chat::ChatMessage;
 use crate::engine::{RequestParams, SamplingParams};
 
 /// Parses a body into a JSON value, then into `T`, with errors that name fields but not values.
@@ -259,5 +260,95 @@ pub fn validate(
         max_tokens,
         stream,
         include_usage: stream && g.stream_options.as_ref().is_some_and(|o| o.include_usage),
+    })
+}
+
+/// A parsed and validated chat request (the prompt is rendered later, with the model's template).
+pub struct ParsedChat {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub validated: Validated,
+}
+
+/// Parses and validates a `/v1/chat/completions` body. Never panics; every failure is a 4xx ApiError.
+pub fn parse_chat(body: &[u8], vocab_size: usize) -> Result<ParsedChat, ApiError> {
+    let value = parse_value(body)?;
+    let req: ChatRequest = from_value(&value)?;
+    let gen: GenerationFields = from_value(&value)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.into_iter().enumerate() {
+        let content = match m.content {
+            None => String::new(),
+            Some(MessageContent::Text(t)) => t,
+            Some(MessageContent::Parts(parts)) => {
+                let mut texts = Vec::new();
+                for p in parts {
+                    match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => texts.push(t),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                &format!("messages[{i}].content"),
+                                "Only text content parts are supported",
+                            ))
+                        }
+                    }
+                }
+                texts.join("\n")
+            }
+        };
+        messages.push(ChatMessage {
+            role: m.role,
+            content,
+        });
+    }
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top = req.top_logprobs.unwrap_or(0);
+    if top > 0 && !logprobs {
+        return Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs: true`",
+        ));
+    }
+    let validated = validate(&gen, req.max_completion_tokens, logprobs, top, vocab_size)?;
+    Ok(ParsedChat {
+        model: req.model,
+        messages,
+        validated,
+    })
+}
+
+/// A parsed and validated completions request.
+pub struct ParsedCompletion {
+    pub model: String,
+    pub prompt: PromptField,
+    pub validated: Validated,
+}
+
+/// Parses and validates a `/v1/completions` body. Never panics; every failure is a 4xx ApiError.
+pub fn parse_completion(body: &[u8], vocab_size: usize) -> Result<ParsedCompletion, ApiError> {
+    let value = parse_value(body)?;
+    let req: CompletionRequest = from_value(&value)?;
+    let gen: GenerationFields = from_value(&value)?;
+    if req.echo.unwrap_or(false) {
+        return Err(ApiError::invalid("echo", "`echo` is not supported"));
+    }
+    let top = req.logprobs;
+    if top.is_some_and(|t| t > 5) {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "`logprobs` must be between 0 and 5",
+        ));
+    }
+    let validated = validate(&gen, None, top.is_some(), top.unwrap_or(0), vocab_size)?;
+    Ok(ParsedCompletion {
+        model: req.model,
+        prompt: req.prompt,
+        validated,
     })
 }
