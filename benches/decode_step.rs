@@ -1,5 +1,5 @@
 //! One decode step of the embedded default model at batch 1, 8 and 32 (each sequence holding a 64-token
-//! context), and the router + experts of one MoE layer. Run: `cargo bench --bench decode_step`.
+//! context), and the cost of zeroing freed KV blocks. Run: `cargo bench --bench decode_step`.
 
 use candle_core::{DType, Device};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -46,5 +46,18 @@ fn decode_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_step);
+/// Cost of zeroing freed KV blocks (privacy: no content outlives its request), default model.
+fn kv_zeroing(c: &mut Criterion) {
+    let loaded = match loader::load(&loader::source_for(None), &Device::Cpu, DType::F32) {
+        Ok(l) => l,
+        Err(e) => panic!("default model: {e}"),
+    };
+    let kv = loaded.model.new_kv_cache(256, BLOCK).unwrap();
+    let blocks: Vec<u32> = (0..64).collect();
+    c.bench_function("kv_zero_64_blocks_default_model", |b| {
+        b.iter(|| kv.zero_blocks(&blocks).unwrap())
+    });
+}
+
+criterion_group!(benches, decode_step, kv_zeroing);
 criterion_main!(benches);
