@@ -87,6 +87,12 @@ impl KvCache {
         Ok(())
     }
 
+    /// The whole cache tensors of one layer (in-place readers).
+    pub fn layer(&self, layer: usize) -> (&Tensor, Option<&Tensor>) {
+        let (k, v) = &self.layers[layer];
+        (k, v.as_ref())
+    }
+
     /// Keys (and values) at `slots` (`[N]`, u32) of `layer`: `[N, heads, dim]`.
     pub fn gather(&self, layer: usize, slots: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let (kc, vc) = &self.layers[layer];

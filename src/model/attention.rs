@@ -18,14 +18,33 @@ pub struct AttentionInputs {
     /// `[T]` u32: where each token's key/value goes.
     pub slots: Tensor,
     pub seqs: Vec<SeqAttention>,
+    /// Attention reads the cache in place on CPU f32 buffers ([`super::cpu_attention`]).
+    pub fast_cpu: bool,
+    pub window: Option<usize>,
+}
+
+impl AttentionInputs {
+    /// Per-sequence rows for [`super::cpu_attention::paged_attention`].
+    pub fn rows(&self) -> Vec<super::cpu_attention::SeqRows<'_>> {
+        self.seqs
+            .iter()
+            .map(|s| super::cpu_attention::SeqRows {
+                query_start: s.query_start,
+                query_len: s.query_len,
+                context_slots: &s.slots,
+            })
+            .collect()
+    }
 }
 
 /// One sequence's view for attention.
 pub struct SeqAttention {
     pub query_start: usize,
     pub query_len: usize,
-    /// `[context_len]` u32 cache slots.
-    pub context_slots: Tensor,
+    /// Cache slots of positions `0..context_len`.
+    pub slots: Vec<u32>,
+    /// The same as a `[context_len]` u32 tensor (gathering path only).
+    pub context_slots: Option<Tensor>,
     /// Additive mask `[query_len, context_len]`, or `None` when every query sees the whole context.
     pub mask: Option<Tensor>,
 }
@@ -176,10 +195,48 @@ impl Attention {
         kv.write(layer, &inputs.slots, &k, Some(&v))?;
 
         let groups = nh / nkv;
+        if inputs.fast_cpu {
+            let (kc, vc) = kv.layer(layer);
+            let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
+            let q = q.contiguous()?;
+            let out = super::cpu_attention::with_f32(&q, |qs| {
+                super::cpu_attention::with_f32(kc, |ks| {
+                    super::cpu_attention::with_f32(vc, |vs| {
+                        let view = super::cpu_attention::CacheView {
+                            keys: ks,
+                            values: vs,
+                            key_stride: nkv * hd,
+                            value_stride: nkv * hd,
+                            key_head_stride: hd,
+                            value_head_stride: hd,
+                            key_dim: hd,
+                            value_dim: hd,
+                        };
+                        Ok(super::cpu_attention::paged_attention(
+                            qs,
+                            nh,
+                            |h| h / groups,
+                            &view,
+                            &inputs.rows(),
+                            self.scale as f32,
+                            inputs.window,
+                            t,
+                        ))
+                    })
+                })
+            })?;
+            return self
+                .o
+                .forward(&Tensor::from_vec(out, (t, nh * hd), x.device())?);
+        }
         let mut outs = Vec::with_capacity(inputs.seqs.len());
         for seq in &inputs.seqs {
             let ql = seq.query_len;
-            let (kc, vc) = kv.gather(layer, &seq.context_slots)?;
+            let slots = seq
+                .context_slots
+                .as_ref()
+                .ok_or_else(|| crate::Error::Kv("missing context slots".into()))?;
+            let (kc, vc) = kv.gather(layer, slots)?;
             let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
             let ctx = kc.dim(0)?;
             // [ql, nh, hd] → [nkv, groups * ql, hd]; head h = kv_head * groups + g (HF's repeat_kv order).

@@ -49,6 +49,8 @@ pub struct Model {
     rope: Rope,
     device: Device,
     dtype: DType,
+    /// Use the gathering attention path even where the in-place CPU path applies (tests compare both).
+    gather_attention: bool,
 }
 
 impl Model {
@@ -114,11 +116,17 @@ impl Model {
             rope: Rope::new(spec.attention.rope()),
             device: store.device().clone(),
             dtype: store.dtype(),
+            gather_attention: false,
         })
     }
 
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// Forces the device-generic gathering attention path (for testing it against the CPU one).
+    pub fn set_gather_attention(&mut self, on: bool) {
+        self.gather_attention = on;
     }
 
     /// Routed-token counters of every MoE layer: (layer index, one counter per expert).
@@ -158,19 +166,30 @@ impl Model {
         let slots =
             Tensor::from_slice(&batch.slot_mapping, batch.slot_mapping.len(), &self.device)?;
         let window = self.spec.attention.sliding_window();
+        // On the CPU in f32 attention reads the cache in place; other devices gather per sequence.
+        let fast_cpu = !self.gather_attention && self.device.is_cpu() && self.dtype == DType::F32;
         let seqs = batch
             .seqs
             .iter()
             .map(|s| {
+                let (context_slots, mask) = if fast_cpu {
+                    (None, None)
+                } else {
+                    (
+                        Some(Tensor::from_slice(
+                            &s.context_slots,
+                            s.context_len,
+                            &self.device,
+                        )?),
+                        causal_mask(s.query_len, s.context_len, window, &self.device)?,
+                    )
+                };
                 Ok(SeqAttention {
                     query_start: s.query_start,
                     query_len: s.query_len,
-                    context_slots: Tensor::from_slice(
-                        &s.context_slots,
-                        s.context_len,
-                        &self.device,
-                    )?,
-                    mask: causal_mask(s.query_len, s.context_len, window, &self.device)?,
+                    slots: s.context_slots.clone(),
+                    context_slots,
+                    mask,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -179,6 +198,8 @@ impl Model {
             sin: sin.to_dtype(self.dtype)?,
             slots,
             seqs,
+            fast_cpu,
+            window,
         })
     }
 

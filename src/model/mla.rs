@@ -6,6 +6,7 @@
 use candle_core::{DType, Tensor, D};
 
 use super::attention::AttentionInputs;
+use super::cpu_attention;
 use super::layers::{Linear, RmsNorm};
 use super::rope;
 use super::spec::MlaSpec;
@@ -122,10 +123,48 @@ impl MlaAttention {
         let q_lat = q_nope.transpose(0, 1)?.contiguous()?.matmul(&self.w_uk)?;
         let q_full = Tensor::cat(&[&q_lat, &q_pe.transpose(0, 1)?.contiguous()?], 2)?; // [nh, T, L + R]
 
+        if inputs.fast_cpu {
+            let (lat, _) = kv.layer(layer);
+            let q_rows = q_full.transpose(0, 1)?.contiguous()?; // [T, nh, L + R]
+            let out_lat = cpu_attention::with_f32(&q_rows, |qs| {
+                cpu_attention::with_f32(lat, |ls| {
+                    let view = cpu_attention::CacheView {
+                        keys: ls,
+                        values: ls,
+                        key_stride: l + r,
+                        value_stride: l + r,
+                        key_head_stride: 0,
+                        value_head_stride: 0,
+                        key_dim: l + r,
+                        value_dim: l,
+                    };
+                    Ok(cpu_attention::paged_attention(
+                        qs,
+                        nh,
+                        |_| 0,
+                        &view,
+                        &inputs.rows(),
+                        s.softmax_scale as f32,
+                        None,
+                        t,
+                    ))
+                })
+            })?;
+            // [T, nh, L] → [nh, T, L] @ [nh, L, v] → [nh, T, v] → [T, nh * v].
+            let out = Tensor::from_vec(out_lat, (t, nh, l), x.device())?
+                .transpose(0, 1)?
+                .contiguous()?
+                .matmul(&self.w_uv_t)?;
+            return self.o.forward(&out.transpose(0, 1)?.reshape((t, nh * v))?);
+        }
         let mut outs = Vec::with_capacity(inputs.seqs.len());
         for seq in &inputs.seqs {
             let ql = seq.query_len;
-            let (ctx_lat, _) = kv.gather(layer, &seq.context_slots)?;
+            let slots = seq
+                .context_slots
+                .as_ref()
+                .ok_or_else(|| crate::Error::Kv("missing context slots".into()))?;
+            let (ctx_lat, _) = kv.gather(layer, slots)?;
             let ctx = ctx_lat.dim(0)?;
             let ctx_lat = ctx_lat.reshape((ctx, l + r))?;
             let qs = q_full
