@@ -4,6 +4,7 @@
 //! paged cache, `engine` sampling and generation, `loader` ties a checkpoint together.
 
 pub mod api;
+pub mod bench;
 pub mod chat;
 pub mod demo;
 pub mod engine;

@@ -37,6 +37,61 @@ enum Command {
     Upcycle(UpcycleArgs),
     /// Print the SHA-256 of an API key read from stdin (for --api-keys-file; keeps keys out of configs).
     HashKey,
+    /// Load-test an OpenAI-compatible endpoint (vllm bench serve metrics).
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Server base URL (without /v1).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    base_url: String,
+    /// Model name (default: the first of /v1/models).
+    #[arg(long)]
+    model: Option<String>,
+    /// Bearer key, if the server needs one.
+    #[arg(long, env = "MOESERVE_BENCH_API_KEY")]
+    api_key: Option<String>,
+    #[arg(long, value_parser = ["random", "sharegpt"], default_value = "random")]
+    dataset: String,
+    /// ShareGPT-format JSON file (with --dataset sharegpt).
+    #[arg(long)]
+    dataset_path: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    num_prompts: usize,
+    #[arg(long, default_value_t = 128)]
+    random_input_len: usize,
+    #[arg(long, default_value_t = 128)]
+    random_output_len: usize,
+    /// Lengths vary uniformly within ±ratio.
+    #[arg(long, default_value_t = 0.0)]
+    random_range_ratio: f64,
+    /// Random token ids are drawn below this.
+    #[arg(long, default_value_t = 256)]
+    random_vocab: u32,
+    /// Output length for ShareGPT prompts (default: from the reply's length).
+    #[arg(long)]
+    sharegpt_output_len: Option<usize>,
+    /// Requests per second (Poisson arrivals); "inf" sends all at once.
+    #[arg(long, default_value = "inf")]
+    request_rate: f64,
+    #[arg(long)]
+    max_concurrency: Option<usize>,
+    /// Concurrency levels to sweep (runs the benchmark once per level).
+    #[arg(long, value_delimiter = ',')]
+    sweep_concurrency: Vec<usize>,
+    #[arg(long)]
+    ignore_eos: bool,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Percentiles to report.
+    #[arg(long, value_delimiter = ',', default_value = "99")]
+    percentiles: Vec<f64>,
+    /// Write the results (counts and timings only) as JSON.
+    #[arg(long)]
+    result_json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -287,6 +342,74 @@ fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    use moeserve::bench;
+    let requests = match args.dataset.as_str() {
+        "sharegpt" => {
+            let path = args
+                .dataset_path
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("--dataset sharegpt needs --dataset-path"))?;
+            bench::sharegpt_dataset(path, args.num_prompts, args.sharegpt_output_len, args.seed)?
+        }
+        _ => bench::random_dataset(
+            args.num_prompts,
+            args.random_input_len,
+            args.random_output_len,
+            args.random_range_ratio,
+            args.random_vocab,
+            args.seed,
+        ),
+    };
+    let levels: Vec<Option<usize>> = if args.sweep_concurrency.is_empty() {
+        vec![args.max_concurrency]
+    } else {
+        args.sweep_concurrency.iter().map(|&c| Some(c)).collect()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut summaries = Vec::new();
+    for level in levels {
+        let cfg = bench::BenchConfig {
+            base_url: args.base_url.trim_end_matches('/').to_owned(),
+            model: args.model.clone(),
+            api_key: args.api_key.clone(),
+            request_rate: args.request_rate.is_finite().then_some(args.request_rate),
+            max_concurrency: level,
+            ignore_eos: args.ignore_eos,
+            warmup: args.warmup,
+            seed: args.seed,
+            percentiles: args.percentiles.clone(),
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        };
+        let summary = runtime.block_on(bench::run(&cfg, &requests))?;
+        print!("{}", summary.table());
+        summaries.push(summary);
+    }
+    if summaries.len() > 1 {
+        println!(
+            "{:>12} {:>16} {:>14} {:>14}",
+            "concurrency", "output tok/s", "mean TTFT ms", "mean TPOT ms"
+        );
+        for s in &summaries {
+            println!(
+                "{:>12} {:>16.1} {:>14.1} {:>14.2}",
+                s.max_concurrency.unwrap_or(0),
+                s.output_throughput,
+                s.ttft.mean_ms,
+                s.tpot.mean_ms
+            );
+        }
+    }
+    if let Some(path) = &args.result_json {
+        let v = serde_json::json!({"base_url": args.base_url, "dataset": args.dataset,
+            "num_prompts": args.num_prompts, "runs": summaries});
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     // `serve` logs its access log (ids, counts, timings) by default; the one-shot commands only warnings.
@@ -300,6 +423,7 @@ fn main() {
         Command::Generate(args) => run_generate(args),
         Command::Inspect(args) => run_inspect(args),
         Command::Serve(args) => run_serve(args),
+        Command::Bench(args) => run_bench(args),
         Command::HashKey => {
             let mut key = String::new();
             std::io::stdin()

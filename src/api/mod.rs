@@ -218,7 +218,10 @@ pub async fn serve_tls(
         engine.shutdown();
         shutdown.graceful_shutdown(None);
     });
-    axum_server::from_tcp_rustls(listener, config)?
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    axum_server::from_tcp(listener)?
+        .acceptor(acceptor)
         .handle(handle)
         .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
         .await
