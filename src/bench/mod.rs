@@ -249,7 +249,8 @@ pub async fn run(cfg: &BenchConfig, requests: &[BenchRequest]) -> anyhow::Result
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(requests.len());
-    for req in requests.to_vec() {
+    for req in requests {
+        let req = req.clone();
         if let Some(rate) = cfg.request_rate.filter(|r| r.is_finite() && *r > 0.0) {
             // Poisson arrivals: exponential gaps with mean 1 / rate.
             let u: f64 = rng.random::<f64>().max(1e-12);
