@@ -75,6 +75,8 @@ async fn no_request_content_reaches_logs_files_or_metrics() {
             "m",
             "--max-body-bytes",
             "8192",
+            "--log-format",
+            "json",
         ])
         .env("RUST_LOG", "trace")
         .env("HOME", &home)
@@ -224,6 +226,11 @@ async fn no_request_content_reaches_logs_files_or_metrics() {
         err_text.lines().count() > 20,
         "verbose logging produced output"
     );
+    for line in err_text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON log line"));
+        assert!(v["level"].is_string() && v["fields"].is_object());
+    }
     c.leaks_in(&out, "stdout");
     c.leaks_in(&err, "stderr");
     let mut files = Vec::new();
