@@ -187,8 +187,13 @@ pub async fn shutdown_signal() {
 
 /// Serves until a shutdown signal; then refuses new work (503) and drains in-flight requests.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let engine = state.engine.clone();
     let app = router(state);
+    // Streams write small SSE events: without TCP_NODELAY, Nagle + delayed ACK can hold tokens ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
