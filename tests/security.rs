@@ -107,6 +107,28 @@ async fn keys_roles_limits_and_accounting() {
     );
     assert!(metrics.contains("moeserve_key_requests_total{key_id=\"bot\"}"));
     assert!(metrics.contains("moeserve_expert_tokens_total{layer=\"0\",expert=\"0\"}"));
+    assert!(
+        metrics.contains("moeserve_requests_total{route=\"/v1/models\",status=\"200\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("moeserve_requests_total{route=\"/v1/models\",status=\"429\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("moeserve_requests_total{route=\"/v1/models\",status=\"401\"} 2"),
+        "{metrics}"
+    );
+    let routed: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("moeserve_expert_tokens_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    // One completion ran: (prompt + 11 decode steps) tokens × 4 layers × top-2, at least.
+    assert!(
+        routed >= 2 * 12 * 4 * 2,
+        "tokens routed to experts: {routed}"
+    );
     assert!(metrics.contains("moeserve_time_to_first_token_seconds_count 1"));
     for secret in ["bot-secret-1", "ops-secret-2", "tok-secret-3"] {
         assert!(!metrics.contains(secret));

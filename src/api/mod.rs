@@ -112,6 +112,7 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
         .unwrap_or_else(|| "<unmatched>".to_owned());
     let started = Instant::now();
     let mut resp = next.run(req).await;
+    state.metrics.record_request(&route, resp.status().as_u16());
     let usage = resp
         .extensions()
         .get::<Usage>()
