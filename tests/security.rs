@@ -125,10 +125,7 @@ async fn keys_roles_limits_and_accounting() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     // One completion ran: (prompt + 11 decode steps) tokens × 4 layers × top-2, at least.
-    assert!(
-        routed >= 2 * 12 * 4 * 2,
-        "tokens routed to experts: {routed}"
-    );
+    assert!(routed >= 12 * 4 * 2, "tokens routed to experts: {routed}");
     assert!(metrics.contains("moeserve_time_to_first_token_seconds_count 1"));
     for secret in ["bot-secret-1", "ops-secret-2", "tok-secret-3"] {
         assert!(!metrics.contains(secret));
