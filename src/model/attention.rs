@@ -49,6 +49,15 @@ pub struct SeqAttention {
     pub mask: Option<Tensor>,
 }
 
+impl SeqAttention {
+    /// The context slots as a tensor (present on the gathering path).
+    pub fn slots_tensor(&self) -> Result<&Tensor> {
+        self.context_slots
+            .as_ref()
+            .ok_or_else(|| crate::Error::Kv("missing context slots".into()))
+    }
+}
+
 /// Builds the additive causal (and sliding-window) mask of one sequence, if one is needed.
 pub fn causal_mask(
     query_len: usize,
@@ -232,10 +241,7 @@ impl Attention {
         let mut outs = Vec::with_capacity(inputs.seqs.len());
         for seq in &inputs.seqs {
             let ql = seq.query_len;
-            let slots = seq
-                .context_slots
-                .as_ref()
-                .ok_or_else(|| crate::Error::Kv("missing context slots".into()))?;
+            let slots = seq.slots_tensor()?;
             let (kc, vc) = kv.gather(layer, slots)?;
             let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
             let ctx = kc.dim(0)?;

@@ -160,10 +160,7 @@ impl MlaAttention {
         let mut outs = Vec::with_capacity(inputs.seqs.len());
         for seq in &inputs.seqs {
             let ql = seq.query_len;
-            let slots = seq
-                .context_slots
-                .as_ref()
-                .ok_or_else(|| crate::Error::Kv("missing context slots".into()))?;
+            let slots = seq.slots_tensor()?;
             let (ctx_lat, _) = kv.gather(layer, slots)?;
             let ctx = ctx_lat.dim(0)?;
             let ctx_lat = ctx_lat.reshape((ctx, l + r))?;
