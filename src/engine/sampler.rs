@@ -150,9 +150,15 @@ impl Sampler {
         }
         let t = self.params.temperature as f64;
         let mut order: Vec<usize> = (0..l.len()).collect();
-        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]).then(a.cmp(&b)));
-        if let Some(k) = self.params.top_k.filter(|k| *k > 0) {
-            order.truncate(k);
+        let by_logit = |a: &usize, b: &usize| l[*b].total_cmp(&l[*a]).then(a.cmp(b));
+        match self.params.top_k.filter(|k| *k > 0 && *k < l.len()) {
+            // Only the k best need ordering: partition first instead of sorting the whole vocabulary.
+            Some(k) => {
+                order.select_nth_unstable_by(k - 1, by_logit);
+                order.truncate(k);
+                order.sort_by(by_logit);
+            }
+            None => order.sort_by(by_logit),
         }
         let max = l[order[0]] as f64;
         let mut probs: Vec<f64> = order
