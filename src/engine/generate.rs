@@ -21,6 +21,21 @@ pub struct GenerateOutput {
     pub logprobs: Vec<f32>,
     pub text: String,
     pub finish_reason: FinishReason,
+    /// Timings of this run (no content).
+    pub timing: GenerateTiming,
+}
+
+/// Prefill and decode speed of one generation, measured around the engine steps.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct GenerateTiming {
+    /// Prompt processing until the first token was sampled.
+    pub prefill_ms: f64,
+    /// Prompt tokens per second of prefill.
+    pub prefill_tokens_per_s: f64,
+    /// Decode steps after the first token.
+    pub decode_ms: f64,
+    /// Generated tokens after the first, per second of decode.
+    pub decode_tokens_per_s: f64,
 }
 
 impl std::fmt::Debug for GenerateOutput {
@@ -80,7 +95,10 @@ pub fn generate(
         logprobs: Vec::new(),
         text: String::new(),
         finish_reason: FinishReason::Length,
+        timing: GenerateTiming::default(),
     };
+    let started = std::time::Instant::now();
+    let mut first_token_at = None;
     while core.has_work() {
         core.step()?;
         while let Ok(event) = rx.try_recv() {
@@ -99,6 +117,23 @@ pub fn generate(
                 EngineEvent::Failed { message } => return Err(Error::Batch(message)),
             }
         }
+        if first_token_at.is_none() && !out.token_ids.is_empty() {
+            first_token_at = Some(started.elapsed());
+        }
     }
+    let total = started.elapsed();
+    let prefill = first_token_at.unwrap_or(total);
+    let decode = total.saturating_sub(prefill);
+    let decoded = out.token_ids.len().saturating_sub(1);
+    out.timing = GenerateTiming {
+        prefill_ms: prefill.as_secs_f64() * 1e3,
+        prefill_tokens_per_s: out.prompt_ids.len() as f64 / prefill.as_secs_f64().max(1e-9),
+        decode_ms: decode.as_secs_f64() * 1e3,
+        decode_tokens_per_s: if decoded > 0 {
+            decoded as f64 / decode.as_secs_f64().max(1e-9)
+        } else {
+            0.0
+        },
+    };
     Ok(out)
 }

@@ -12,7 +12,7 @@ pub mod sequence;
 pub mod stats;
 pub mod stop;
 
-pub use generate::{generate, GenerateOutput};
+pub use generate::{generate, GenerateOutput, GenerateTiming};
 pub use handle::{EngineHandle, SubmitError};
 pub use request::{EngineEvent, FinishReason, RequestParams, TokenLogprob};
 pub use sampler::SamplingParams;

@@ -6,7 +6,7 @@ use candle_core::{DType, Tensor, D};
 
 use super::layers::{Linear, RmsNorm};
 use super::spec::{AttentionSpec, QkNorm};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::KvCache;
 use crate::weights::WeightStore;
 
@@ -176,9 +176,10 @@ impl Attention {
             self.spec.head_dim,
         );
         let t = x.dim(0)?;
-        let mut q = self.q.forward(x)?;
-        let mut k = self.k.forward(x)?;
-        let mut v = self.v.forward(x)?;
+        let mut qkv = Linear::forward_many(x, &[&self.q, &self.k, &self.v])?.into_iter();
+        let (Some(mut q), Some(mut k), Some(mut v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            return Err(Error::Batch("q/k/v projection failed".into()));
+        };
         if self.spec.qk_norm == QkNorm::Whole {
             if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
                 q = qn.forward(&q)?;

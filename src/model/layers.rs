@@ -42,11 +42,26 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = super::cpu_matmul::matmul_wt(x, &self.weight)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+
+    /// Several projections of the same input in one pass (q/k/v, gate/up).
+    pub fn forward_many(x: &Tensor, linears: &[&Linear]) -> Result<Vec<Tensor>> {
+        let weights: Vec<&Tensor> = linears.iter().map(|l| &l.weight).collect();
+        let ys = super::cpu_matmul::matmul_wt_many(x, &weights)?;
+        ys.into_iter()
+            .zip(linears)
+            .map(|(y, l)| {
+                Ok(match &l.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            })
+            .collect()
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -122,9 +137,13 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        let u = self.up.forward(x)?;
-        self.down.forward(&(g * u)?)
+        let mut gu = Linear::forward_many(x, &[&self.gate, &self.up])?.into_iter();
+        let (Some(g), Some(u)) = (gu.next(), gu.next()) else {
+            return Err(crate::error::Error::Batch(
+                "gate/up projection failed".into(),
+            ));
+        };
+        self.down.forward(&(candle_nn::ops::silu(&g)? * u)?)
     }
 }
 

@@ -5,6 +5,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::router::Routes;
 use crate::error::Result;
+use crate::model::cpu_matmul::{self, matmul_wt};
+
+use super::cpu_experts::{self, ExpertTokens};
 use crate::weights::WeightStore;
 
 /// Runs the routed experts of a batch: `x` `[T, hidden]` → `[T, hidden]`.
@@ -55,6 +58,41 @@ impl GroupedExperts {
     }
 }
 
+impl GroupedExperts {
+    /// The two-pass CPU path for decode-sized batches; `None` where it does not apply (other devices or
+    /// dtypes, or an expert with more tokens than the streaming kernel takes).
+    fn forward_host(
+        &self,
+        x: &Tensor,
+        tokens: &[Vec<u32>],
+        scales: &[Vec<f32>],
+    ) -> Result<Option<Tensor>> {
+        let weight_dtype = self.experts.first().map(|e| e.gate.dtype());
+        let applies = x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && matches!(weight_dtype, Some(DType::F32 | DType::BF16))
+            && tokens.iter().all(|t| t.len() <= cpu_matmul::MAX_ROWS);
+        if !applies {
+            return Ok(None);
+        }
+        let groups: Vec<ExpertTokens<'_>> = tokens
+            .iter()
+            .zip(scales)
+            .enumerate()
+            .filter(|(_, (t, _))| !t.is_empty())
+            .map(|(expert, (tokens, scales))| ExpertTokens {
+                expert,
+                tokens,
+                scales,
+            })
+            .collect();
+        let gate: Vec<&Tensor> = self.experts.iter().map(|e| &e.gate).collect();
+        let up: Vec<&Tensor> = self.experts.iter().map(|e| &e.up).collect();
+        let down: Vec<&Tensor> = self.experts.iter().map(|e| &e.down).collect();
+        Ok(Some(cpu_experts::forward(x, &groups, &gate, &up, &down)?))
+    }
+}
+
 impl ExpertsBackend for GroupedExperts {
     fn forward(&self, x: &Tensor, routes: &Routes) -> Result<Tensor> {
         let device: &Device = x.device();
@@ -73,6 +111,9 @@ impl ExpertsBackend for GroupedExperts {
                 }
             }
         }
+        if let Some(out) = self.forward_host(x, &tokens, &scales)? {
+            return Ok(out);
+        }
         let mut all_idx = Vec::new();
         let mut outs = Vec::new();
         for (e, expert) in self.experts.iter().enumerate() {
@@ -82,9 +123,9 @@ impl ExpertsBackend for GroupedExperts {
             let n = tokens[e].len();
             let idx = Tensor::from_slice(&tokens[e], n, device)?;
             let xs = x.index_select(&idx, 0)?;
-            let g = candle_nn::ops::silu(&xs.matmul(&expert.gate.t()?)?)?;
-            let u = xs.matmul(&expert.up.t()?)?;
-            let y = (g * u)?.matmul(&expert.down.t()?)?;
+            let g = candle_nn::ops::silu(&matmul_wt(&xs, &expert.gate)?)?;
+            let u = matmul_wt(&xs, &expert.up)?;
+            let y = matmul_wt(&(g * u)?, &expert.down)?;
             let w = Tensor::from_slice(&scales[e], (n, 1), device)?.to_dtype(y.dtype())?;
             outs.push(y.broadcast_mul(&w)?);
             all_idx.extend_from_slice(&tokens[e]);
@@ -109,5 +150,77 @@ impl ExpertsBackend for GroupedExperts {
             .map_or(DType::F32, |e| e.gate.dtype())
             .size_in_bytes();
         3 * self.hidden * self.intermediate * elem
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Σ_k w_k · down(silu(gate x) ⊙ up x)` token by token with candle's own matmul.
+    fn reference(experts: &GroupedExperts, x: &Tensor, ids: &[Vec<u32>], w: &[Vec<f32>]) -> Tensor {
+        let rows: Vec<Tensor> = (0..x.dim(0).unwrap())
+            .map(|t| {
+                let xt = x.narrow(0, t, 1).unwrap();
+                let mut acc = Tensor::zeros((1, experts.hidden), DType::F32, x.device()).unwrap();
+                for (&e, &s) in ids[t].iter().zip(&w[t]) {
+                    let ex = &experts.experts[e as usize];
+                    let g =
+                        candle_nn::ops::silu(&xt.matmul(&ex.gate.t().unwrap()).unwrap()).unwrap();
+                    let u = xt.matmul(&ex.up.t().unwrap()).unwrap();
+                    let y = (g * u).unwrap().matmul(&ex.down.t().unwrap()).unwrap();
+                    acc = (acc + (y * f64::from(s)).unwrap()).unwrap();
+                }
+                acc
+            })
+            .collect();
+        Tensor::cat(&rows, 0).unwrap()
+    }
+
+    fn experts(n: usize, hidden: usize, inter: usize) -> GroupedExperts {
+        let dev = Device::Cpu;
+        let r = |a, b| Tensor::randn(0f32, 0.2, (a, b), &dev).unwrap();
+        GroupedExperts {
+            experts: (0..n)
+                .map(|_| ExpertWeights {
+                    gate: r(inter, hidden),
+                    up: r(inter, hidden),
+                    down: r(hidden, inter),
+                })
+                .collect(),
+            hidden,
+            intermediate: inter,
+        }
+    }
+
+    fn check(ex: &GroupedExperts, ids: Vec<Vec<u32>>) {
+        let t = ids.len();
+        let x = Tensor::randn(0f32, 1.0, (t, ex.hidden), &Device::Cpu).unwrap();
+        let w: Vec<Vec<f32>> = ids
+            .iter()
+            .map(|row| (0..row.len()).map(|i| 0.3 + 0.1 * i as f32).collect())
+            .collect();
+        let routes = Routes {
+            ids: Tensor::new(ids.clone(), &Device::Cpu).unwrap(),
+            weights: Tensor::new(w.clone(), &Device::Cpu).unwrap(),
+        };
+        let got = ex.forward(&x, &routes).unwrap();
+        let want = reference(ex, &x, &ids, &w);
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn host_path_matches_reference_for_decode_batches() {
+        // Three tokens, top-2 of 6 experts, shapes that are not multiples of the kernel's lanes or tasks.
+        let ex = experts(6, 70, 45);
+        check(&ex, vec![vec![0, 3], vec![3, 5], vec![1, 0]]);
+    }
+
+    #[test]
+    fn generic_path_matches_reference_when_an_expert_sees_many_tokens() {
+        // 12 tokens all on experts 2 and 4: more than the streaming kernel's rows, so the GEMM path runs.
+        let ex = experts(5, 40, 24);
+        check(&ex, vec![vec![2, 4]; cpu_matmul::MAX_ROWS + 4]);
     }
 }

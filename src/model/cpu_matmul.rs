@@ -1,0 +1,467 @@
+//! `y = x · Wᵀ` on the CPU for the few-row products of decoding (and of experts that see few tokens).
+//!
+//! With one to a few rows, a projection is a matrix–vector product bound by reading `W` once from memory.
+//! candle's blocked GEMM packs its operands and leaves the second core idle for such shapes; this kernel
+//! streams each weight row once, dots it with every input row while the row sits in L1, and splits the
+//! weight rows over the rayon pool. f32 and bf16 weights (bf16 widened on the fly), f32 activations and
+//! accumulation. AVX2+FMA is chosen at run time; other CPUs get a portable loop the compiler vectorises.
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Result as CandleResult, Shape,
+    Storage, Tensor,
+};
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Up to this many input rows the streaming kernel beats candle's GEMM (measured on `benches/matmul`);
+/// above it the products become compute-bound and the blocked GEMM wins.
+pub const MAX_ROWS: usize = 8;
+
+/// Weight rows per parallel task: big enough to amortise scheduling, small enough to balance two or more
+/// cores on a 512-row expert projection.
+const ROWS_PER_TASK: usize = 32;
+
+/// `x · Wᵀ` for `x` `[m, k]` and `w` `[n, k]`: the streaming kernel for small `m` on the CPU, candle's
+/// matmul everywhere else (other devices, large `m`, other dtypes, strided operands).
+pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if streamable(x, w)? {
+        let x = x.contiguous()?;
+        return Ok(x.apply_op2_no_bwd(w, &StreamingMatmul)?);
+    }
+    Ok(x.matmul(&w.t()?)?)
+}
+
+/// `[x · W₁ᵀ, x · W₂ᵀ, …]` with every weight in one parallel pass when the kernel applies (q/k/v, gate/up):
+/// one fork-join instead of one per projection.
+pub fn matmul_wt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let dtype = ws.first().map(|w| w.dtype());
+    let mut fast = true;
+    for w in ws {
+        fast &= streamable(x, w)? && Some(w.dtype()) == dtype;
+    }
+    if !fast || ws.len() < 2 {
+        return ws.iter().map(|w| matmul_wt(x, w)).collect();
+    }
+    let x = x.contiguous()?;
+    let (m, k) = x.dims2()?;
+    let device = x.device().clone();
+    let outs = with_host(&x, |xs: HostSlice<'_>| {
+        let HostSlice::F32(xs) = xs else {
+            return Err(Error::Batch("streaming matmul: x must be f32".into()));
+        };
+        with_hosts(ws, |views| {
+            let outs = match views {
+                HostSlices::F32(ws) => run_products(
+                    &ws.iter()
+                        .map(|w| Product { x: xs, m, w, k })
+                        .collect::<Vec<_>>(),
+                ),
+                HostSlices::Bf16(ws) => run_products(
+                    &ws.iter()
+                        .map(|w| Product { x: xs, m, w, k })
+                        .collect::<Vec<_>>(),
+                ),
+            };
+            Ok(outs)
+        })
+    })?;
+    outs.into_iter()
+        .map(|y| {
+            let n = y.len() / m;
+            Ok(Tensor::from_vec(y, (m, n), &device)?)
+        })
+        .collect()
+}
+
+fn streamable(x: &Tensor, w: &Tensor) -> Result<bool> {
+    Ok(x.device().is_cpu()
+        && x.rank() == 2
+        && w.rank() == 2
+        && x.dtype() == DType::F32
+        && matches!(w.dtype(), DType::F32 | DType::BF16)
+        && (1..=MAX_ROWS).contains(&x.dim(0)?)
+        && x.dim(1)? == w.dim(1)?
+        && w.is_contiguous())
+}
+
+/// A CPU tensor's data, borrowed.
+pub enum HostSlice<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+/// Several CPU tensors' data of one dtype, borrowed.
+pub enum HostSlices<'a> {
+    F32(Vec<&'a [f32]>),
+    Bf16(Vec<&'a [bf16]>),
+}
+
+/// Runs `f` on a contiguous f32/bf16 CPU tensor's data.
+pub fn with_host<R>(t: &Tensor, f: impl FnOnce(HostSlice<'_>) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(HostSlice::F32(&v[a..b])),
+        (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => f(HostSlice::Bf16(&v[a..b])),
+        _ => Err(Error::Batch(
+            "host kernel needs contiguous f32 or bf16 CPU tensors".into(),
+        )),
+    }
+}
+
+/// Runs `f` on the data of several contiguous CPU tensors of one dtype (f32 or bf16).
+pub fn with_hosts<R>(ts: &[&Tensor], f: impl FnOnce(HostSlices<'_>) -> Result<R>) -> Result<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut f32s = Vec::new();
+    let mut bf16s = Vec::new();
+    for (storage, layout) in &guards {
+        match (&**storage, layout.contiguous_offsets()) {
+            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f32s.push(&v[a..b]),
+            (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => bf16s.push(&v[a..b]),
+            _ => {
+                return Err(Error::Batch(
+                    "host kernel needs contiguous f32 or bf16 CPU tensors".into(),
+                ))
+            }
+        }
+    }
+    match (f32s.is_empty(), bf16s.is_empty()) {
+        (false, true) | (true, true) => f(HostSlices::F32(f32s)),
+        (true, false) => f(HostSlices::Bf16(bf16s)),
+        (false, false) => Err(Error::Batch(
+            "host kernel needs weights of one dtype".into(),
+        )),
+    }
+}
+
+struct StreamingMatmul;
+
+impl CustomOp2 for StreamingMatmul {
+    fn name(&self) -> &'static str {
+        "streaming-matmul-wt"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> CandleResult<(CpuStorage, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (n, wk) = wl.shape().dims2()?;
+        if k != wk {
+            candle_core::bail!("streaming matmul: x is [{m}, {k}] but w is [{n}, {wk}]");
+        }
+        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
+        else {
+            candle_core::bail!("streaming matmul needs contiguous operands");
+        };
+        let x = &xs.as_slice::<f32>()?[xa..xb];
+        let out = match ws.dtype() {
+            DType::F32 => run(x, &ws.as_slice::<f32>()?[wa..wb], m, n, k),
+            DType::BF16 => run(x, &ws.as_slice::<bf16>()?[wa..wb], m, n, k),
+            other => candle_core::bail!("streaming matmul: unsupported weight dtype {other:?}"),
+        };
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// A weight element the kernel can widen to f32.
+pub trait WeightElem: Copy + Send + Sync {
+    fn widen(self) -> f32;
+    /// # Safety
+    /// AVX2 and FMA must be available and `x.len() == w.len()`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_avx2(x: &[f32], w: &[Self]) -> f32;
+}
+
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_avx2(x: &[f32], w: &[f32]) -> f32 {
+        avx2::dot(x, w)
+    }
+}
+
+impl WeightElem for bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_avx2(x: &[f32], w: &[bf16]) -> f32 {
+        avx2::dot(x, w)
+    }
+}
+
+/// Computes `[m, n]` from `x` `[m, k]` and `w` `[n, k]` (both row-major slices).
+pub fn run<W: WeightElem>(x: &[f32], w: &[W], m: usize, n: usize, k: usize) -> Vec<f32> {
+    debug_assert_eq!(w.len(), n * k);
+    run_products(&[Product { x, m, w, k }])
+        .pop()
+        .unwrap_or_default()
+}
+
+/// One product `x · Wᵀ`: `x` is `[m, k]`, `w` is `[n, k]` with `n = w.len() / k`.
+#[derive(Clone, Copy)]
+pub struct Product<'a, W> {
+    pub x: &'a [f32],
+    pub m: usize,
+    pub w: &'a [W],
+    pub k: usize,
+}
+
+/// Runs several products in one parallel pass over all their weight rows; returns each `[m, n]`.
+pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>> {
+    let fma = has_fma();
+    // Transposed results: each task owns a contiguous run of one product's output columns.
+    let mut yts: Vec<Vec<f32>> = products
+        .iter()
+        .map(|p| vec![0f32; (p.w.len() / p.k.max(1)) * p.m])
+        .collect();
+    let mut tasks = Vec::new();
+    for (p, yt) in products.iter().zip(yts.iter_mut()) {
+        if p.m == 0 || p.k == 0 {
+            continue;
+        }
+        for (c, out) in yt.chunks_mut(ROWS_PER_TASK * p.m).enumerate() {
+            tasks.push((p, c * ROWS_PER_TASK, out));
+        }
+    }
+    tasks.into_par_iter().for_each(|(p, first, out)| {
+        let (m, k) = (p.m, p.k);
+        for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
+            let row = &p.w[(first + r) * k..(first + r + 1) * k];
+            for (i, o) in out_row.iter_mut().enumerate() {
+                *o = dot(&p.x[i * k..(i + 1) * k], row, fma);
+            }
+        }
+    });
+    products
+        .iter()
+        .zip(yts)
+        .map(|(p, yt)| {
+            if p.m <= 1 {
+                return yt;
+            }
+            let n = yt.len() / p.m;
+            let mut y = vec![0f32; p.m * n];
+            for (j, col) in yt.chunks_exact(p.m).enumerate() {
+                for (i, &v) in col.iter().enumerate() {
+                    y[i * n + j] = v;
+                }
+            }
+            y
+        })
+        .collect()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_fma() -> bool {
+    false
+}
+
+#[inline(always)]
+fn dot<W: WeightElem>(x: &[f32], w: &[W], fma: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if fma {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time by `has_fma`); both slices have the
+        // same length (`k`), which `avx2::dot` relies on.
+        return unsafe { W::dot_avx2(x, w) };
+    }
+    let _ = fma;
+    dot_lanes(x, w)
+}
+
+/// Lane-wise accumulation (16 independent sums) that the compiler can vectorise without reassociating.
+#[inline(always)]
+fn dot_lanes<W: WeightElem>(x: &[f32], w: &[W]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let xc = x.chunks_exact(LANES);
+    let wc = w.chunks_exact(LANES);
+    let (xt, wt) = (xc.remainder(), wc.remainder());
+    for (xs, ws) in xc.zip(wc) {
+        for l in 0..LANES {
+            acc[l] += xs[l] * ws[l].widen();
+        }
+    }
+    let mut tail = 0f32;
+    for (a, b) in xt.iter().zip(wt) {
+        tail += a * b.widen();
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Explicit AVX2+FMA dot products: four 8-wide accumulators hide the FMA latency.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use half::bf16;
+
+    /// Loads 8 weights as f32.
+    pub trait Load8 {
+        /// # Safety
+        /// `p` must point at 8 readable elements; AVX2 must be available.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Load8 for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+    }
+
+    impl Load8 for bf16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const bf16) -> __m256 {
+            let h = _mm_loadu_si128(p.cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available and `x.len() == w.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot<W: Load8 + super::WeightElem>(x: &[f32], w: &[W]) -> f32 {
+        let k = x.len().min(w.len());
+        let (xp, wp) = (x.as_ptr(), w.as_ptr());
+        let mut a0 = _mm256_setzero_ps();
+        let mut a1 = _mm256_setzero_ps();
+        let mut a2 = _mm256_setzero_ps();
+        let mut a3 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= k {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), W::load8(wp.add(i)), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i + 8)), W::load8(wp.add(i + 8)), a1);
+            a2 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(xp.add(i + 16)),
+                W::load8(wp.add(i + 16)),
+                a2,
+            );
+            a3 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(xp.add(i + 24)),
+                W::load8(wp.add(i + 24)),
+                a3,
+            );
+            i += 32;
+        }
+        while i + 8 <= k {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(i)), W::load8(wp.add(i)), a0);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+        let hi = _mm256_extractf128_ps::<1>(s);
+        let q = _mm_add_ps(_mm256_castps256_ps128(s), hi);
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+        let mut total = _mm_cvtss_f32(q);
+        while i < k {
+            total += x[i] * w[i].widen();
+            i += 1;
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for t in 0..k {
+                    s += f64::from(x[i * k + t]) * f64::from(w[j * k + t]);
+                }
+                y[i * n + j] = s as f32;
+            }
+        }
+        y
+    }
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_reference_on_odd_shapes() {
+        // k not a multiple of the lanes, n not a multiple of the task size, m = 1 and m > 1.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 77, 131),
+            (3, 65, 1024),
+            (8, 33, 37),
+            (5, 512, 96),
+        ] {
+            let x = random(m * k, 1);
+            let w = random(n * k, 2);
+            let got = run(&x, &w, m, n, k);
+            let want = reference(&x, &w, m, n, k);
+            for (g, r) in got.iter().zip(&want) {
+                assert!(
+                    (g - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                    "{m}x{n}x{k}: {g} vs {r}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_weights_are_widened_exactly() {
+        let (m, n, k) = (2, 40, 70);
+        let x = random(m * k, 3);
+        let w: Vec<bf16> = random(n * k, 4).into_iter().map(bf16::from_f32).collect();
+        let wf: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let got = run(&x, &w, m, n, k);
+        let want = reference(&x, &wf, m, n, k);
+        for (g, r) in got.iter().zip(&want) {
+            assert!((g - r).abs() <= 1e-5 * (1.0 + r.abs()));
+        }
+    }
+
+    #[test]
+    fn tensor_path_agrees_with_candle_matmul() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::from_vec(random(4 * 300, 5), (4, 300), &dev)?;
+        let w = Tensor::from_vec(random(200 * 300, 6), (200, 300), &dev)?;
+        let fast = matmul_wt(&x, &w)?;
+        let slow = x.matmul(&w.t()?)?;
+        let diff = (fast - slow)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "max diff {diff}");
+        // A strided x (a narrow of a wider tensor) goes through the same kernel after `contiguous`.
+        let wide = Tensor::from_vec(random(4 * 600, 7), (4, 600), &dev)?;
+        let xs = wide.narrow(1, 100, 300)?;
+        let d2 = (matmul_wt(&xs, &w)? - xs.matmul(&w.t()?)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d2 < 1e-4);
+        Ok(())
+    }
+}
