@@ -156,20 +156,26 @@ async fn send(
 ) -> RequestResult {
     let body = json!({"model": model, "prompt": req.prompt, "max_tokens": req.output_len, "temperature": 0,
         "stream": true, "stream_options": {"include_usage": true}, "ignore_eos": ignore_eos});
-    let start = Instant::now();
     let mut result = RequestResult::default();
-    let resp = match client.post(url).json(&body).send().await {
-        Ok(r) if r.status().is_success() => r,
-        Ok(r) => {
-            result.error = Some(format!("HTTP {}", r.status().as_u16()));
-            return result;
-        }
-        Err(e) => {
-            result.error = Some(format!(
-                "connection: {}",
-                if e.is_timeout() { "timeout" } else { "error" }
-            ));
-            return result;
+    // A server may close an idle keep-alive connection just as it is reused (llama-server does): the
+    // request then fails before it was sent, and is retried once on a fresh connection.
+    let mut attempt = 0;
+    let (start, resp) = loop {
+        let start = Instant::now();
+        match client.post(url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => break (start, r),
+            Ok(r) => {
+                result.error = Some(format!("HTTP {}", r.status().as_u16()));
+                return result;
+            }
+            Err(e) if e.is_request() && attempt == 0 => attempt += 1,
+            Err(e) => {
+                result.error = Some(format!(
+                    "connection: {}",
+                    if e.is_timeout() { "timeout" } else { "error" }
+                ));
+                return result;
+            }
         }
     };
     let mut stream = resp.bytes_stream();

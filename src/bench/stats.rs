@@ -59,6 +59,8 @@ pub struct Summary {
     pub duration_s: f64,
     pub completed: usize,
     pub failed: usize,
+    /// Failures by kind ("HTTP 400", "no tokens received", …: fixed strings, never response content).
+    pub errors: std::collections::BTreeMap<String, usize>,
     pub total_input_tokens: usize,
     pub total_output_tokens: usize,
     pub request_throughput: f64,
@@ -95,6 +97,14 @@ pub fn summarize(
         duration_s,
         completed: ok.len(),
         failed: results.len() - ok.len(),
+        errors: results
+            .iter()
+            .filter(|r| !r.success)
+            .fold(Default::default(), |mut m, r| {
+                let kind = r.error.clone().unwrap_or_else(|| "unknown".into());
+                *m.entry(kind).or_insert(0) += 1;
+                m
+            }),
         total_input_tokens: input,
         total_output_tokens: output,
         request_throughput: ok.len() as f64 / d,
@@ -117,6 +127,9 @@ impl Summary {
         s.push_str(&format!("{:=^52}\n", " Serving Benchmark Result "));
         line(&mut s, "Successful requests:", self.completed.to_string());
         line(&mut s, "Failed requests:", self.failed.to_string());
+        for (kind, n) in &self.errors {
+            line(&mut s, &format!("  {kind}:"), n.to_string());
+        }
         if let Some(c) = self.max_concurrency {
             line(&mut s, "Maximum request concurrency:", c.to_string());
         }
