@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# CPU decode and prefill side by side with llama.cpp on the bench-shaped model, in one command.
+#
+#   scripts/compare-llama-cpp.sh            # THREADS=<physical cores> REPS=7 PROMPT=64 GEN=128 DTYPE=f32
+#
+# 1. builds llama.cpp's CPU tools from the source that PyPI's llama-cpp-python sdist vendors (pinned),
+# 2. makes the bench-shaped checkpoint (scripts/make_bench_model.py; tokenizer from scripts/demo-model.sh)
+#    and converts it with llama.cpp's own convert_hf_to_gguf.py at the same precision,
+# 3. alternates `llama-bench` (pp/tg, one repetition) and `moeserve generate --json` REPS times with the same
+#    thread count, prompt length and generated tokens, and reports medians,
+# 4. reports decode as a fraction of the read bandwidth measured here (examples/membw.rs), with
+#    bytes per token = active parameters minus the embedding table (one row is gathered, not streamed).
+# Results: a table on stdout and target/compare-llama-cpp.json. Needs: a C++ compiler, cargo, and a Python
+# (PYTHON, default /opt/refenv/bin/python or python3) with torch, transformers and numpy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+THREADS=${THREADS:-$(lscpu -p=CORE 2>/dev/null | grep -v '^#' | sort -u | wc -l)}
+REPS=${REPS:-7}
+PROMPT=${PROMPT:-64}
+GEN=${GEN:-128}
+DTYPE=${DTYPE:-f32}
+PYTHON=${PYTHON:-$( [ -x /opt/refenv/bin/python ] && echo /opt/refenv/bin/python || echo python3 )}
+CACHE=${CACHE:-$HOME/.cache/moeserve}
+MODEL=weights/bench-$DTYPE
+GGUF=weights/bench-$DTYPE.gguf
+SRC=$CACHE/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp
+BIN=$SRC/build/bin
+
+log() { echo "== $*" >&2; }
+
+# 1. llama.cpp from the sdist (downloaded straight from PyPI's JSON API: `pip download` would build it).
+if [ ! -x "$BIN/llama-bench" ]; then
+    mkdir -p "$CACHE"
+    log "downloading llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (sdist)"
+    url=$("$PYTHON" - "$LLAMA_CPP_PYTHON_VERSION" <<'EOF'
+import json, sys, urllib.request
+v = sys.argv[1]
+d = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{v}/json"))
+print(next(u["url"] for u in d["urls"] if u["packagetype"] == "sdist"))
+EOF
+)
+    case $url in http*) ;; *) url="https://pypi.org/${url#../../}" ;; esac
+    curl -sSfL "$url" | tar xz -C "$CACHE"
+    command -v cmake >/dev/null || "$PYTHON" -m pip install --quiet cmake ninja
+    PATH=$(dirname "$PYTHON"):$PATH
+    log "building llama.cpp CPU tools (~5 min on 2 cores)"
+    cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+        -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
+    cmake --build "$SRC/build" -j"$(nproc)" --target llama-bench llama-server >&2
+fi
+
+# 2. The checkpoint and its GGUF.
+[ -f weights/demo/tokenizer.json ] || bash scripts/demo-model.sh >&2
+[ -f "$MODEL/config.json" ] || "$PYTHON" scripts/make_bench_model.py "$DTYPE" "$MODEL" >&2
+if [ ! -f "$GGUF" ]; then
+    log "converting $MODEL with llama.cpp's convert_hf_to_gguf.py"
+    PYTHONPATH=$SRC/gguf-py "$PYTHON" "$SRC/convert_hf_to_gguf.py" "$MODEL" --outtype "$DTYPE" --outfile "$GGUF" >&2
+fi
+cargo build --release --quiet
+cargo build --release --quiet --example membw
+MOESERVE=target/release/moeserve
+
+# 3. Alternating runs.
+ids=$("$PYTHON" -c "import random; random.seed(1); print(','.join(str(random.randrange(100, 49000)) for _ in range($PROMPT)))")
+runs=$(mktemp)
+trap 'rm -f "$runs"' EXIT
+for r in $(seq "$REPS"); do
+    log "repetition $r/$REPS"
+    "$BIN/llama-bench" -m "$GGUF" -t "$THREADS" -p "$PROMPT" -n "$GEN" -r 1 -o json 2>/dev/null \
+        | "$PYTHON" -c "import json,sys; [print('llama', 'pp' if t['n_prompt'] else 'tg', t['avg_ts']) for t in json.load(sys.stdin)]" >>"$runs"
+    "$MOESERVE" --threads "$THREADS" generate --model "$MODEL" --prompt-ids "$ids" --max-tokens "$GEN" --ignore-eos --json 2>/dev/null \
+        | "$PYTHON" -c "import json,sys; t=json.loads(sys.stdin.read().strip().splitlines()[-1])['timing']; print('moeserve pp', t['prefill_tokens_per_s']); print('moeserve tg', t['decode_tokens_per_s'])" >>"$runs"
+done
+
+# 4. Bandwidth and the summary.
+bw=$(RAYON_NUM_THREADS=$THREADS target/release/examples/membw)
+active=$("$MOESERVE" inspect --model "$MODEL" | sed -n 's/.*, \([0-9.]*\)M active per token.*/\1/p')
+"$PYTHON" - "$runs" "$bw" "$active" "$MODEL" "$THREADS" "$PROMPT" "$GEN" "$REPS" "$DTYPE" <<'EOF'
+import json, statistics, sys
+runs, bw, active, model, threads, prompt, gen, reps, dtype = sys.argv[1:]
+vals = {}
+for line in open(runs):
+    who, what, v = line.split()
+    vals.setdefault((who, what), []).append(float(v))
+cfg = json.load(open(f"{model}/config.json"))
+elem = 4 if dtype == "f32" else 2
+bytes_per_token = (float(active) * 1e6 - cfg["vocab_size"] * cfg["hidden_size"]) * elem
+med = {k: statistics.median(v) for k, v in vals.items()}
+res = {
+    "threads": int(threads), "prompt_tokens": int(prompt), "generated_tokens": int(gen), "repetitions": int(reps),
+    "dtype": dtype, "read_bandwidth_gb_s": float(bw), "bytes_per_token": bytes_per_token,
+    "median_tokens_per_s": {f"{w}_{x}": v for (w, x), v in med.items()},
+    "all_tokens_per_s": {f"{w}_{x}": v for (w, x), v in vals.items()},
+}
+print(f"| {dtype}, {threads} threads, {prompt}-token prompt, {gen} tokens, median of {reps} | llama.cpp | moeserve | ratio |")
+print("|---|---|---|---|")
+for what, name in (("pp", "prompt tokens/s"), ("tg", "decode tokens/s")):
+    a, b = med[("llama", what)], med[("moeserve", what)]
+    print(f"| {name} | {a:.1f} | {b:.1f} | {b / a:.2f}× |")
+for who in ("llama", "moeserve"):
+    gbs = med[(who, "tg")] * bytes_per_token / 1e9
+    print(f"| {who} decode bandwidth | {gbs:.1f} GB/s = {100 * gbs / float(bw):.0f}% of measured {float(bw):.1f} GB/s | | |")
+json.dump(res, open("target/compare-llama-cpp.json", "w"), indent=1)
+EOF
