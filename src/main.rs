@@ -95,6 +95,9 @@ struct BenchArgs {
     /// Write the results (counts and timings only) as JSON.
     #[arg(long)]
     result_json: Option<PathBuf>,
+    /// Write plots (SVG and PNG) into this directory: latency distributions per run, and the sweep.
+    #[arg(long)]
+    plot_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -405,6 +408,28 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
                 s.ttft.mean_ms,
                 s.tpot.mean_ms
             );
+        }
+    }
+    if let Some(dir) = &args.plot_dir {
+        let mut written = Vec::new();
+        for s in &summaries {
+            let stem = format!(
+                "latency-c{}",
+                s.max_concurrency
+                    .map_or_else(|| "all".to_owned(), |c| c.to_string())
+            );
+            written.extend(
+                bench::plot::latency(dir, &stem, s).map_err(|e| anyhow::anyhow!("plot: {e}"))?,
+            );
+        }
+        if summaries.len() > 1 {
+            written.extend(
+                bench::plot::sweep(dir, "sweep", &summaries)
+                    .map_err(|e| anyhow::anyhow!("plot: {e}"))?,
+            );
+        }
+        for p in written {
+            println!("plot: {}", p.display());
         }
     }
     if let Some(path) = &args.result_json {

@@ -1,5 +1,5 @@
 //! `moeserve bench` against a real server: every request completes, token counts add up (ignore_eos), the
-//! JSON result holds the vLLM-style metrics and no prompt text.
+//! JSON result holds the vLLM-style metrics and no prompt text, and the plots are written.
 
 mod common;
 
@@ -37,6 +37,8 @@ fn bench_reports_vllm_metrics() {
             "--result-json",
         ])
         .arg(&json_path)
+        .arg("--plot-dir")
+        .arg(dir.path().join("plots"))
         .output()
         .unwrap();
     assert!(
@@ -63,4 +65,14 @@ fn bench_reports_vllm_metrics() {
         assert_eq!(run["ttft"]["percentiles_ms"].as_array().unwrap().len(), 2);
     }
     assert_eq!(runs[1]["max_concurrency"], 4);
+    // Plots: one latency figure per level and the sweep, each as SVG and PNG.
+    for stem in ["latency-c1", "latency-c4", "sweep"] {
+        let svg = std::fs::read_to_string(dir.path().join(format!("plots/{stem}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("<text"), "{stem}.svg");
+        let png = std::fs::read(dir.path().join(format!("plots/{stem}.png"))).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{stem}.png"
+        );
+    }
 }

@@ -5,6 +5,7 @@
 //! Poisson at `--request-rate` (or all at once) under an optional concurrency cap. Prompt and output text
 //! are neither printed nor saved: the JSON result holds counts and timings only.
 
+pub mod plot;
 pub mod stats;
 
 use std::sync::Arc;

@@ -72,6 +72,18 @@ pub struct Summary {
     pub tpot: Distribution,
     pub itl: Distribution,
     pub e2el: Distribution,
+    /// Per-request values in milliseconds, for plots (not written to the JSON result).
+    #[serde(skip)]
+    pub samples: Samples,
+}
+
+/// Raw latencies of the successful requests, in milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub ttft_ms: Vec<f64>,
+    pub tpot_ms: Vec<f64>,
+    pub itl_ms: Vec<f64>,
+    pub e2el_ms: Vec<f64>,
 }
 
 pub fn summarize(
@@ -116,6 +128,12 @@ pub fn summarize(
         tpot: distribution(&tpot, percentiles),
         itl: distribution(&itl, percentiles),
         e2el: distribution(&e2el, percentiles),
+        samples: Samples {
+            ttft_ms: ttft.iter().map(|v| v * 1e3).collect(),
+            tpot_ms: tpot.iter().map(|v| v * 1e3).collect(),
+            itl_ms: itl.iter().map(|v| v * 1e3).collect(),
+            e2el_ms: e2el.iter().map(|v| v * 1e3).collect(),
+        },
     }
 }
 
