@@ -6,6 +6,8 @@
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
+use super::cpu_matmul::dot_f32;
+
 use crate::error::{Error, Result};
 
 /// One sequence's part of the batch.
@@ -100,8 +102,7 @@ pub fn paged_attention(
             for (s, &slot) in scores.iter_mut().zip(visible) {
                 let base = slot as usize * cache.key_stride + g * cache.key_head_stride;
                 let k = &cache.keys[base..base + kd];
-                let dot: f32 = qh.iter().zip(k).map(|(a, b)| a * b).sum();
-                *s = dot * scale;
+                *s = dot_f32(qh, k) * scale;
                 max = max.max(*s);
             }
             let mut sum = 0f32;

@@ -261,6 +261,12 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
         .collect()
 }
 
+/// `Σ a[i]·b[i]` with the best instructions this CPU has (attention scores).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    dot(&a[..n], &b[..n], has_fma())
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
