@@ -8,7 +8,8 @@
 #    and converts it with llama.cpp's own convert_hf_to_gguf.py at the same precision,
 # 3. alternates `llama-bench` (pp/tg, one repetition) and `moeserve generate --json` REPS times with the same
 #    thread count, prompt length and generated tokens, and reports medians,
-# 4. reports decode as a fraction of the read bandwidth measured here (examples/membw.rs), with
+# 4. reports decode as a fraction of the read bandwidth measured here between the runs (examples/membw.rs,
+#    median; shared machines vary), with
 #    bytes per token = active parameters minus the embedding table (one row is gathered, not streamed).
 # Results: a table on stdout and target/compare-llama-cpp.json. Needs: a C++ compiler, cargo, and a Python
 # (PYTHON, default /opt/refenv/bin/python or python3) with torch, transformers and numpy.
@@ -71,14 +72,14 @@ for r in $(seq "$REPS"); do
         | "$PYTHON" -c "import json,sys; [print('llama', 'pp' if t['n_prompt'] else 'tg', t['avg_ts']) for t in json.load(sys.stdin)]" >>"$runs"
     "$MOESERVE" --threads "$THREADS" generate --model "$MODEL" --prompt-ids "$ids" --max-tokens "$GEN" --ignore-eos --json 2>/dev/null \
         | "$PYTHON" -c "import json,sys; t=json.loads(sys.stdin.read().strip().splitlines()[-1])['timing']; print('moeserve pp', t['prefill_tokens_per_s']); print('moeserve tg', t['decode_tokens_per_s'])" >>"$runs"
+    echo "machine bw $(RAYON_NUM_THREADS=$THREADS target/release/examples/membw)" >>"$runs"
 done
 
-# 4. Bandwidth and the summary.
-bw=$(RAYON_NUM_THREADS=$THREADS target/release/examples/membw)
+# 4. The summary.
 active=$("$MOESERVE" inspect --model "$MODEL" | sed -n 's/.*, \([0-9.]*\)M active per token.*/\1/p')
-"$PYTHON" - "$runs" "$bw" "$active" "$MODEL" "$THREADS" "$PROMPT" "$GEN" "$REPS" "$DTYPE" <<'EOF'
+"$PYTHON" - "$runs" "$active" "$MODEL" "$THREADS" "$PROMPT" "$GEN" "$REPS" "$DTYPE" <<'EOF'
 import json, statistics, sys
-runs, bw, active, model, threads, prompt, gen, reps, dtype = sys.argv[1:]
+runs, active, model, threads, prompt, gen, reps, dtype = sys.argv[1:]
 vals = {}
 for line in open(runs):
     who, what, v = line.split()
@@ -87,6 +88,7 @@ cfg = json.load(open(f"{model}/config.json"))
 elem = 4 if dtype == "f32" else 2
 bytes_per_token = (float(active) * 1e6 - cfg["vocab_size"] * cfg["hidden_size"]) * elem
 med = {k: statistics.median(v) for k, v in vals.items()}
+bw = med[("machine", "bw")]
 res = {
     "threads": int(threads), "prompt_tokens": int(prompt), "generated_tokens": int(gen), "repetitions": int(reps),
     "dtype": dtype, "read_bandwidth_gb_s": float(bw), "bytes_per_token": bytes_per_token,
