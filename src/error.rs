@@ -48,6 +48,8 @@ pub enum Error {
     Kv(String),
     #[error("invalid batch: {0}")]
     Batch(String),
+    #[error("device: {0}")]
+    Device(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

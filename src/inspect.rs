@@ -125,17 +125,31 @@ pub fn describe(loaded: &LoadedModel) -> String {
         loaded.model.dtype(),
         loaded.model.device()
     );
+    let _ = if loaded.weights.shards.is_empty() {
+        writeln!(
+            o,
+            "weights:       {} tensors, {:.1} MB, random (--load-format dummy)",
+            loaded.weights.tensors,
+            loaded.weights.bytes as f64 / 1e6,
+        )
+    } else {
+        writeln!(
+            o,
+            "weights:       {} tensors, {:.1} MB in {} shard(s): {}",
+            loaded.weights.tensors,
+            loaded.weights.bytes as f64 / 1e6,
+            loaded.weights.shards.len(),
+            loaded.weights.shards.join(", ")
+        )
+    };
     let _ = writeln!(
         o,
-        "weights:       {} tensors, {:.1} MB in {} shard(s): {}",
-        loaded.weights.tensors,
-        loaded.weights.bytes as f64 / 1e6,
-        loaded.weights.shards.len(),
-        loaded.weights.shards.join(", ")
-    );
-    let _ = writeln!(
-        o,
-        "tokenizer:     tokenizer.json, {} tokens",
+        "tokenizer:     {}, {} tokens",
+        loaded
+            .tokenizer
+            .file()
+            .file_name()
+            .map_or_else(|| "?".into(), |f| f.to_string_lossy()),
         loaded.tokenizer.vocab_size()
     );
     let _ = writeln!(o, "eos ids:       {:?}", loaded.generation.eos_token_ids);

@@ -7,6 +7,7 @@ pub mod api;
 pub mod bench;
 pub mod chat;
 pub mod demo;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod inspect;

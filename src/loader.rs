@@ -73,14 +73,43 @@ pub fn read_spec(source: &ModelSource) -> Result<(HubConfig, ModelSpec)> {
     Ok((cfg, spec))
 }
 
+/// How weights are obtained (`--load-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadFormat {
+    /// The checkpoint's safetensors shards.
+    #[default]
+    Auto,
+    /// Random weights made on the device from config.json alone (benchmarking real shapes).
+    Dummy,
+}
+
 /// Loads a checkpoint onto `device` in `dtype`.
 pub fn load(source: &ModelSource, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    load_with(source, device, dtype, LoadFormat::Auto)
+}
+
+/// Loads a checkpoint, or with `LoadFormat::Dummy` builds its architecture with random weights. A dummy
+/// model without tokenizer files gets a placeholder tokenizer (one `<tN>` word per id).
+pub fn load_with(
+    source: &ModelSource,
+    device: &Device,
+    dtype: DType,
+    format: LoadFormat,
+) -> Result<LoadedModel> {
     let (cfg, spec) = read_spec(source)?;
-    let mut store = WeightStore::open(source, device, dtype)?;
-    let weights = store.summary();
+    let mut store = match format {
+        LoadFormat::Auto => WeightStore::open(source, device, dtype)?,
+        LoadFormat::Dummy => WeightStore::dummy(device, dtype),
+    };
     let model = Model::load(&spec, &mut store)?;
+    let weights = store.summary();
     store.finish()?;
-    let tokenizer = TextTokenizer::load(source)?;
+    let tokenizer = match format {
+        LoadFormat::Dummy if !TextTokenizer::present(source) => {
+            TextTokenizer::placeholder(spec.vocab_size)?
+        }
+        _ => TextTokenizer::load(source)?,
+    };
     let generation = GenerationConfig::load(source, &cfg.value)?;
     let chat_template = find_chat_template(source)?;
     Ok(LoadedModel {

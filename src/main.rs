@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 
 use moeserve::engine::{generate, EngineHandle, RequestParams, SamplingParams, SchedulerConfig};
@@ -172,6 +171,15 @@ struct ModelArgs {
     /// Checkpoint directory (hub layout). Without it, the embedded tiny random model.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// auto (first CUDA GPU if built with `cuda` and present, else the CPU), cpu, or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: moeserve::device::DeviceChoice,
+    /// Compute dtype: auto (bf16 on a GPU, f32 on the CPU), bf16, f16 or f32.
+    #[arg(long, default_value = "auto")]
+    dtype: moeserve::device::DtypeChoice,
+    /// auto: the checkpoint's weights; dummy: random weights from config.json alone (benchmarking shapes).
+    #[arg(long, value_enum, default_value = "auto")]
+    load_format: loader::LoadFormat,
 }
 
 #[derive(Args)]
@@ -210,10 +218,15 @@ struct GenerateArgs {
 fn load(args: &ModelArgs) -> anyhow::Result<Arc<LoadedModel>> {
     let source = loader::source_for(args.model.as_deref());
     let started = std::time::Instant::now();
-    let loaded = loader::load(&source, &Device::Cpu, DType::F32)
+    let device = moeserve::device::open(args.device)?;
+    let dtype = moeserve::device::dtype_for(args.dtype, &device);
+    let loaded = loader::load_with(&source, &device, dtype, args.load_format)
         .with_context(|| format!("loading {}", source.describe()))?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
+        device = %moeserve::device::describe(&device),
+        dtype = ?dtype,
+        load_format = ?args.load_format,
         "model loaded"
     );
     Ok(Arc::new(loaded))

@@ -254,7 +254,8 @@ impl Attention {
                 .reshape((nkv, groups * ql, hd))?;
             let kc = kc.transpose(0, 1)?.contiguous()?; // [nkv, ctx, hd]
             let vc = vc.transpose(0, 1)?.contiguous()?;
-            let scores = (qs.matmul(&kc.t()?)? * self.scale)?;
+            // Scores, mask and softmax in f32 whatever the compute dtype (the mask is f32).
+            let scores = (qs.matmul(&kc.t()?)?.to_dtype(DType::F32)? * self.scale)?;
             let scores = match &seq.mask {
                 Some(mask) => scores
                     .reshape((nkv, groups, ql, ctx))?
@@ -262,8 +263,7 @@ impl Attention {
                     .reshape((nkv, groups * ql, ctx))?,
                 None => scores,
             };
-            let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-                .to_dtype(vc.dtype())?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vc.dtype())?;
             let out = probs.matmul(&vc)?; // [nkv, groups * ql, hd]
             let out = out
                 .reshape((nh, ql, hd))?

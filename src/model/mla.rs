@@ -168,7 +168,8 @@ impl MlaAttention {
                 .narrow(1, seq.query_start, ql)?
                 .contiguous()?
                 .reshape((nh * ql, l + r))?;
-            let scores = (qs.matmul(&ctx_lat.t()?)? * s.softmax_scale)?;
+            // Scores, mask and softmax in f32 whatever the compute dtype (the mask is f32).
+            let scores = (qs.matmul(&ctx_lat.t()?)?.to_dtype(DType::F32)? * s.softmax_scale)?;
             let scores = match &seq.mask {
                 Some(mask) => scores
                     .reshape((nh, ql, ctx))?
@@ -176,8 +177,7 @@ impl MlaAttention {
                     .reshape((nh * ql, ctx))?,
                 None => scores,
             };
-            let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-                .to_dtype(ctx_lat.dtype())?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(ctx_lat.dtype())?;
             let out_lat = probs.matmul(&ctx_lat.narrow(1, 0, l)?.contiguous()?)?; // [nh * ql, L]
             let out = out_lat.reshape((nh, ql, l))?.matmul(&self.w_uv_t)?; // [nh, ql, v]
             outs.push(out.transpose(0, 1)?.reshape((ql, nh * v))?);

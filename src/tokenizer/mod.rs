@@ -26,6 +26,37 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// `tokenizer.json` when present, else `tiktoken.model` (Kimi layout).
+    /// Whether the checkpoint ships a tokenizer file.
+    pub fn present(source: &ModelSource) -> bool {
+        source.exists(TOKENIZER_FILE) || source.exists(TIKTOKEN_FILE)
+    }
+
+    /// A stand-in for dummy-weight models without tokenizer files: id `N` is the word `<tN>`
+    /// (whitespace-separated), so token-id prompts and streamed output still work.
+    pub fn placeholder(vocab_size: usize) -> Result<Self> {
+        let vocab: serde_json::Map<String, serde_json::Value> = (0..vocab_size.max(1))
+            .map(|i| (format!("<t{i}>"), serde_json::Value::from(i)))
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<t0>"}
+        });
+        let path = std::path::PathBuf::from("<placeholder tokenizer>");
+        let inner =
+            tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(|e| {
+                Error::Tokenizer {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok(Self {
+            backend: Backend::Hf(Box::new(inner)),
+            path,
+        })
+    }
+
     pub fn load(source: &ModelSource) -> Result<Self> {
         if !source.exists(TOKENIZER_FILE) && source.exists(TIKTOKEN_FILE) {
             return Ok(Self {

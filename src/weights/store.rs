@@ -47,6 +47,15 @@ pub struct WeightStore {
     device: Device,
     dtype: DType,
     progress: indicatif::ProgressBar,
+    /// `--load-format dummy`: every requested tensor is made up on the device (no files).
+    dummy: Option<DummyStats>,
+}
+
+/// What a dummy store handed out (for `inspect` and the load log).
+#[derive(Debug, Default, Clone)]
+struct DummyStats {
+    tensors: usize,
+    bytes: usize,
 }
 
 impl WeightStore {
@@ -147,6 +156,7 @@ impl WeightStore {
             device: device.clone(),
             dtype,
             progress,
+            dummy: None,
         })
     }
 
@@ -181,8 +191,49 @@ impl WeightStore {
         self.get_as(name, shape, self.dtype)
     }
 
+    /// A store without files: each tensor the model asks for is random, made directly on `device` (like
+    /// vLLM's `--load-format dummy`), so real shapes can be benchmarked from config.json alone. Norm
+    /// weights are ones, biases zeros, matrices N(0, 1/fan_in) so activations keep their scale.
+    pub fn dummy(device: &Device, dtype: DType) -> Self {
+        Self {
+            shards: Vec::new(),
+            entries: HashMap::new(),
+            taken: HashSet::new(),
+            device: device.clone(),
+            dtype,
+            progress: indicatif::ProgressBar::hidden(),
+            dummy: Some(DummyStats::default()),
+        }
+    }
+
+    fn make_dummy(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let leaf = name.rsplit('.').nth(1).unwrap_or("");
+        let is_norm = name.ends_with(".weight") && (leaf.contains("norm") || leaf == "ln");
+        let t = if shape.len() == 1 && is_norm {
+            Tensor::ones(shape, dtype, &self.device)?
+        } else if shape.len() == 1 {
+            Tensor::zeros(shape, dtype, &self.device)?
+        } else {
+            let fan_in = shape.last().copied().unwrap_or(1).max(1) as f64;
+            let std = if name.contains("embed_tokens") {
+                1.0
+            } else {
+                fan_in.powf(-0.5)
+            };
+            Tensor::randn(0f32, std as f32, shape, &self.device)?.to_dtype(dtype)?
+        };
+        if let Some(stats) = &mut self.dummy {
+            stats.tensors += 1;
+            stats.bytes += t.elem_count() * dtype.size_in_bytes();
+        }
+        Ok(t)
+    }
+
     /// Takes a tensor with an expected shape, converted to `dtype`.
     pub fn get_as(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        if self.dummy.is_some() {
+            return self.make_dummy(name, shape, dtype);
+        }
         let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             path: self.where_missing(),
             tensor: name.to_owned(),
@@ -267,6 +318,9 @@ impl WeightStore {
     /// Ends loading: fails when the checkpoint holds tensors the model did not use.
     pub fn finish(self) -> Result<()> {
         self.progress.finish_and_clear();
+        if self.dummy.is_some() {
+            return Ok(());
+        }
         let mut unused: Vec<&String> = self
             .entries
             .keys()
@@ -289,6 +343,14 @@ impl WeightStore {
     }
 
     pub fn summary(&self) -> StoreSummary {
+        if let Some(stats) = &self.dummy {
+            return StoreSummary {
+                shards: Vec::new(),
+                tensors: stats.tensors,
+                bytes: stats.bytes,
+                dtypes: BTreeMap::from([(format!("dummy {:?}", self.dtype), stats.tensors)]),
+            };
+        }
         let mut dtypes = BTreeMap::new();
         let mut bytes = 0;
         for e in self.entries.values() {
