@@ -23,7 +23,7 @@ fn projections(c: &mut Criterion) {
     ] {
         let w = tensor(n, k);
         group.throughput(Throughput::Bytes((n * k * 4) as u64));
-        for m in [1usize, 4, 16] {
+        for m in [1usize, 4, 16, 64] {
             let x = tensor(m, k);
             group.bench_with_input(BenchmarkId::new(format!("{name}/candle"), m), &m, |b, _| {
                 b.iter(|| x.matmul(&w.t().unwrap()).unwrap())

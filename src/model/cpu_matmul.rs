@@ -15,9 +15,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
-/// Up to this many input rows the streaming kernel beats candle's GEMM (measured on `benches/matmul`);
-/// above it the products become compute-bound and the blocked GEMM wins.
-pub const MAX_ROWS: usize = 8;
+/// Up to this many input rows the streaming kernel beats candle's GEMM (`benches/matmul`: 2× at 16 rows,
+/// 0.7× at 64); above it candle's packed, cache-blocked GEMM wins.
+pub const MAX_ROWS: usize = 32;
 
 /// Weight rows per parallel task: big enough to amortise scheduling, small enough to balance two or more
 /// cores on a 512-row expert projection.
@@ -175,6 +175,10 @@ pub trait WeightElem: Copy + Send + Sync {
     /// AVX2 and FMA must be available and `x.len() == w.len()`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot_avx2(x: &[f32], w: &[Self]) -> f32;
+    /// # Safety
+    /// AVX2 and FMA must be available; `x` is `[m, k]`, `w` `[rows, k]`, `out` `[rows, m]`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[Self], out: &mut [f32]);
 }
 
 impl WeightElem for f32 {
@@ -186,6 +190,10 @@ impl WeightElem for f32 {
     unsafe fn dot_avx2(x: &[f32], w: &[f32]) -> f32 {
         avx2::dot(x, w)
     }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+        avx2::tile(x, m, k, w, out)
+    }
 }
 
 impl WeightElem for bf16 {
@@ -196,6 +204,10 @@ impl WeightElem for bf16 {
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot_avx2(x: &[f32], w: &[bf16]) -> f32 {
         avx2::dot(x, w)
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[bf16], out: &mut [f32]) {
+        avx2::tile(x, m, k, w, out)
     }
 }
 
@@ -235,6 +247,13 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
     }
     tasks.into_par_iter().for_each(|(p, first, out)| {
         let (m, k) = (p.m, p.k);
+        #[cfg(target_arch = "x86_64")]
+        if fma && m >= 2 {
+            let rows = out.len() / m;
+            // SAFETY: AVX2+FMA checked by `has_fma`; shapes as the method requires.
+            unsafe { W::tile_avx2(p.x, m, k, &p.w[first * k..(first + rows) * k], out) };
+            return;
+        }
         for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
             let row = &p.w[(first + r) * k..(first + r + 1) * k];
             for (i, o) in out_row.iter_mut().enumerate() {
@@ -309,7 +328,8 @@ fn dot_lanes<W: WeightElem>(x: &[f32], w: &[W]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Explicit AVX2+FMA dot products: four 8-wide accumulators hide the FMA latency.
+/// Explicit AVX2+FMA kernels: dot products with four 8-wide accumulators (hiding the FMA latency), and
+/// register tiles of 2 weight rows × 4 input rows where each loaded weight vector feeds 4 FMAs.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -336,6 +356,97 @@ mod avx2 {
             let h = _mm_loadu_si128(p.cast());
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
         }
+    }
+
+    /// `out[r * m + i] = x[i] · w[r]` for `x` `[m, k]`, `w` `[rows, k]`, in 2×4 register tiles.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `x.len() == m * k`, `w.len() == rows * k`, `out.len() == rows * m`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile<W: Load8 + super::WeightElem>(
+        x: &[f32],
+        m: usize,
+        k: usize,
+        w: &[W],
+        out: &mut [f32],
+    ) {
+        let rows = out.len() / m.max(1);
+        let xr = |i: usize| &x[i * k..(i + 1) * k];
+        let wr = |r: usize| &w[r * k..(r + 1) * k];
+        let mut r = 0;
+        while r < rows {
+            let pair = r + 2 <= rows;
+            let mut i = 0;
+            while i < m {
+                if i + 4 <= m {
+                    let xs = [xr(i), xr(i + 1), xr(i + 2), xr(i + 3)];
+                    if pair {
+                        let v = block::<W, 2, 4>([wr(r), wr(r + 1)], xs);
+                        out[r * m + i..r * m + i + 4].copy_from_slice(&v[0]);
+                        out[(r + 1) * m + i..(r + 1) * m + i + 4].copy_from_slice(&v[1]);
+                    } else {
+                        let v = block::<W, 1, 4>([wr(r)], xs);
+                        out[r * m + i..r * m + i + 4].copy_from_slice(&v[0]);
+                    }
+                    i += 4;
+                } else {
+                    if pair {
+                        let v = block::<W, 2, 1>([wr(r), wr(r + 1)], [xr(i)]);
+                        out[r * m + i] = v[0][0];
+                        out[(r + 1) * m + i] = v[1][0];
+                    } else {
+                        out[r * m + i] = block::<W, 1, 1>([wr(r)], [xr(i)])[0][0];
+                    }
+                    i += 1;
+                }
+            }
+            r += if pair { 2 } else { 1 };
+        }
+    }
+
+    /// `R` weight rows against `C` input rows: `R × C` accumulators, each weight vector loaded once.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn block<W: Load8 + super::WeightElem, const R: usize, const C: usize>(
+        w: [&[W]; R],
+        x: [&[f32]; C],
+    ) -> [[f32; C]; R] {
+        let k = x[0].len();
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut i = 0;
+        while i + 8 <= k {
+            let mut xv = [_mm256_setzero_ps(); C];
+            for c in 0..C {
+                xv[c] = _mm256_loadu_ps(x[c].as_ptr().add(i));
+            }
+            for r in 0..R {
+                let wv = W::load8(w[r].as_ptr().add(i));
+                for c in 0..C {
+                    acc[r][c] = _mm256_fmadd_ps(xv[c], wv, acc[r][c]);
+                }
+            }
+            i += 8;
+        }
+        let mut out = [[0f32; C]; R];
+        for r in 0..R {
+            for c in 0..C {
+                let mut s = hsum(acc[r][c]);
+                for j in i..k {
+                    s += x[c][j] * w[r][j].widen();
+                }
+                out[r][c] = s;
+            }
+        }
+        out
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(s: __m256) -> f32 {
+        let hi = _mm256_extractf128_ps::<1>(s);
+        let q = _mm_add_ps(_mm256_castps256_ps128(s), hi);
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        let q = _mm_add_ss(q, _mm_shuffle_ps::<1>(q, q));
+        _mm_cvtss_f32(q)
     }
 
     /// # Safety
@@ -424,6 +535,8 @@ mod tests {
             (3, 65, 1024),
             (8, 33, 37),
             (5, 512, 96),
+            (32, 7, 45),
+            (2, 3, 8),
         ] {
             let x = random(m * k, 1);
             let w = random(n * k, 2);
