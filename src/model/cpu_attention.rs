@@ -34,13 +34,13 @@ pub struct CacheView<'a> {
     pub value_dim: usize,
 }
 
-/// Borrow a contiguous f32 CPU tensor's data.
+/// Borrow a contiguous f32 CPU tensor's data (attention, the streaming matmul's activations).
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout): (_, &Layout) = t.storage_and_layout();
     match (&*storage, layout.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(&v[a..b]),
         _ => Err(Error::Batch(
-            "CPU attention needs contiguous f32 tensors".into(),
+            "host kernels need contiguous f32 CPU tensors".into(),
         )),
     }
 }

@@ -6,13 +6,11 @@
 //! weight rows over the rayon pool. f32 and bf16 weights (bf16 widened on the fly), f32 activations and
 //! accumulation. AVX2+FMA is chosen at run time; other CPUs get a portable loop the compiler vectorises.
 
-use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp2, DType, Layout, Result as CandleResult, Shape,
-    Storage, Tensor,
-};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
+use super::cpu_attention::with_f32;
 use crate::error::{Error, Result};
 
 /// Up to this many input rows the streaming kernel beats candle's GEMM (`benches/matmul`: 2× at 16 rows,
@@ -26,11 +24,9 @@ const ROWS_PER_TASK: usize = 32;
 /// `x · Wᵀ` for `x` `[m, k]` and `w` `[n, k]`: the streaming kernel for small `m` on the CPU, candle's
 /// matmul everywhere else (other devices, large `m`, other dtypes, strided operands).
 pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if streamable(x, w)? {
-        let x = x.contiguous()?;
-        return Ok(x.apply_op2_no_bwd(w, &StreamingMatmul)?);
-    }
-    Ok(x.matmul(&w.t()?)?)
+    matmul_wt_many(x, &[w])?
+        .pop()
+        .ok_or_else(|| Error::Batch("streaming matmul produced no output".into()))
 }
 
 /// `[x · W₁ᵀ, x · W₂ᵀ, …]` with every weight in one parallel pass when the kernel applies (q/k/v, gate/up):
@@ -41,18 +37,14 @@ pub fn matmul_wt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
     for w in ws {
         fast &= streamable(x, w)? && Some(w.dtype()) == dtype;
     }
-    if !fast || ws.len() < 2 {
-        return ws.iter().map(|w| matmul_wt(x, w)).collect();
+    if !fast {
+        return ws.iter().map(|w| Ok(x.matmul(&w.t()?)?)).collect();
     }
     let x = x.contiguous()?;
     let (m, k) = x.dims2()?;
-    let device = x.device().clone();
-    let outs = with_host(&x, |xs: HostSlice<'_>| {
-        let HostSlice::F32(xs) = xs else {
-            return Err(Error::Batch("streaming matmul: x must be f32".into()));
-        };
+    let outs = with_f32(&x, |xs| {
         with_hosts(ws, |views| {
-            let outs = match views {
+            Ok(match views {
                 HostSlices::F32(ws) => run_products(
                     &ws.iter()
                         .map(|w| Product { x: xs, m, w, k })
@@ -63,14 +55,13 @@ pub fn matmul_wt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
                         .map(|w| Product { x: xs, m, w, k })
                         .collect::<Vec<_>>(),
                 ),
-            };
-            Ok(outs)
+            })
         })
     })?;
     outs.into_iter()
         .map(|y| {
             let n = y.len() / m;
-            Ok(Tensor::from_vec(y, (m, n), &device)?)
+            Ok(Tensor::from_vec(y, (m, n), x.device())?)
         })
         .collect()
 }
@@ -86,28 +77,10 @@ fn streamable(x: &Tensor, w: &Tensor) -> Result<bool> {
         && w.is_contiguous())
 }
 
-/// A CPU tensor's data, borrowed.
-pub enum HostSlice<'a> {
-    F32(&'a [f32]),
-    Bf16(&'a [bf16]),
-}
-
 /// Several CPU tensors' data of one dtype, borrowed.
 pub enum HostSlices<'a> {
     F32(Vec<&'a [f32]>),
     Bf16(Vec<&'a [bf16]>),
-}
-
-/// Runs `f` on a contiguous f32/bf16 CPU tensor's data.
-pub fn with_host<R>(t: &Tensor, f: impl FnOnce(HostSlice<'_>) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(HostSlice::F32(&v[a..b])),
-        (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => f(HostSlice::Bf16(&v[a..b])),
-        _ => Err(Error::Batch(
-            "host kernel needs contiguous f32 or bf16 CPU tensors".into(),
-        )),
-    }
 }
 
 /// Runs `f` on the data of several contiguous CPU tensors of one dtype (f32 or bf16).
@@ -132,39 +105,6 @@ pub fn with_hosts<R>(ts: &[&Tensor], f: impl FnOnce(HostSlices<'_>) -> Result<R>
         (false, false) => Err(Error::Batch(
             "host kernel needs weights of one dtype".into(),
         )),
-    }
-}
-
-struct StreamingMatmul;
-
-impl CustomOp2 for StreamingMatmul {
-    fn name(&self) -> &'static str {
-        "streaming-matmul-wt"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        ws: &CpuStorage,
-        wl: &Layout,
-    ) -> CandleResult<(CpuStorage, Shape)> {
-        let (m, k) = xl.shape().dims2()?;
-        let (n, wk) = wl.shape().dims2()?;
-        if k != wk {
-            candle_core::bail!("streaming matmul: x is [{m}, {k}] but w is [{n}, {wk}]");
-        }
-        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets())
-        else {
-            candle_core::bail!("streaming matmul needs contiguous operands");
-        };
-        let x = &xs.as_slice::<f32>()?[xa..xb];
-        let out = match ws.dtype() {
-            DType::F32 => run(x, &ws.as_slice::<f32>()?[wa..wb], m, n, k),
-            DType::BF16 => run(x, &ws.as_slice::<bf16>()?[wa..wb], m, n, k),
-            other => candle_core::bail!("streaming matmul: unsupported weight dtype {other:?}"),
-        };
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 

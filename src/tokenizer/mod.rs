@@ -25,7 +25,6 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
-    /// `tokenizer.json` when present, else `tiktoken.model` (Kimi layout).
     /// Whether the checkpoint ships a tokenizer file.
     pub fn present(source: &ModelSource) -> bool {
         source.exists(TOKENIZER_FILE) || source.exists(TIKTOKEN_FILE)
@@ -43,20 +42,25 @@ impl TextTokenizer {
             "decoder": null,
             "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<t0>"}
         });
-        let path = std::path::PathBuf::from("<placeholder tokenizer>");
-        let inner =
-            tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(|e| {
-                Error::Tokenizer {
-                    path: path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
+        Self::from_json(
+            json.to_string().as_bytes(),
+            "<placeholder tokenizer>".into(),
+        )
+    }
+
+    /// A `tokenizer.json` document; `path` names it in errors.
+    fn from_json(bytes: &[u8], path: std::path::PathBuf) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Self {
             backend: Backend::Hf(Box::new(inner)),
             path,
         })
     }
 
+    /// `tokenizer.json` when present, else `tiktoken.model` (Kimi layout).
     pub fn load(source: &ModelSource) -> Result<Self> {
         if !source.exists(TOKENIZER_FILE) && source.exists(TIKTOKEN_FILE) {
             return Ok(Self {
@@ -71,14 +75,7 @@ impl TextTokenizer {
                 path: path.clone(),
                 message: "missing (neither tokenizer.json nor tiktoken.model)".into(),
             })?;
-        let inner = tokenizers::Tokenizer::from_bytes(&*bytes).map_err(|e| Error::Tokenizer {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(Self {
-            backend: Backend::Hf(Box::new(inner)),
-            path,
-        })
+        Self::from_json(&bytes, path)
     }
 
     /// Which file the tokenizer came from.

@@ -5,10 +5,9 @@
 
 use candle_core::Tensor;
 
-use crate::error::{Error, Result};
-use crate::model::cpu_matmul::{
-    run_products, with_host, with_hosts, HostSlice, HostSlices, Product, WeightElem,
-};
+use crate::error::Result;
+use crate::model::cpu_attention::with_f32;
+use crate::model::cpu_matmul::{run_products, with_hosts, HostSlices, Product, WeightElem};
 
 /// The tokens routed to one expert and their routing weights, in token order.
 pub struct ExpertTokens<'a> {
@@ -18,7 +17,8 @@ pub struct ExpertTokens<'a> {
 }
 
 /// `out[t] = Σ_e scale(t, e) · down_e(silu(gate_e(x[t])) ⊙ up_e(x[t]))` for the listed experts.
-/// `gate`/`up` are `[intermediate, hidden]` and `down` `[hidden, intermediate]` per expert.
+/// `gate`/`up` (`[intermediate, hidden]`) and `down` (`[hidden, intermediate]`) hold one weight per group,
+/// in the groups' order.
 pub fn forward(
     x: &Tensor,
     groups: &[ExpertTokens<'_>],
@@ -28,15 +28,8 @@ pub fn forward(
 ) -> Result<Tensor> {
     let (t, hidden) = x.dims2()?;
     let x = x.contiguous()?;
-    let out = with_host(&x, |xs| {
-        let HostSlice::F32(xs) = xs else {
-            return Err(Error::Batch("CPU experts need f32 activations".into()));
-        };
-        let pick = |ws: &[&Tensor]| -> Vec<Tensor> {
-            groups.iter().map(|g| ws[g.expert].clone()).collect()
-        };
-        let (g, u, d) = (pick(gate), pick(up), pick(down));
-        let all: Vec<&Tensor> = g.iter().chain(&u).chain(&d).collect();
+    let all: Vec<&Tensor> = gate.iter().chain(up).chain(down).copied().collect();
+    let out = with_f32(&x, |xs| {
         with_hosts(&all, |views| match views {
             HostSlices::F32(ws) => Ok(run(xs, t, hidden, groups, &ws)),
             HostSlices::Bf16(ws) => Ok(run(xs, t, hidden, groups, &ws)),

@@ -86,9 +86,10 @@ impl GroupedExperts {
                 scales,
             })
             .collect();
-        let gate: Vec<&Tensor> = self.experts.iter().map(|e| &e.gate).collect();
-        let up: Vec<&Tensor> = self.experts.iter().map(|e| &e.up).collect();
-        let down: Vec<&Tensor> = self.experts.iter().map(|e| &e.down).collect();
+        let pick = |w: fn(&ExpertWeights) -> &Tensor| -> Vec<&Tensor> {
+            groups.iter().map(|g| w(&self.experts[g.expert])).collect()
+        };
+        let (gate, up, down) = (pick(|e| &e.gate), pick(|e| &e.up), pick(|e| &e.down));
         Ok(Some(cpu_experts::forward(x, &groups, &gate, &up, &down)?))
     }
 }
