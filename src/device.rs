@@ -65,17 +65,31 @@ pub fn open(choice: DeviceChoice) -> Result<Device> {
                      (cargo build --release --features cuda)"
                 )));
             }
-            Device::new_cuda(n).map_err(|e| Error::Device(format!("cuda:{n}: {e}")))
+            new_cuda(n)
         }
         DeviceChoice::Auto => {
             if candle_core::utils::cuda_is_available() {
-                if let Ok(d) = Device::new_cuda(0) {
+                if let Ok(d) = new_cuda(0) {
                     return Ok(d);
                 }
             }
             Ok(Device::Cpu)
         }
     }
+}
+
+/// Opens GPU `n`. Everything of ours runs on candle's one stream per device, so cudarc's per-buffer event
+/// tracking (an event wait and record around every launch, for multi-stream safety) is turned off: it
+/// costs more host time per kernel than small decode kernels take on the GPU.
+fn new_cuda(n: usize) -> Result<Device> {
+    let device = Device::new_cuda(n).map_err(|e| Error::Device(format!("cuda:{n}: {e}")))?;
+    #[cfg(feature = "cuda")]
+    if let Ok(cuda) = device.as_cuda_device() {
+        // SAFETY: moeserve uses a single stream per device (candle's), so buffers are never shared
+        // between streams; stream order alone keeps reads after writes and frees after uses.
+        unsafe { cuda.disable_event_tracking() };
+    }
+    Ok(device)
 }
 
 /// The compute dtype for `device`.

@@ -6,6 +6,8 @@
 pub mod api;
 pub mod bench;
 pub mod chat;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod demo;
 pub mod device;
 pub mod engine;

@@ -10,17 +10,8 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::*;
-use moeserve::device::{self, DeviceChoice};
 use moeserve::loader;
 use moeserve::weights::ModelSource;
-
-fn test_device() -> candle_core::Device {
-    let choice: DeviceChoice = std::env::var("MOESERVE_TEST_DEVICE")
-        .unwrap_or_else(|_| "cpu".into())
-        .parse()
-        .unwrap();
-    device::open(choice).unwrap()
-}
 
 /// ‖ours − ref‖₂ / ‖ref‖₂ over all positions of a prompt.
 fn relative_error(ours: &[Vec<f32>], reference: &Tensor) -> f32 {

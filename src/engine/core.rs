@@ -60,6 +60,14 @@ impl EngineCore {
         })
     }
 
+    /// Brings counters the model keeps on its device (per-expert routed tokens) up to date; called when
+    /// the engine goes idle.
+    pub fn flush_counters(&self) {
+        if let Err(e) = self.loaded.model.flush_expert_load() {
+            tracing::warn!(error = %e, "could not read the expert-load counters");
+        }
+    }
+
     pub fn has_work(&self) -> bool {
         !self.waiting.is_empty() || !self.running.is_empty()
     }

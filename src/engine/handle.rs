@@ -135,7 +135,11 @@ fn run(core: &mut EngineCore, rx: mpsc::Receiver<Command>) {
             continue;
         }
         match std::panic::catch_unwind(AssertUnwindSafe(|| core.step())) {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                if !core.has_work() {
+                    core.flush_counters();
+                }
+            }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "engine step failed; aborting its sequences");
                 core.fail_all("internal error in the engine");

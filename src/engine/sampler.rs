@@ -142,49 +142,63 @@ impl Sampler {
         l
     }
 
-    /// Chooses the next token from raw logits (does not call [`Sampler::observe`]).
+    /// Chooses the next token from raw logits (does not call [`Sampler::observe`]). Orders the
+    /// vocabulary only as far as `top_k`/`top_p` need: plain temperature sampling (with or without
+    /// `min_p`) is one pass over the logits in token order, and `top_p` alone sorts the smallest head
+    /// of the distribution that holds its mass.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let l = self.processed(logits);
         if self.params.temperature <= 0.0 || l.len() < 2 {
             return argmax(&l) as u32;
         }
         let t = self.params.temperature as f64;
-        let mut order: Vec<usize> = (0..l.len()).collect();
-        let by_logit = |a: &usize, b: &usize| l[*b].total_cmp(&l[*a]).then(a.cmp(b));
-        match self.params.top_k.filter(|k| *k > 0 && *k < l.len()) {
-            // Only the k best need ordering: partition first instead of sorting the whole vocabulary.
+        let top_p = self.params.top_p as f64;
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let weight = |i: usize| ((l[i] as f64 - max) / t).exp();
+        let (order, total) = match self.params.top_k.filter(|k| *k > 0 && *k < l.len()) {
             Some(k) => {
-                order.select_nth_unstable_by(k - 1, by_logit);
-                order.truncate(k);
-                order.sort_by(by_logit);
+                let order = sorted_head(&l, k);
+                let total = order.iter().map(|&i| weight(i)).sum::<f64>();
+                (order, total)
             }
-            None => order.sort_by(by_logit),
-        }
-        let max = l[order[0]] as f64;
-        let mut probs: Vec<f64> = order
-            .iter()
-            .map(|&i| ((l[i] as f64 - max) / t).exp())
-            .collect();
-        normalise(&mut probs);
-        if self.params.top_p < 1.0 {
+            None => {
+                let total = (0..l.len()).map(weight).sum::<f64>();
+                let order = if top_p < 1.0 {
+                    nucleus_head(&l, top_p * total, weight)
+                } else {
+                    (0..l.len()).collect()
+                };
+                (order, total)
+            }
+        };
+        let mut probs: Vec<f64> = order.iter().map(|&i| weight(i) / total).collect();
+        if top_p < 1.0 {
+            // `order` is sorted here: keep the smallest head whose mass reaches top_p.
             let mut acc = 0.0;
             let mut keep = probs.len();
             for (i, p) in probs.iter().enumerate() {
                 acc += p;
-                if acc >= self.params.top_p as f64 {
+                if acc >= top_p {
                     keep = i + 1;
                     break;
                 }
             }
             probs.truncate(keep);
-            normalise(&mut probs);
         }
+        let mut order = order;
+        order.truncate(probs.len());
         if self.params.min_p > 0.0 {
-            let floor = probs[0] * self.params.min_p as f64;
-            let keep = probs.iter().take_while(|&&p| p >= floor).count().max(1);
-            probs.truncate(keep);
-            normalise(&mut probs);
+            let floor = probs.iter().copied().fold(0.0, f64::max) * self.params.min_p as f64;
+            let kept: Vec<(usize, f64)> = order
+                .iter()
+                .zip(&probs)
+                .filter(|(_, &p)| p >= floor)
+                .map(|(&i, &p)| (i, p))
+                .collect();
+            order = kept.iter().map(|k| k.0).collect();
+            probs = kept.iter().map(|k| k.1).collect();
         }
+        normalise(&mut probs);
         let r: f64 = self.rng.random();
         let mut acc = 0.0;
         for (i, p) in probs.iter().enumerate() {
@@ -194,6 +208,31 @@ impl Sampler {
             }
         }
         order[probs.len() - 1] as u32
+    }
+}
+
+/// Indices of the `k` largest logits, largest first (ties: lower index first).
+fn sorted_head(l: &[f32], k: usize) -> Vec<usize> {
+    let by_logit = |a: &usize, b: &usize| l[*b].total_cmp(&l[*a]).then(a.cmp(b));
+    let mut order: Vec<usize> = (0..l.len()).collect();
+    if k < l.len() {
+        order.select_nth_unstable_by(k - 1, by_logit);
+        order.truncate(k);
+    }
+    order.sort_by(by_logit);
+    order
+}
+
+/// The sorted head of the vocabulary whose summed `weight` reaches `mass`: tries the best 256 tokens,
+/// then 8× more, up to the whole vocabulary.
+fn nucleus_head(l: &[f32], mass: f64, weight: impl Fn(usize) -> f64) -> Vec<usize> {
+    let mut k = 256;
+    loop {
+        let head = sorted_head(l, k.min(l.len()));
+        if k >= l.len() || head.iter().map(|&i| weight(i)).sum::<f64>() >= mass {
+            return head;
+        }
+        k *= 8;
     }
 }
 
@@ -259,6 +298,35 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(s.sample(&[0.0, 5.0, 0.0, 0.0]), 1);
         }
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus_of_a_large_vocabulary() {
+        // 1,000 tokens: one holds ~55% of the mass, nine ~4% each, the rest share ~9%.
+        let mut logits = vec![0.0f32; 1000];
+        logits[700] = 8.5;
+        for l in logits.iter_mut().skip(100).take(9) {
+            *l = 6.0;
+        }
+        let mut s = Sampler::new(SamplingParams {
+            top_p: 0.6,
+            seed: Some(1),
+            ..Default::default()
+        });
+        let picks: Vec<u32> = (0..400).map(|_| s.sample(&logits)).collect();
+        assert!(picks.iter().all(|&p| p == 700 || (100..109).contains(&p)));
+        assert!(picks.contains(&700) && picks.iter().any(|&p| p != 700));
+    }
+
+    #[test]
+    fn plain_sampling_follows_the_distribution() {
+        // p(1) = e / (1 + e) ≈ 0.731.
+        let mut s = Sampler::new(SamplingParams {
+            seed: Some(9),
+            ..Default::default()
+        });
+        let ones = (0..4000).filter(|_| s.sample(&[0.0, 1.0]) == 1).count();
+        assert!((2800..3050).contains(&ones), "{ones} of 4000");
     }
 
     #[test]

@@ -74,6 +74,14 @@ impl KvCache {
         v: Option<&Tensor>,
     ) -> Result<()> {
         let (kc, vc) = &self.layers[layer];
+        #[cfg(feature = "cuda")]
+        if kc.device().is_cuda() {
+            crate::cuda::kv_write(kc, slots, k)?;
+            if let (Some(vc), Some(v)) = (vc, v) {
+                crate::cuda::kv_write(vc, slots, v)?;
+            }
+            return Ok(());
+        }
         let idx = |shape: &candle_core::Shape| -> Result<Tensor> {
             Ok(slots
                 .reshape(((), 1, 1))?

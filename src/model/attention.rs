@@ -21,6 +21,9 @@ pub struct AttentionInputs {
     /// Attention reads the cache in place on CPU f32 buffers ([`super::cpu_attention`]).
     pub fast_cpu: bool,
     pub window: Option<usize>,
+    /// On a GPU: the step's context for the paged attention kernel (then `seqs` carry no tensors).
+    #[cfg(feature = "cuda")]
+    pub paged: Option<crate::cuda::PagedContext>,
 }
 
 impl AttentionInputs {
@@ -205,6 +208,24 @@ impl Attention {
         kv.write(layer, &inputs.slots, &k, Some(&v))?;
 
         let groups = nh / nkv;
+        #[cfg(feature = "cuda")]
+        if let Some(ctx) = &inputs.paged {
+            let (kc, vc) = kv.layer(layer);
+            let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
+            let heads = crate::cuda::CacheHeads {
+                keys: kc,
+                values: vc,
+                key_dim: hd,
+                value_dim: hd,
+                key_slot_stride: nkv * hd,
+                key_head_stride: hd,
+                value_slot_stride: nkv * hd,
+                value_head_stride: hd,
+                heads_per_kv: groups,
+            };
+            let out = crate::cuda::paged_attention(&q, &heads, ctx, self.scale as f32)?;
+            return self.o.forward(&out.reshape((t, nh * hd))?);
+        }
         if inputs.fast_cpu {
             let (kc, vc) = kv.layer(layer);
             let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;

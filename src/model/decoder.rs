@@ -16,7 +16,7 @@ use crate::weights::WeightStore;
 
 enum Ffn {
     Dense(Mlp),
-    Moe(MoeBlock),
+    Moe(Box<MoeBlock>),
 }
 
 enum LayerAttention {
@@ -49,9 +49,14 @@ pub struct Model {
     rope: Rope,
     device: Device,
     dtype: DType,
-    /// Use the gathering attention path even where the in-place CPU path applies (tests compare both).
+    /// Use the gathering attention path even where the in-place paths apply (tests compare both).
     gather_attention: bool,
+    /// Forward passes run (paces flushing the expert counters kept on a GPU).
+    steps: std::sync::atomic::AtomicU64,
 }
+
+/// On a GPU, expert-load counters are copied to the host every this many steps (never per layer).
+const EXPERT_LOAD_FLUSH_STEPS: u64 = 64;
 
 impl Model {
     /// Builds the model from its spec, taking every tensor from `store`.
@@ -82,7 +87,9 @@ impl Model {
                     h,
                     *intermediate_size,
                 )?),
-                FfnSpec::Moe(moe) => Ffn::Moe(MoeBlock::load(store, &p, moe, &spec.names, h)?),
+                FfnSpec::Moe(moe) => {
+                    Ffn::Moe(Box::new(MoeBlock::load(store, &p, moe, &spec.names, h)?))
+                }
             };
             layers.push(DecoderLayer {
                 input_norm: RmsNorm::load(store, &format!("{p}.input_layernorm"), h, eps)?,
@@ -117,6 +124,7 @@ impl Model {
             device: store.device().clone(),
             dtype: store.dtype(),
             gather_attention: false,
+            steps: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -139,6 +147,16 @@ impl Model {
                 Ffn::Dense(_) => None,
             })
             .collect()
+    }
+
+    /// Brings the routed-token counts kept on a GPU into [`Model::expert_load`] (a no-op on the CPU).
+    pub fn flush_expert_load(&self) -> Result<()> {
+        for layer in &self.layers {
+            if let Ffn::Moe(m) = &layer.ffn {
+                m.flush_load()?;
+            }
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> &Device {
@@ -168,11 +186,27 @@ impl Model {
         let window = self.spec.attention.sliding_window();
         // On the CPU in f32 attention reads the cache in place; other devices gather per sequence.
         let fast_cpu = !self.gather_attention && self.device.is_cpu() && self.dtype == DType::F32;
+        // On a GPU the paged attention kernel reads the cache through the step's slot lists.
+        let paged_gpu = !self.gather_attention && self.device.is_cuda();
+        #[cfg(feature = "cuda")]
+        let paged = if paged_gpu {
+            let ctx: Vec<crate::cuda::ContextSeq<'_>> = batch
+                .seqs
+                .iter()
+                .map(|s| crate::cuda::ContextSeq {
+                    query_len: s.query_len,
+                    context_slots: &s.context_slots,
+                })
+                .collect();
+            Some(crate::cuda::PagedContext::new(&ctx, window, &self.device)?)
+        } else {
+            None
+        };
         let seqs = batch
             .seqs
             .iter()
             .map(|s| {
-                let (context_slots, mask) = if fast_cpu {
+                let (context_slots, mask) = if fast_cpu || paged_gpu {
                     (None, None)
                 } else {
                     (
@@ -200,6 +234,8 @@ impl Model {
             seqs,
             fast_cpu,
             window,
+            #[cfg(feature = "cuda")]
+            paged,
         })
     }
 
@@ -216,6 +252,18 @@ impl Model {
             return Err(Error::Batch(format!(
                 "token id {bad} outside the vocabulary ({})",
                 self.spec.vocab_size
+            )));
+        }
+        let cache_slots = (kv.num_blocks() * kv.block_size()) as u32;
+        let in_cache = |s: &u32| *s < cache_slots;
+        if !batch.slot_mapping.iter().all(in_cache)
+            || !batch
+                .seqs
+                .iter()
+                .all(|s| s.context_slots.iter().all(in_cache))
+        {
+            return Err(Error::Batch(format!(
+                "cache slot beyond the cache's {cache_slots}"
             )));
         }
         let inputs = self.attention_inputs(batch)?;
@@ -243,6 +291,13 @@ impl Model {
             }
         };
         let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
+        let step = self
+            .steps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !self.device.is_cpu() && step % EXPERT_LOAD_FLUSH_STEPS == EXPERT_LOAD_FLUSH_STEPS - 1 {
+            self.flush_expert_load()?;
+        }
+        Ok(logits)
     }
 }

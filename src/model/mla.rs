@@ -123,6 +123,30 @@ impl MlaAttention {
         let q_lat = q_nope.transpose(0, 1)?.contiguous()?.matmul(&self.w_uk)?;
         let q_full = Tensor::cat(&[&q_lat, &q_pe.transpose(0, 1)?.contiguous()?], 2)?; // [nh, T, L + R]
 
+        #[cfg(feature = "cuda")]
+        if let Some(ctx) = &inputs.paged {
+            let (lat, _) = kv.layer(layer);
+            let heads = crate::cuda::CacheHeads {
+                keys: lat,
+                values: lat,
+                key_dim: l + r,
+                value_dim: l,
+                key_slot_stride: l + r,
+                key_head_stride: 0,
+                value_slot_stride: l + r,
+                value_head_stride: 0,
+                heads_per_kv: nh,
+            };
+            let q_rows = q_full.transpose(0, 1)?.contiguous()?; // [T, nh, L + R]
+            let out_lat =
+                crate::cuda::paged_attention(&q_rows, &heads, ctx, s.softmax_scale as f32)?;
+            // [T, nh, L] → [nh, T, L] @ [nh, L, v] → [nh, T, v] → [T, nh * v].
+            let out = out_lat
+                .transpose(0, 1)?
+                .contiguous()?
+                .matmul(&self.w_uv_t)?;
+            return self.o.forward(&out.transpose(0, 1)?.reshape((t, nh * v))?);
+        }
         if inputs.fast_cpu {
             let (lat, _) = kv.layer(layer);
             let q_rows = q_full.transpose(0, 1)?.contiguous()?; // [T, nh, L + R]

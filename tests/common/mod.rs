@@ -31,10 +31,20 @@ pub fn fixture_dir(family: &str) -> PathBuf {
         .join(family)
 }
 
+/// The device tests run on: `MOESERVE_TEST_DEVICE` (e.g. `cuda:0` on a GPU machine), else the CPU.
+pub fn test_device() -> Device {
+    let choice: moeserve::device::DeviceChoice = std::env::var("MOESERVE_TEST_DEVICE")
+        .unwrap_or_else(|_| "cpu".into())
+        .parse()
+        .unwrap();
+    moeserve::device::open(choice).unwrap()
+}
+
+/// A fixture in f32 on the test device.
 pub fn load_fixture(family: &str) -> LoadedModel {
     loader::load(
         &ModelSource::Dir(fixture_dir(family)),
-        &Device::Cpu,
+        &test_device(),
         DType::F32,
     )
     .unwrap_or_else(|e| panic!("{family}: {e}"))

@@ -44,14 +44,26 @@ impl GroupedExperts {
         let mut experts = Vec::with_capacity(num_experts);
         for e in 0..num_experts {
             let p = format!("{prefix}.experts.{e}");
-            experts.push(ExpertWeights {
-                gate: store.get(&format!("{p}.{}.weight", names[0]), &[intermediate, hidden])?,
-                up: store.get(&format!("{p}.{}.weight", names[1]), &[intermediate, hidden])?,
-                down: store.get(&format!("{p}.{}.weight", names[2]), &[hidden, intermediate])?,
-            });
+            experts.push((
+                store.get(&format!("{p}.{}.weight", names[0]), &[intermediate, hidden])?,
+                store.get(&format!("{p}.{}.weight", names[1]), &[intermediate, hidden])?,
+                store.get(&format!("{p}.{}.weight", names[2]), &[hidden, intermediate])?,
+            ));
         }
+        Self::from_weights(experts)
+    }
+
+    /// Experts from their `(gate, up, down)` weights, `[I, H]`, `[I, H]` and `[H, I]`.
+    pub fn from_weights(weights: Vec<(Tensor, Tensor, Tensor)>) -> Result<Self> {
+        let (hidden, intermediate) = match weights.first() {
+            Some((_, _, down)) => down.dims2()?,
+            None => (0, 0),
+        };
         Ok(Self {
-            experts,
+            experts: weights
+                .into_iter()
+                .map(|(gate, up, down)| ExpertWeights { gate, up, down })
+                .collect(),
             hidden,
             intermediate,
         })

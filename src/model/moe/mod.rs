@@ -2,6 +2,8 @@
 //! optional shared expert, gated by sigmoid(gate(x)) where the family asks.
 
 mod cpu_experts;
+#[cfg(feature = "cuda")]
+pub mod cuda_experts;
 pub mod experts;
 pub mod router;
 
@@ -31,6 +33,18 @@ pub struct MoeBlock {
     score_bias: Option<Vec<f32>>,
     experts: Box<dyn ExpertsBackend>,
     shared: Option<SharedExpert>,
+    /// Routing on the GPU (no host round-trip), where the device is CUDA.
+    #[cfg(feature = "cuda")]
+    device_routing: Option<DeviceRouting>,
+}
+
+/// What the GPU router needs besides the logits: the kernel's parameters, the correction bias as a
+/// tensor, and per-expert counts accumulated on the device until [`MoeBlock::flush_load`].
+#[cfg(feature = "cuda")]
+struct DeviceRouting {
+    params: crate::cuda::RouteParams,
+    bias: Option<Tensor>,
+    load: Tensor,
 }
 
 impl MoeBlock {
@@ -62,14 +76,7 @@ impl MoeBlock {
             ),
             _ => None,
         };
-        let experts = GroupedExperts::load(
-            store,
-            &block,
-            names.expert_proj,
-            spec.num_experts,
-            hidden,
-            spec.expert_intermediate_size,
-        )?;
+        let experts = load_experts(store, &block, names, spec, hidden)?;
         let shared = match &spec.shared {
             Some(s) => Some(SharedExpert {
                 mlp: Mlp::load(
@@ -93,19 +100,59 @@ impl MoeBlock {
             }),
             None => None,
         };
+        #[cfg(feature = "cuda")]
+        let device_routing = if store.device().is_cuda() {
+            Some(DeviceRouting {
+                params: crate::cuda::RouteParams::new(&spec.router, spec.num_experts, spec.top_k)?,
+                bias: match &score_bias {
+                    Some(b) => Some(Tensor::from_slice(b, b.len(), store.device())?),
+                    None => None,
+                },
+                load: Tensor::zeros(spec.num_experts, DType::U32, store.device())?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             spec: spec.clone(),
             load: (0..spec.num_experts).map(|_| AtomicU64::new(0)).collect(),
             router,
             score_bias,
-            experts: Box::new(experts),
+            experts,
             shared,
+            #[cfg(feature = "cuda")]
+            device_routing,
         })
+    }
+
+    /// Adds the routed-token counts gathered on the device since the last call to the host counters
+    /// (one small copy; the engine calls it every so many steps, never per layer).
+    pub fn flush_load(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &self.device_routing {
+            let counts = d.load.to_vec1::<u32>()?;
+            d.load.zero_set()?;
+            for (c, n) in self.load.iter().zip(counts) {
+                c.fetch_add(u64::from(n), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// Routes of `x` (`[T, hidden]`), computed in f32.
     pub fn routes(&self, x: &Tensor) -> Result<Routes> {
         let logits = self.router.forward(&x.to_dtype(DType::F32)?)?;
+        #[cfg(feature = "cuda")]
+        if let Some(d) = &self.device_routing {
+            let (ids, weights) = crate::cuda::route(
+                &logits,
+                &d.params,
+                self.spec.top_k,
+                d.bias.as_ref(),
+                Some(&d.load),
+            )?;
+            return Ok(Routes { ids, weights });
+        }
         router::route(
             &self.spec.router,
             &logits,
@@ -133,4 +180,35 @@ impl MoeBlock {
         }
         Ok(out)
     }
+}
+
+/// The experts backend for the store's device: stacked weights and grouped kernels on a GPU, per-expert
+/// weights on the CPU.
+fn load_experts(
+    store: &mut WeightStore,
+    block: &str,
+    names: &TensorNames,
+    spec: &MoeSpec,
+    hidden: usize,
+) -> Result<Box<dyn ExpertsBackend>> {
+    let (e, i) = (spec.num_experts, spec.expert_intermediate_size);
+    #[cfg(feature = "cuda")]
+    if store.device().is_cuda() && cuda_experts::CudaExperts::supports(store.dtype()) {
+        return Ok(Box::new(cuda_experts::CudaExperts::load(
+            store,
+            block,
+            names.expert_proj,
+            e,
+            hidden,
+            i,
+        )?));
+    }
+    Ok(Box::new(GroupedExperts::load(
+        store,
+        block,
+        names.expert_proj,
+        e,
+        hidden,
+        i,
+    )?))
 }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Runs the GPU checks of issue 7 on a machine with an NVIDIA GPU and no Rust toolchain, from binaries
+# built elsewhere by scripts/gpu-pack.sh (release, --features cuda) and unpacked into BIN:
+#
+#   bash scripts/gpu-check.sh BIN OUT [tests|serve|bench|all]
+#
+# tests: the kernel tests (tests/gpu_kernels.rs), the golden fixtures on cuda:0 in f32, and every
+#        fixture in bf16/f16 against the f32 reference (tests/dtype_parity.rs);
+# serve: `moeserve serve --device cuda:0` on a fixture and on dummy Qwen3-30B-A3B, one chat request each;
+# bench: decode tokens/s at batch 1 (in-process) and 8/64 (HTTP), and TTFT of a 1,024-token prompt, on
+#        dummy Qwen3-30B-A3B in bf16.
+# Logs and results go to OUT. The CUDA 13 libraries come from the machine's PyTorch wheel.
+set -uo pipefail
+BIN=$1
+OUT=$2
+WHAT=${3:-all}
+mkdir -p "$OUT"
+SITE=$(python3 -c 'import torch,os;print(os.path.dirname(os.path.dirname(torch.__file__)))' 2>/dev/null)
+export LD_LIBRARY_PATH="$SITE/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
+# Test binaries locate fixtures through the path they were built in.
+BUILT_IN=$(cat "$BIN/manifest_dir")
+if [ ! -e "$BUILT_IN" ]; then mkdir -p "$(dirname "$BUILT_IN")" && ln -s "$PWD" "$BUILT_IN"; fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+status=0
+
+if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
+    for t in gpu_kernels golden dtype_parity; do
+        echo "== $t"
+        MOESERVE_TEST_DEVICE=cuda:0 timeout 200 "$BIN/$t" --test-threads 1 2>&1 | tee -a "$OUT/tests.log" | grep -E "^test |test result|panicked|assert|experts|GQA|MLA" || true
+        [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    done
+fi
+
+serve_once() { # model dir, request path, body, extra args...; prints the reply's usage
+    local model=$1 path=$2 body=$3; shift 3
+    "$BIN/moeserve" serve --model "$model" --device cuda:0 --port 8011 "$@" >>"$OUT/serve.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 1 240); do curl -sf localhost:8011/health >/dev/null && break; sleep 1; done
+    curl -s localhost:8011$path -H 'content-type: application/json' -d "$body" \
+        | python3 -c 'import json,sys; r=json.load(sys.stdin); print("usage", r.get("usage"), "finish", r["choices"][0]["finish_reason"])' \
+        || status=1
+    kill $pid; wait $pid 2>/dev/null
+}
+
+if [ "$WHAT" = serve ] || [ "$WHAT" = all ]; then
+    echo "== serve fixture"
+    serve_once tests/fixtures/qwen3_moe /v1/chat/completions \
+        '{"model":"m","messages":[{"role":"user","content":"Hello there"}],"max_tokens":8}' \
+        --served-model-name m
+    echo "== serve dummy Qwen3-30B-A3B (placeholder tokenizer: no chat template, token-id prompt)"
+    serve_once configs/qwen3-30b-a3b /v1/completions \
+        '{"model":"m","prompt":[1000,2000,3000,4000],"max_tokens":8}' \
+        --served-model-name m --load-format dummy --dtype bf16
+fi
+
+if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
+    M=configs/qwen3-30b-a3b
+    IDS=$(python3 -c 'import random; random.seed(0); print(",".join(str(random.randrange(1000, 100000)) for _ in range(1024)))')
+    echo "== generate on a 2-layer fixture (per-token time = launch overhead)"
+    "$BIN/moeserve" generate --model tests/fixtures/qwen3_moe --device cuda:0 --prompt-ids 1,2,3,4 \
+        --max-tokens 128 --ignore-eos --json 2>/dev/null \
+        | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["timing"]))'
+    echo "== generate: 1024-token prompt, 128 tokens, batch 1"
+    for rep in 1 2; do
+        "$BIN/moeserve" generate --model $M --load-format dummy --dtype bf16 --device cuda:0 \
+            --prompt-ids "$IDS" --max-tokens 128 --ignore-eos --json 2>"$OUT/generate.log" \
+            | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["timing"]))' | tee -a "$OUT/generate.jsonl"
+    done
+    echo "== HTTP: concurrency 1, 8, 64 (512 in, 128 out)"
+    "$BIN/moeserve" serve --model $M --load-format dummy --dtype bf16 --device cuda:0 --port 8012 \
+        --served-model-name m --kv-cache-mib 16384 --max-running-seqs 64 >"$OUT/serve-bench.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 300); do curl -sf localhost:8012/health >/dev/null && break; sleep 1; done
+    for c in 1 8 64; do
+        n=$(( c < 8 ? 8 : 2 * c ))
+        "$BIN/moeserve" bench --base-url http://127.0.0.1:8012 --num-prompts $n --max-concurrency $c \
+            --random-input-len 512 --random-output-len 128 --random-vocab 100000 --ignore-eos \
+            --result-json "$OUT/bench-c$c.json" 2>>"$OUT/bench.log" | tail -25
+    done
+    kill $pid; wait $pid 2>/dev/null
+fi
+exit $status

@@ -1,0 +1,125 @@
+//! The GPU experts backend: every expert's gate and up projections stacked as one `[E, 2·I, H]` tensor
+//! and the down projections as `[E, H, I]`; a step's assignments are sorted by expert on the device, then
+//! gate/up in one grouped pass, SwiGLU, down with the routing weight applied, and each token's k rows
+//! summed. Decode-sized batches use our streaming kernel (`kernels/expert_matmul.cu`); bf16 prefill uses
+//! candle's tensor-core `moe_gemm` (its f16 output conversion is broken in candle 0.11.1, so f16 and f32
+//! stay on ours). No host round-trip.
+
+use candle_core::{DType, Tensor};
+
+use super::experts::ExpertsBackend;
+use super::router::Routes;
+use crate::cuda;
+use crate::error::Result;
+use crate::weights::WeightStore;
+
+/// Batches with more tokens than this take the GEMM's prefill tiling.
+const PREFILL_TOKENS: usize = 32;
+
+pub struct CudaExperts {
+    gate_up: Tensor,
+    down: Tensor,
+    num_experts: usize,
+    hidden: usize,
+    intermediate: usize,
+}
+
+impl CudaExperts {
+    /// Whether the backend takes weights of this dtype.
+    pub fn supports(dtype: DType) -> bool {
+        matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+    }
+
+    /// Loads `{prefix}.experts.{e}.{gate,up,down}` of every expert into the stacked layout.
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        names: [&str; 3],
+        num_experts: usize,
+        hidden: usize,
+        intermediate: usize,
+    ) -> Result<Self> {
+        let mut experts = Vec::with_capacity(num_experts);
+        for e in 0..num_experts {
+            let p = format!("{prefix}.experts.{e}");
+            experts.push((
+                store.get(&format!("{p}.{}.weight", names[0]), &[intermediate, hidden])?,
+                store.get(&format!("{p}.{}.weight", names[1]), &[intermediate, hidden])?,
+                store.get(&format!("{p}.{}.weight", names[2]), &[hidden, intermediate])?,
+            ));
+        }
+        Self::from_weights(experts)
+    }
+
+    /// Experts from their `(gate, up, down)` weights, `[I, H]`, `[I, H]` and `[H, I]`, on one GPU.
+    pub fn from_weights(weights: Vec<(Tensor, Tensor, Tensor)>) -> Result<Self> {
+        let num_experts = weights.len();
+        let Some((hidden, intermediate)) = weights.first().map(|w| w.2.dims2()).transpose()? else {
+            return Err(crate::Error::Device("no experts".into()));
+        };
+        let (mut gate_up, mut down) = (Vec::new(), Vec::new());
+        for (gate, up, d) in weights {
+            gate_up.push(Tensor::cat(&[&gate, &up], 0)?.unsqueeze(0)?);
+            down.push(d.unsqueeze(0)?);
+        }
+        Ok(Self {
+            gate_up: Tensor::cat(&gate_up, 0)?,
+            down: Tensor::cat(&down, 0)?,
+            num_experts,
+            hidden,
+            intermediate,
+        })
+    }
+}
+
+impl ExpertsBackend for CudaExperts {
+    fn forward(&self, x: &Tensor, routes: &Routes) -> Result<Tensor> {
+        let (t, k) = routes.ids.dims2()?;
+        let sorted = cuda::sort_by_expert(&routes.ids, self.num_experts)?;
+        let x = x.contiguous()?;
+        let weights = routes.weights.flatten_all()?.contiguous()?;
+        // Prefill-sized bf16 batches take the tensor-core GEMM; decode (and f32/f16, where candle's
+        // kernel does not apply) the streaming kernel.
+        let wmma = x.dtype() == DType::BF16
+            && t > PREFILL_TOKENS
+            && self.hidden.is_multiple_of(8)
+            && self.intermediate.is_multiple_of(8);
+        let gate_up = if wmma {
+            candle_nn::moe::moe_gemm(
+                &x,
+                &self.gate_up,
+                &None,
+                &sorted.assignments,
+                &sorted.experts,
+                k,
+                true,
+            )?
+        } else {
+            cuda::expert_matmul(&x, &self.gate_up, &sorted, k, None)?
+        }; // [T·k, 2·I], row = assignment
+        let i = self.intermediate;
+        let h = (candle_nn::ops::silu(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?
+            .contiguous()?;
+        let y = if wmma {
+            candle_nn::moe::moe_gemm(
+                &h,
+                &self.down,
+                &Some(weights),
+                &sorted.assignments,
+                &sorted.experts,
+                k,
+                true,
+            )?
+        } else {
+            cuda::expert_matmul(&h, &self.down, &sorted, 1, Some(&weights))?
+        }; // [T·k, H], weighted
+        Ok(y.to_dtype(DType::F32)?
+            .reshape((t, k, self.hidden))?
+            .sum(1)?
+            .to_dtype(x.dtype())?)
+    }
+
+    fn bytes_per_expert(&self) -> usize {
+        3 * self.hidden * self.intermediate * self.down.dtype().size_in_bytes()
+    }
+}

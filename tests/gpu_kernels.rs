@@ -1,0 +1,473 @@
+//! The CUDA kernels against plain references on random inputs (never zeros), with sizes that are not
+//! multiples of the kernels' tiles and long prompts (more than 8,192 routed tokens). Needs a GPU:
+//! `cargo test --release --features cuda --test gpu_kernels` on the device machine.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Tensor};
+use moeserve::cuda::{self, CacheHeads, ContextSeq, PagedContext, RouteParams};
+use moeserve::model::moe::cuda_experts::CudaExperts;
+use moeserve::model::moe::experts::{ExpertsBackend, GroupedExperts};
+use moeserve::model::moe::router::route_row;
+use moeserve::model::moe::Routes;
+use moeserve::model::spec::RouterSpec;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+fn gpu() -> Device {
+    moeserve::device::open(moeserve::device::DeviceChoice::Cuda(0))
+        .expect("these tests need a CUDA GPU")
+}
+
+fn uniform(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn host(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Largest |a − b| relative to the largest |b|.
+fn rel_max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn kv_write_places_rows_at_their_slots() {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(1);
+    let (slots, heads, dim, tokens) = (101, 3, 20, 37);
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let before = uniform(&mut rng, slots * heads * dim);
+        let cache = Tensor::from_vec(before.clone(), (slots, heads, dim), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let src = uniform(&mut rng, tokens * heads * dim);
+        let mut order: Vec<u32> = (0..slots as u32).collect();
+        order.shuffle(&mut rng);
+        let targets = &order[..tokens];
+        let src_t = Tensor::from_vec(src.clone(), (tokens, heads, dim), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let slot_t = Tensor::from_slice(targets, tokens, &dev).unwrap();
+        cuda::kv_write(&cache, &slot_t, &src_t).unwrap();
+        // Expected: the old cache (rounded to dtype) with the written rows replaced.
+        let mut want = host(
+            &Tensor::new(before.as_slice(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        );
+        let src_r = host(
+            &Tensor::new(src.as_slice(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        );
+        let row = heads * dim;
+        for (t, &s) in targets.iter().enumerate() {
+            want[s as usize * row..][..row].copy_from_slice(&src_r[t * row..][..row]);
+        }
+        assert_eq!(host(&cache), want, "{dtype:?}");
+    }
+}
+
+/// A random cache and sequences; returns (cache rows, per-sequence context slots).
+struct Scene {
+    seqs: Vec<(usize, Vec<u32>)>,
+    rows: Vec<f32>,
+    values: Vec<f32>,
+}
+
+fn scene(rng: &mut StdRng, shape: &[(usize, usize)], row: usize) -> Scene {
+    let total: usize = shape.iter().map(|s| s.0).sum::<usize>() + 13;
+    let mut free: Vec<u32> = (0..total as u32).collect();
+    free.shuffle(rng);
+    let mut seqs = Vec::new();
+    for &(ctx, ql) in shape {
+        let slots: Vec<u32> = free.drain(..ctx).collect();
+        seqs.push((ql, slots));
+    }
+    Scene {
+        seqs,
+        rows: uniform(rng, total * row),
+        values: uniform(rng, total * row),
+    }
+}
+
+/// Plain attention: for each query token of each sequence over its visible positions.
+#[allow(clippy::too_many_arguments)]
+fn reference_attention(
+    q: &[f32],
+    s: &Scene,
+    nh: usize,
+    kd: usize,
+    vd: usize,
+    key_of: impl Fn(usize, usize) -> usize,
+    value_of: impl Fn(usize, usize) -> usize,
+    values: &[f32],
+    scale: f32,
+    window: Option<usize>,
+) -> Vec<f32> {
+    let mut out = Vec::new();
+    let mut tok = 0;
+    for (ql, slots) in &s.seqs {
+        let ctx = slots.len();
+        for i in 0..*ql {
+            let end = ctx - ql + i + 1;
+            let first = window.map_or(0, |w| end.saturating_sub(w));
+            for h in 0..nh {
+                let qh = &q[(tok * nh + h) * kd..][..kd];
+                let scores: Vec<f32> = (first..end)
+                    .map(|p| {
+                        let k = &s.rows[key_of(slots[p] as usize, h)..][..kd];
+                        qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
+                    })
+                    .collect();
+                let mx = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = scores.iter().map(|x| (x - mx).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                for d in 0..vd {
+                    let mut acc = 0f32;
+                    for (j, p) in (first..end).enumerate() {
+                        acc += e[j] * values[value_of(slots[p] as usize, h) + d];
+                    }
+                    out.push(acc / sum);
+                }
+            }
+            tok += 1;
+        }
+    }
+    out
+}
+
+fn context(s: &Scene, window: Option<usize>, dev: &Device) -> PagedContext {
+    let seqs: Vec<ContextSeq<'_>> = s
+        .seqs
+        .iter()
+        .map(|(ql, slots)| ContextSeq {
+            query_len: *ql,
+            context_slots: slots,
+        })
+        .collect();
+    PagedContext::new(&seqs, window, dev).unwrap()
+}
+
+fn check_gqa(shape: &[(usize, usize)], nh: usize, nkv: usize, hd: usize, window: Option<usize>) {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64((nh * 1000 + hd + shape.len()) as u64);
+    let s = scene(&mut rng, shape, nkv * hd);
+    let tokens: usize = shape.iter().map(|x| x.1).sum();
+    let q = uniform(&mut rng, tokens * nh * hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let groups = nh / nkv;
+    let want = reference_attention(
+        &q,
+        &s,
+        nh,
+        hd,
+        hd,
+        |slot, h| slot * nkv * hd + (h / groups) * hd,
+        |slot, h| slot * nkv * hd + (h / groups) * hd,
+        &s.values,
+        scale,
+        window,
+    );
+    let ctx = context(&s, window, &dev);
+    let slots_total = s.rows.len() / (nkv * hd);
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2), (DType::F16, 5e-3)] {
+        let t = |v: &[f32], shape: (usize, usize, usize)| {
+            Tensor::from_slice(v, shape, &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        let keys = t(&s.rows, (slots_total, nkv, hd));
+        let values = t(&s.values, (slots_total, nkv, hd));
+        let heads = CacheHeads {
+            keys: &keys,
+            values: &values,
+            key_dim: hd,
+            value_dim: hd,
+            key_slot_stride: nkv * hd,
+            key_head_stride: hd,
+            value_slot_stride: nkv * hd,
+            value_head_stride: hd,
+            heads_per_kv: groups,
+        };
+        let got = cuda::paged_attention(&t(&q, (tokens, nh, hd)), &heads, &ctx, scale).unwrap();
+        assert_eq!(got.dims(), &[tokens, nh, hd]);
+        let d = rel_max_diff(&host(&got), &want);
+        assert!(
+            d < tol,
+            "GQA nh={nh} nkv={nkv} hd={hd} {shape:?} window={window:?} {dtype:?}: {d}"
+        );
+    }
+}
+
+#[test]
+fn paged_attention_gqa_matches_reference() {
+    // Decode only (long contexts split across blocks), then mixed prefill + decode.
+    let decode = [(1, 1), (300, 1), (1000, 1), (4097, 1)];
+    let mixed = [(1, 1), (77, 77), (530, 30), (1000, 1), (2049, 3)];
+    check_gqa(&decode, 32, 4, 128, None);
+    check_gqa(&mixed, 32, 4, 128, None);
+    check_gqa(&decode, 4, 2, 16, None);
+    check_gqa(&mixed, 4, 2, 16, None);
+    check_gqa(&mixed, 12, 12, 64, Some(100));
+    check_gqa(&decode, 64, 4, 128, Some(1000));
+}
+
+fn check_mla(shape: &[(usize, usize)], nh: usize, latent: usize, rope: usize) {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64((nh + latent + shape.len()) as u64);
+    let kd = latent + rope;
+    let s = scene(&mut rng, shape, kd);
+    let tokens: usize = shape.iter().map(|x| x.1).sum();
+    let q = uniform(&mut rng, tokens * nh * kd);
+    let scale = 0.07;
+    let want = reference_attention(
+        &q,
+        &s,
+        nh,
+        kd,
+        latent,
+        |slot, _| slot * kd,
+        |slot, _| slot * kd,
+        &s.rows,
+        scale,
+        None,
+    );
+    let ctx = context(&s, None, &dev);
+    let slots_total = s.rows.len() / kd;
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
+        let lat = Tensor::from_slice(&s.rows, (slots_total, 1, kd), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let heads = CacheHeads {
+            keys: &lat,
+            values: &lat,
+            key_dim: kd,
+            value_dim: latent,
+            key_slot_stride: kd,
+            key_head_stride: 0,
+            value_slot_stride: kd,
+            value_head_stride: 0,
+            heads_per_kv: nh,
+        };
+        let qt = Tensor::from_slice(&q, (tokens, nh, kd), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let got = cuda::paged_attention(&qt, &heads, &ctx, scale).unwrap();
+        let d = rel_max_diff(&host(&got), &want);
+        assert!(
+            d < tol,
+            "MLA nh={nh} L={latent} R={rope} {shape:?} {dtype:?}: {d}"
+        );
+    }
+}
+
+#[test]
+fn paged_attention_mla_matches_reference() {
+    check_mla(&[(1, 1), (700, 1), (3000, 1)], 16, 512, 64);
+    check_mla(&[(45, 45), (300, 2), (1, 1)], 16, 512, 64);
+    check_mla(&[(45, 45), (300, 2), (1, 1)], 4, 32, 8);
+}
+
+fn check_routing(spec: RouterSpec, e: usize, k: usize, with_bias: bool) {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64((e * 31 + k) as u64);
+    let t = 1003;
+    let logits: Vec<f32> = uniform(&mut rng, t * e).iter().map(|x| x * 4.0).collect();
+    let bias: Option<Vec<f32>> = with_bias.then(|| uniform(&mut rng, e));
+    let params = RouteParams::new(&spec, e, k).unwrap();
+    let bias_t = bias
+        .as_ref()
+        .map(|b| Tensor::from_slice(b, e, &dev).unwrap());
+    let load = Tensor::zeros(e, DType::U32, &dev).unwrap();
+    let (ids, weights) = cuda::route(
+        &Tensor::from_slice(&logits, (t, e), &dev).unwrap(),
+        &params,
+        k,
+        bias_t.as_ref(),
+        Some(&load),
+    )
+    .unwrap();
+    let ids: Vec<Vec<u32>> = ids.to_vec2().unwrap();
+    let weights: Vec<Vec<f32>> = weights.to_vec2().unwrap();
+    let mut counts = vec![0u32; e];
+    for row in 0..t {
+        let (want_ids, want_w) = route_row(&spec, &logits[row * e..][..e], k, bias.as_deref());
+        assert_eq!(ids[row], want_ids, "{spec:?} row {row}");
+        for (a, b) in weights[row].iter().zip(&want_w) {
+            assert!(
+                (a - b).abs() < 1e-5 * b.abs().max(1.0),
+                "{spec:?} row {row}: {a} vs {b}"
+            );
+        }
+        for &i in &want_ids {
+            counts[i as usize] += 1;
+        }
+    }
+    assert_eq!(load.to_vec1::<u32>().unwrap(), counts, "{spec:?} load");
+}
+
+#[test]
+fn routing_matches_host_semantics() {
+    check_routing(RouterSpec::SoftmaxTopK { renormalize: true }, 128, 8, false);
+    check_routing(RouterSpec::SoftmaxTopK { renormalize: false }, 60, 4, false);
+    check_routing(
+        RouterSpec::DeepseekV2 {
+            groups: Some((8, 3)),
+            renormalize: false,
+            scaling: 16.0,
+        },
+        64,
+        6,
+        false,
+    );
+    check_routing(
+        RouterSpec::DeepseekV2 {
+            groups: None,
+            renormalize: true,
+            scaling: 1.0,
+        },
+        64,
+        6,
+        false,
+    );
+    check_routing(
+        RouterSpec::DeepseekV3 {
+            n_group: 8,
+            topk_group: 4,
+            renormalize: true,
+            scaling: 2.5,
+        },
+        256,
+        8,
+        true,
+    );
+    check_routing(
+        RouterSpec::DeepseekV3 {
+            n_group: 1,
+            topk_group: 1,
+            renormalize: true,
+            scaling: 2.827,
+        },
+        384,
+        8,
+        true,
+    );
+}
+
+#[test]
+fn sort_groups_long_prompts_by_expert() {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(5);
+    let (t, k, e) = (9001, 8, 128);
+    let ids: Vec<u32> = (0..t * k).map(|_| rng.random_range(0..e as u32)).collect();
+    let sorted = cuda::sort_by_expert(&Tensor::from_slice(&ids, (t, k), &dev).unwrap(), e).unwrap();
+    let places: Vec<u32> = sorted.assignments.to_vec1().unwrap();
+    let experts: Vec<u32> = sorted.experts.to_vec1().unwrap();
+    let offsets: Vec<u32> = sorted.offsets.to_vec1().unwrap();
+    let mut seen = vec![false; t * k];
+    for (j, (&a, &x)) in places.iter().zip(&experts).enumerate() {
+        assert_eq!(ids[a as usize], x, "place {j}");
+        assert!(!seen[a as usize], "assignment {a} twice");
+        seen[a as usize] = true;
+        assert!(offsets[x as usize] as usize <= j && j < offsets[x as usize + 1] as usize);
+    }
+    assert!(seen.iter().all(|s| *s));
+    assert_eq!(offsets[e] as usize, t * k);
+}
+
+fn check_experts(tokens: usize, dtype: DType) {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(tokens as u64);
+    let (e, k, hidden, inter) = (16, 4, 256, 96);
+    let w = |rng: &mut StdRng, a: usize, b: usize| -> Tensor {
+        let v: Vec<f32> = uniform(rng, a * b).iter().map(|x| x * 0.2).collect();
+        // Rounded to the GPU dtype so both sides hold the same weights.
+        Tensor::from_vec(v, (a, b), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let weights: Vec<(Tensor, Tensor, Tensor)> = (0..e)
+        .map(|_| {
+            (
+                w(&mut rng, inter, hidden),
+                w(&mut rng, inter, hidden),
+                w(&mut rng, hidden, inter),
+            )
+        })
+        .collect();
+    let on_gpu: Vec<(Tensor, Tensor, Tensor)> = weights
+        .iter()
+        .map(|(g, u, d)| {
+            let m = |x: &Tensor| x.to_device(&dev).unwrap().to_dtype(dtype).unwrap();
+            (m(g), m(u), m(d))
+        })
+        .collect();
+    let reference = GroupedExperts::from_weights(weights).unwrap();
+    let gpu_experts = CudaExperts::from_weights(on_gpu).unwrap();
+    let x = Tensor::from_vec(
+        uniform(&mut rng, tokens * hidden),
+        (tokens, hidden),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .to_dtype(dtype)
+    .unwrap()
+    .to_dtype(DType::F32)
+    .unwrap();
+    let mut ids = Vec::new();
+    let mut wts = Vec::new();
+    for _ in 0..tokens {
+        let mut all: Vec<u32> = (0..e as u32).collect();
+        all.shuffle(&mut rng);
+        ids.extend_from_slice(&all[..k]);
+        wts.extend((0..k).map(|_| rng.random_range(0.1f32..0.6)));
+    }
+    let routes = |d: &Device| Routes {
+        ids: Tensor::from_slice(&ids, (tokens, k), d).unwrap(),
+        weights: Tensor::from_slice(&wts, (tokens, k), d).unwrap(),
+    };
+    let want = host(&reference.forward(&x, &routes(&Device::Cpu)).unwrap());
+    let got = gpu_experts
+        .forward(
+            &x.to_device(&dev).unwrap().to_dtype(dtype).unwrap(),
+            &routes(&dev),
+        )
+        .unwrap();
+    assert_eq!(got.dims(), &[tokens, hidden]);
+    let d = rel_max_diff(&host(&got), &want);
+    assert!(d < 2e-2, "experts {tokens} tokens {dtype:?}: {d}");
+}
+
+#[test]
+fn grouped_experts_match_reference() {
+    // Decode sizes take the streaming kernel; bf16 beyond 32 tokens candle's tensor-core GEMM.
+    for tokens in [1, 5, 33, 700] {
+        check_experts(tokens, DType::BF16);
+    }
+    check_experts(21, DType::F16);
+    check_experts(300, DType::F16);
+    check_experts(7, DType::F32);
+    // More than 8,192 routed tokens (2,100 × top-4).
+    check_experts(2100, DType::BF16);
+    check_experts(2100, DType::F32);
+}
