@@ -2,13 +2,15 @@
 # Runs the GPU checks of issue 7 on a machine with an NVIDIA GPU and no Rust toolchain, from binaries
 # built elsewhere by scripts/gpu-pack.sh (release, --features cuda) and unpacked into BIN:
 #
-#   bash scripts/gpu-check.sh BIN OUT [tests|serve|bench|all]
+#   bash scripts/gpu-check.sh BIN OUT [all | a comma list of tests,serve,bench]
 #
 # tests: the kernel tests (tests/gpu_kernels.rs), the golden fixtures on cuda:0 in f32, and every
 #        fixture in bf16/f16 against the f32 reference (tests/dtype_parity.rs);
 # serve: `moeserve serve --device cuda:0` on a fixture and on dummy Qwen3-30B-A3B, one chat request each;
 # bench: decode tokens/s at batch 1 (in-process) and 8/64 (HTTP), and TTFT of a 1,024-token prompt, on
-#        dummy Qwen3-30B-A3B in bf16.
+#        dummy Qwen3-30B-A3B in bf16;
+# profile: GPU time per kernel (Nsight Compute) of a 1,024-token prefill and one decode step on a
+#        2-layer Qwen3-30B-A3B shape.
 # Logs and results go to OUT. The CUDA 13 libraries come from the machine's PyTorch wheel.
 set -uo pipefail
 BIN=$1
@@ -22,9 +24,10 @@ BUILT_IN=$(cat "$BIN/manifest_dir")
 if [ ! -e "$BUILT_IN" ]; then mkdir -p "$(dirname "$BUILT_IN")" && ln -s "$PWD" "$BUILT_IN"; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 status=0
+want() { [ "$WHAT" = all ] || [[ ",$WHAT," == *",$1,"* ]]; }
 
-if [ "$WHAT" = tests ] || [ "$WHAT" = all ]; then
-    for t in gpu_kernels golden dtype_parity; do
+if want tests; then
+    for t in ${TESTS:-gpu_kernels golden dtype_parity}; do
         echo "== $t"
         MOESERVE_TEST_DEVICE=cuda:0 timeout 200 "$BIN/$t" --test-threads 1 2>&1 | tee -a "$OUT/tests.log" | grep -E "^test |test result|panicked|assert|experts|GQA|MLA" || true
         [ "${PIPESTATUS[0]}" = 0 ] || status=1
@@ -42,7 +45,7 @@ serve_once() { # model dir, request path, body, extra args...; prints the reply'
     kill $pid; wait $pid 2>/dev/null
 }
 
-if [ "$WHAT" = serve ] || [ "$WHAT" = all ]; then
+if want serve; then
     echo "== serve fixture"
     serve_once tests/fixtures/qwen3_moe /v1/chat/completions \
         '{"model":"m","messages":[{"role":"user","content":"Hello there"}],"max_tokens":8}' \
@@ -53,9 +56,9 @@ if [ "$WHAT" = serve ] || [ "$WHAT" = all ]; then
         --served-model-name m --load-format dummy --dtype bf16
 fi
 
-if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
+IDS=$(python3 -c 'import random; random.seed(0); print(",".join(str(random.randrange(1000, 100000)) for _ in range(1024)))')
+if want bench; then
     M=configs/qwen3-30b-a3b
-    IDS=$(python3 -c 'import random; random.seed(0); print(",".join(str(random.randrange(1000, 100000)) for _ in range(1024)))')
     echo "== generate on a 2-layer fixture (per-token time = launch overhead)"
     "$BIN/moeserve" generate --model tests/fixtures/qwen3_moe --device cuda:0 --prompt-ids 1,2,3,4 \
         --max-tokens 128 --ignore-eos --json 2>/dev/null \
@@ -71,12 +74,39 @@ if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
         --served-model-name m --kv-cache-mib 16384 --max-running-seqs 64 >"$OUT/serve-bench.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 300); do curl -sf localhost:8012/health >/dev/null && break; sleep 1; done
+    echo "== HTTP: TTFT of a 1,024-token prompt (concurrency 1, warm server)"
+    "$BIN/moeserve" bench --base-url http://127.0.0.1:8012 --num-prompts 6 --max-concurrency 1 \
+        --random-input-len 1024 --random-output-len 16 --random-vocab 100000 --ignore-eos \
+        --result-json "$OUT/bench-ttft1024.json" 2>>"$OUT/bench.log" | grep -E "TTFT|TPOT"
     for c in 1 8 64; do
-        n=$(( c < 8 ? 8 : 2 * c ))
+        n=$(( c < 8 ? 8 : c ))
         "$BIN/moeserve" bench --base-url http://127.0.0.1:8012 --num-prompts $n --max-concurrency $c \
             --random-input-len 512 --random-output-len 128 --random-vocab 100000 --ignore-eos \
             --result-json "$OUT/bench-c$c.json" 2>>"$OUT/bench.log" | tail -25
     done
     kill $pid; wait $pid 2>/dev/null
+fi
+if want profile; then
+    echo "== profile: 2-layer Qwen3-30B-A3B shape, 1024-token prefill + 1 decode step"
+    mkdir -p /tmp/q2 && python3 -c "import json; c=json.load(open('configs/qwen3-30b-a3b/config.json')); c['num_hidden_layers']=2; json.dump(c, open('/tmp/q2/config.json','w'))"
+    ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+        "$BIN/moeserve" generate --model /tmp/q2 --load-format dummy --dtype bf16 --device cuda:0 \
+        --prompt-ids "$IDS" --max-tokens 2 --ignore-eos --json >"$OUT/ncu.csv" 2>/dev/null
+    python3 - "$OUT/ncu.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]; rows = rows[1:]
+k, v = head.index("Kernel Name"), head.index("Metric Value")
+tot = collections.Counter(); cnt = collections.Counter()
+for r in rows:
+    try: ns = float(r[v].replace(",", ""))
+    except ValueError: continue
+    name = r[k].split("(")[0].split("<")[0][:60]
+    tot[name] += ns; cnt[name] += 1
+all_ns = sum(tot.values())
+print(f"{len(rows)} kernels, {all_ns/1e6:.2f} ms GPU time")
+for name, ns in tot.most_common(25):
+    print(f"{ns/1e6:9.3f} ms {100*ns/all_ns:5.1f}% {cnt[name]:5d}x {name}")
+PY
 fi
 exit $status

@@ -13,8 +13,10 @@ use crate::cuda;
 use crate::error::Result;
 use crate::weights::WeightStore;
 
-/// Batches with more tokens than this take the GEMM's prefill tiling.
-const PREFILL_TOKENS: usize = 32;
+/// Assignments per expert (on average) from which candle's tensor-core GEMM beats the streaming kernel;
+/// below it (decode, even at batch 64) the GEMM's 16-deep K loop leaves it latency-bound (measured on an
+/// H100: 169 ms per batch-64 decode step with it, see BENCHMARKS.md).
+const GEMM_ROWS_PER_EXPERT: usize = 16;
 
 pub struct CudaExperts {
     gate_up: Tensor,
@@ -81,7 +83,7 @@ impl ExpertsBackend for CudaExperts {
         // Prefill-sized bf16 batches take the tensor-core GEMM; decode (and f32/f16, where candle's
         // kernel does not apply) the streaming kernel.
         let wmma = x.dtype() == DType::BF16
-            && t > PREFILL_TOKENS
+            && t * k >= GEMM_ROWS_PER_EXPERT * self.num_experts
             && self.hidden.is_multiple_of(8)
             && self.intermediate.is_multiple_of(8);
         let gate_up = if wmma {
