@@ -327,7 +327,9 @@ impl EngineCore {
             .to_vec2::<f32>()?;
         let tokens = batch.num_tokens();
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        for (&(id, chunk), row) in plan.iter().zip(&logits) {
+        // Sequences whose prompt is done sample from their row (a prompt's forked choices share it).
+        let mut samplers: Vec<(SeqId, usize)> = Vec::new();
+        for (row, &(id, chunk)) in plan.iter().enumerate() {
             let done = match self.seqs.get_mut(&id) {
                 Some(seq) => {
                     seq.cached += chunk;
@@ -337,11 +339,12 @@ impl EngineCore {
             };
             if done {
                 let children = self.fork_pending(id)?;
-                self.advance_one(id, row);
-                for child in children {
-                    self.advance_one(child, row);
-                }
+                samplers.push((id, row));
+                samplers.extend(children.into_iter().map(|c| (c, row)));
             }
+        }
+        for (id, row, token) in self.sample_all(&samplers, &logits) {
+            self.advance_one(id, &logits[row], token);
         }
         self.publish();
         Ok(tokens)
@@ -423,12 +426,34 @@ impl EngineCore {
         }
     }
 
-    fn advance_one(&mut self, id: SeqId, logits: &[f32]) {
+    /// Samples the next token of each `(sequence, logits row)` in parallel: each sequence has its own
+    /// sampler and random stream, so results do not depend on the thread that ran them.
+    fn sample_all(
+        &mut self,
+        work: &[(SeqId, usize)],
+        logits: &[Vec<f32>],
+    ) -> Vec<(SeqId, usize, u32)> {
+        use rayon::prelude::*;
+        let rows: HashMap<SeqId, usize> = work.iter().copied().collect();
+        let mut picked: Vec<(SeqId, usize, u32)> = self
+            .seqs
+            .iter_mut()
+            .filter_map(|(id, seq)| rows.get(id).map(|&row| (*id, row, seq)))
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .filter_map(|(id, row, seq)| logits.get(row).map(|l| (id, row, seq.sampler.sample(l))))
+            .collect();
+        // Deliver in plan order, as before.
+        let order: HashMap<SeqId, usize> = work.iter().enumerate().map(|(i, w)| (w.0, i)).collect();
+        picked.sort_by_key(|p| order.get(&p.0).copied().unwrap_or(usize::MAX));
+        picked
+    }
+
+    fn advance_one(&mut self, id: SeqId, logits: &[f32], token: u32) {
         let eos = &self.loaded.generation.eos_token_ids;
         let Some(seq) = self.seqs.get_mut(&id) else {
             return;
         };
-        let token = seq.sampler.sample(logits);
         seq.sampler.observe(token);
         self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         seq.tokens.push(token);

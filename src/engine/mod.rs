@@ -15,5 +15,5 @@ pub mod stop;
 pub use generate::{generate, GenerateOutput, GenerateTiming};
 pub use handle::{EngineHandle, SubmitError};
 pub use request::{EngineEvent, FinishReason, RequestParams, TokenLogprob};
-pub use sampler::SamplingParams;
+pub use sampler::{Sampler, SamplingParams};
 pub use scheduler::SchedulerConfig;

@@ -151,11 +151,15 @@ impl Sampler {
         if self.params.temperature <= 0.0 || l.len() < 2 {
             return argmax(&l) as u32;
         }
+        let top_k = self.params.top_k.filter(|k| *k > 0 && *k < l.len());
+        if top_k.is_none() && self.params.top_p >= 1.0 {
+            return self.sample_unordered(&l) as u32;
+        }
         let t = self.params.temperature as f64;
         let top_p = self.params.top_p as f64;
         let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
         let weight = |i: usize| ((l[i] as f64 - max) / t).exp();
-        let (order, total) = match self.params.top_k.filter(|k| *k > 0 && *k < l.len()) {
+        let (order, total) = match top_k {
             Some(k) => {
                 let order = sorted_head(&l, k);
                 let total = order.iter().map(|&i| weight(i)).sum::<f64>();
@@ -211,6 +215,41 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// Temperature (and `min_p`) sampling without any ordering: one pass of f32 weights relative to the
+    /// best token (whose weight is 1, so `min_p` is a floor on the weights), then one draw.
+    fn sample_unordered(&mut self, l: &[f32]) -> usize {
+        let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv_t = 1.0 / self.params.temperature;
+        let floor = self.params.min_p.max(0.0);
+        let weights: Vec<f32> = l
+            .iter()
+            .map(|&x| {
+                let w = ((x - max) * inv_t).exp();
+                if w >= floor {
+                    w
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        let r = self.rng.random::<f64>() * total;
+        let mut acc = 0.0;
+        let mut last = 0;
+        for (i, &w) in weights.iter().enumerate() {
+            if w > 0.0 {
+                acc += f64::from(w);
+                last = i;
+                if r < acc {
+                    return i;
+                }
+            }
+        }
+        last
+    }
+}
+
 /// Indices of the `k` largest logits, largest first (ties: lower index first).
 fn sorted_head(l: &[f32], k: usize) -> Vec<usize> {
     let by_logit = |a: &usize, b: &usize| l[*b].total_cmp(&l[*a]).then(a.cmp(b));
@@ -224,7 +263,7 @@ fn sorted_head(l: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// The sorted head of the vocabulary whose summed `weight` reaches `mass`: tries the best 256 tokens,
-/// then 8× more, up to the whole vocabulary.
+/// then 4,096, then sorts the whole vocabulary (flat distributions).
 fn nucleus_head(l: &[f32], mass: f64, weight: impl Fn(usize) -> f64) -> Vec<usize> {
     let mut k = 256;
     loop {
@@ -232,7 +271,7 @@ fn nucleus_head(l: &[f32], mass: f64, weight: impl Fn(usize) -> f64) -> Vec<usiz
         if k >= l.len() || head.iter().map(|&i| weight(i)).sum::<f64>() >= mass {
             return head;
         }
-        k *= 8;
+        k = if k < 4096 { 4096 } else { l.len() };
     }
 }
 
