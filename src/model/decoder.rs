@@ -301,3 +301,35 @@ impl Model {
         Ok(logits)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::BlockTable;
+    use crate::weights::ModelSource;
+
+    /// Kernels write through raw slots, so a batch pointing outside the cache must be refused up front.
+    #[test]
+    fn slots_outside_the_cache_are_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_moe");
+        let loaded = crate::loader::load(&ModelSource::Dir(dir), &Device::Cpu, DType::F32).unwrap();
+        let kv = loaded.model.new_kv_cache(2, 4).unwrap(); // slots 0..8
+        let mut table = BlockTable::new();
+        table.adopt(vec![5]); // slots 20..24
+        let mut batch = Batch::default();
+        batch.push(&[1, 2], 0, &table, 4).unwrap();
+        let err = loaded
+            .model
+            .forward(&batch, &kv, LogitsOutput::LastPerSequence)
+            .unwrap_err();
+        assert!(err.to_string().contains("beyond the cache"), "{err}");
+        let mut ok = BlockTable::new();
+        ok.adopt(vec![1]);
+        let mut batch = Batch::default();
+        batch.push(&[1, 2], 0, &ok, 4).unwrap();
+        assert!(loaded
+            .model
+            .forward(&batch, &kv, LogitsOutput::LastPerSequence)
+            .is_ok());
+    }
+}
