@@ -11,7 +11,6 @@ use super::experts::ExpertsBackend;
 use super::router::Routes;
 use crate::cuda;
 use crate::error::Result;
-use crate::weights::WeightStore;
 
 /// Assignments per expert (on average) from which candle's tensor-core GEMM beats the streaming kernel;
 /// below it (decode, even at batch 64) the GEMM's 16-deep K loop leaves it latency-bound (measured on an
@@ -30,27 +29,6 @@ impl CudaExperts {
     /// Whether the backend takes weights of this dtype.
     pub fn supports(dtype: DType) -> bool {
         matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
-    }
-
-    /// Loads `{prefix}.experts.{e}.{gate,up,down}` of every expert into the stacked layout.
-    pub fn load(
-        store: &mut WeightStore,
-        prefix: &str,
-        names: [&str; 3],
-        num_experts: usize,
-        hidden: usize,
-        intermediate: usize,
-    ) -> Result<Self> {
-        let mut experts = Vec::with_capacity(num_experts);
-        for e in 0..num_experts {
-            let p = format!("{prefix}.experts.{e}");
-            experts.push((
-                store.get(&format!("{p}.{}.weight", names[0]), &[intermediate, hidden])?,
-                store.get(&format!("{p}.{}.weight", names[1]), &[intermediate, hidden])?,
-                store.get(&format!("{p}.{}.weight", names[2]), &[hidden, intermediate])?,
-            ));
-        }
-        Self::from_weights(experts)
     }
 
     /// Experts from their `(gate, up, down)` weights, `[I, H]`, `[I, H]` and `[H, I]`, on one GPU.

@@ -31,28 +31,29 @@ pub struct GroupedExperts {
     intermediate: usize,
 }
 
-impl GroupedExperts {
-    /// Loads `{prefix}.experts.{e}.{gate,up,down}` for every expert.
-    pub fn load(
-        store: &mut WeightStore,
-        prefix: &str,
-        names: [&str; 3],
-        num_experts: usize,
-        hidden: usize,
-        intermediate: usize,
-    ) -> Result<Self> {
-        let mut experts = Vec::with_capacity(num_experts);
-        for e in 0..num_experts {
-            let p = format!("{prefix}.experts.{e}");
-            experts.push((
-                store.get(&format!("{p}.{}.weight", names[0]), &[intermediate, hidden])?,
-                store.get(&format!("{p}.{}.weight", names[1]), &[intermediate, hidden])?,
-                store.get(&format!("{p}.{}.weight", names[2]), &[hidden, intermediate])?,
-            ));
-        }
-        Self::from_weights(experts)
+/// Every expert's `(gate, up, down)` weights, `{prefix}.experts.{e}.{names}.weight`, as the checkpoint
+/// stores them (`[I, H]`, `[I, H]`, `[H, I]`).
+pub fn load_expert_weights(
+    store: &mut WeightStore,
+    prefix: &str,
+    names: [&str; 3],
+    num_experts: usize,
+    hidden: usize,
+    intermediate: usize,
+) -> Result<Vec<(Tensor, Tensor, Tensor)>> {
+    let mut experts = Vec::with_capacity(num_experts);
+    for e in 0..num_experts {
+        let p = format!("{prefix}.experts.{e}");
+        experts.push((
+            store.get(&format!("{p}.{}.weight", names[0]), &[intermediate, hidden])?,
+            store.get(&format!("{p}.{}.weight", names[1]), &[intermediate, hidden])?,
+            store.get(&format!("{p}.{}.weight", names[2]), &[hidden, intermediate])?,
+        ));
     }
+    Ok(experts)
+}
 
+impl GroupedExperts {
     /// Experts from their `(gate, up, down)` weights, `[I, H]`, `[I, H]` and `[H, I]`.
     pub fn from_weights(weights: Vec<(Tensor, Tensor, Tensor)>) -> Result<Self> {
         let (hidden, intermediate) = match weights.first() {

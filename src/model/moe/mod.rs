@@ -191,24 +191,17 @@ fn load_experts(
     spec: &MoeSpec,
     hidden: usize,
 ) -> Result<Box<dyn ExpertsBackend>> {
-    let (e, i) = (spec.num_experts, spec.expert_intermediate_size);
-    #[cfg(feature = "cuda")]
-    if store.device().is_cuda() && cuda_experts::CudaExperts::supports(store.dtype()) {
-        return Ok(Box::new(cuda_experts::CudaExperts::load(
-            store,
-            block,
-            names.expert_proj,
-            e,
-            hidden,
-            i,
-        )?));
-    }
-    Ok(Box::new(GroupedExperts::load(
+    let weights = experts::load_expert_weights(
         store,
         block,
         names.expert_proj,
-        e,
+        spec.num_experts,
         hidden,
-        i,
-    )?))
+        spec.expert_intermediate_size,
+    )?;
+    #[cfg(feature = "cuda")]
+    if store.device().is_cuda() && cuda_experts::CudaExperts::supports(store.dtype()) {
+        return Ok(Box::new(cuda_experts::CudaExperts::from_weights(weights)?));
+    }
+    Ok(Box::new(GroupedExperts::from_weights(weights)?))
 }
