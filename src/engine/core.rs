@@ -13,6 +13,10 @@ use super::scheduler::{chunk_for, SchedulerConfig};
 use super::sequence::{SeqId, Sequence};
 use super::stats::EngineStats;
 use super::stop::{StopMatcher, StopOutcome};
+
+/// Counters the model keeps on a GPU (routed tokens per expert) are read back every this many steps
+/// (one small copy; never per layer).
+const EXPERT_LOAD_FLUSH_STEPS: u64 = 64;
 use crate::error::Result;
 use crate::kv::{BlockAllocator, BlockTable, KvCache};
 use crate::loader::LoadedModel;
@@ -60,8 +64,8 @@ impl EngineCore {
         })
     }
 
-    /// Brings counters the model keeps on its device (per-expert routed tokens) up to date; called when
-    /// the engine goes idle.
+    /// Brings counters the model keeps on its device (per-expert routed tokens) up to date; called every
+    /// [`EXPERT_LOAD_FLUSH_STEPS`] steps and when the engine goes idle.
     pub fn flush_counters(&self) {
         if let Err(e) = self.loaded.model.flush_expert_load() {
             tracing::warn!(error = %e, "could not read the expert-load counters");
@@ -326,7 +330,10 @@ impl EngineCore {
             .forward(&batch, &self.kv, LogitsOutput::LastPerSequence)?
             .to_vec2::<f32>()?;
         let tokens = batch.num_tokens();
-        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let step = self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        if step % EXPERT_LOAD_FLUSH_STEPS == EXPERT_LOAD_FLUSH_STEPS - 1 {
+            self.flush_counters();
+        }
         // Sequences whose prompt is done sample from their row (a prompt's forked choices share it).
         let mut samplers: Vec<(SeqId, usize)> = Vec::new();
         for (row, &(id, chunk)) in plan.iter().enumerate() {
@@ -434,19 +441,27 @@ impl EngineCore {
         logits: &[Vec<f32>],
     ) -> Vec<(SeqId, usize, u32)> {
         use rayon::prelude::*;
-        let rows: HashMap<SeqId, usize> = work.iter().copied().collect();
-        let mut picked: Vec<(SeqId, usize, u32)> = self
+        // Each sequence's place in `work` (delivery order) and its logits row.
+        let place: HashMap<SeqId, (usize, usize)> = work
+            .iter()
+            .enumerate()
+            .map(|(i, &(id, row))| (id, (i, row)))
+            .collect();
+        let mut picked: Vec<(usize, SeqId, usize, u32)> = self
             .seqs
             .iter_mut()
-            .filter_map(|(id, seq)| rows.get(id).map(|&row| (*id, row, seq)))
+            .filter_map(|(id, seq)| place.get(id).map(|&(i, row)| (i, *id, row, seq)))
             .collect::<Vec<_>>()
             .into_par_iter()
-            .filter_map(|(id, row, seq)| logits.get(row).map(|l| (id, row, seq.sampler.sample(l))))
+            .filter_map(|(i, id, row, seq)| {
+                logits.get(row).map(|l| (i, id, row, seq.sampler.sample(l)))
+            })
             .collect();
-        // Deliver in plan order, as before.
-        let order: HashMap<SeqId, usize> = work.iter().enumerate().map(|(i, w)| (w.0, i)).collect();
-        picked.sort_by_key(|p| order.get(&p.0).copied().unwrap_or(usize::MAX));
+        picked.sort_by_key(|p| p.0);
         picked
+            .into_iter()
+            .map(|(_, id, row, token)| (id, row, token))
+            .collect()
     }
 
     fn advance_one(&mut self, id: SeqId, logits: &[f32], token: u32) {

@@ -165,19 +165,16 @@ impl Sampler {
                 let total = order.iter().map(|&i| weight(i)).sum::<f64>();
                 (order, total)
             }
+            // No top-k here means top-p < 1 (plain sampling returned above).
             None => {
                 let total = (0..l.len()).map(weight).sum::<f64>();
-                let order = if top_p < 1.0 {
-                    nucleus_head(&l, top_p * total, weight)
-                } else {
-                    (0..l.len()).collect()
-                };
-                (order, total)
+                (nucleus_head(&l, top_p * total, weight), total)
             }
         };
+        // `order` is sorted, best first.
         let mut probs: Vec<f64> = order.iter().map(|&i| weight(i) / total).collect();
         if top_p < 1.0 {
-            // `order` is sorted here: keep the smallest head whose mass reaches top_p.
+            // Keep the smallest head whose mass reaches top_p.
             let mut acc = 0.0;
             let mut keep = probs.len();
             for (i, p) in probs.iter().enumerate() {
@@ -189,18 +186,10 @@ impl Sampler {
             }
             probs.truncate(keep);
         }
-        let mut order = order;
-        order.truncate(probs.len());
         if self.params.min_p > 0.0 {
-            let floor = probs.iter().copied().fold(0.0, f64::max) * self.params.min_p as f64;
-            let kept: Vec<(usize, f64)> = order
-                .iter()
-                .zip(&probs)
-                .filter(|(_, &p)| p >= floor)
-                .map(|(&i, &p)| (i, p))
-                .collect();
-            order = kept.iter().map(|k| k.0).collect();
-            probs = kept.iter().map(|k| k.1).collect();
+            let floor = probs[0] * self.params.min_p as f64;
+            let keep = probs.iter().take_while(|&&p| p >= floor).count().max(1);
+            probs.truncate(keep);
         }
         normalise(&mut probs);
         let r: f64 = self.rng.random();
@@ -213,9 +202,7 @@ impl Sampler {
         }
         order[probs.len() - 1] as u32
     }
-}
 
-impl Sampler {
     /// Temperature (and `min_p`) sampling without any ordering: one pass of f32 weights relative to the
     /// best token (whose weight is 1, so `min_p` is a floor on the weights), then one draw.
     fn sample_unordered(&mut self, l: &[f32]) -> usize {

@@ -51,12 +51,7 @@ pub struct Model {
     dtype: DType,
     /// Use the gathering attention path even where the in-place paths apply (tests compare both).
     gather_attention: bool,
-    /// Forward passes run (paces flushing the expert counters kept on a GPU).
-    steps: std::sync::atomic::AtomicU64,
 }
-
-/// On a GPU, expert-load counters are copied to the host every this many steps (never per layer).
-const EXPERT_LOAD_FLUSH_STEPS: u64 = 64;
 
 impl Model {
     /// Builds the model from its spec, taking every tensor from `store`.
@@ -124,7 +119,6 @@ impl Model {
             device: store.device().clone(),
             dtype: store.dtype(),
             gather_attention: false,
-            steps: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -291,14 +285,7 @@ impl Model {
             }
         };
         let x = self.norm.forward(&x)?;
-        let logits = self.lm_head.forward(&x)?.to_dtype(DType::F32)?;
-        let step = self
-            .steps
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !self.device.is_cpu() && step % EXPERT_LOAD_FLUSH_STEPS == EXPERT_LOAD_FLUSH_STEPS - 1 {
-            self.flush_expert_load()?;
-        }
-        Ok(logits)
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 }
 
