@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::compute::on_compute_pool;
 use super::core::EngineCore;
 use super::request::{EngineEvent, EngineRequest, FinishReason, RequestParams};
 use super::scheduler::SchedulerConfig;
@@ -82,14 +83,14 @@ pub fn generate(
         .queued_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut core = EngineCore::new(loaded.clone(), config, stats)?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     core.add(EngineRequest {
         id: 0,
         prompt: prompt_ids.clone(),
         params: Arc::new(params),
         events: tx,
     });
-    let mut out = GenerateOutput {
+    let out = GenerateOutput {
         prompt_ids,
         token_ids: Vec::new(),
         logprobs: Vec::new(),
@@ -97,6 +98,15 @@ pub fn generate(
         finish_reason: FinishReason::Length,
         timing: GenerateTiming::default(),
     };
+    on_compute_pool(move || run(core, rx, out))?
+}
+
+/// Steps `core` until its one request is done, collecting its events into `out`.
+fn run(
+    mut core: EngineCore,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<EngineEvent>,
+    mut out: GenerateOutput,
+) -> Result<GenerateOutput> {
     let started = std::time::Instant::now();
     let mut first_token_at = None;
     while core.has_work() {

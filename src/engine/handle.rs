@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use super::compute::on_compute_pool;
 use super::core::EngineCore;
 use super::request::{EngineEvent, EngineRequest, RequestParams};
 use super::scheduler::SchedulerConfig;
@@ -52,8 +53,12 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("moeserve-engine".into())
-            .spawn(move || run(&mut core, rx))
-            .map_err(|e| crate::Error::Kv(format!("cannot start the engine thread: {e}")))?;
+            .spawn(move || {
+                if let Err(e) = on_compute_pool(|| run(&mut core, rx)) {
+                    tracing::error!(error = %e, "the engine could not start");
+                }
+            })
+            .map_err(|e| crate::Error::Device(format!("cannot start the engine thread: {e}")))?;
         Ok((
             Self {
                 tx,

@@ -1,6 +1,7 @@
 //! The engine: one thread owns the model and the KV cache and runs steps over all live sequences
 //! (continuous batching); the scheduler, sampler, incremental detokenizer and stop matching live here.
 
+pub mod compute;
 pub mod core;
 pub mod detokenize;
 pub mod generate;
