@@ -1,95 +1,112 @@
-//! One decode step of the embedded default model at batch 1, 8, 16 and 32 (each sequence holding a
-//! 64-token context), run on a compute-pool worker as the engine does, and the cost of zeroing freed KV
-//! blocks. Run: `cargo bench --bench decode_step`.
+//! One decode step at batch 1, 8, 16 and 32 (each sequence holding a 64-token context), one mixed step
+//! (15 decodes + one 64-token prompt, what a loaded server runs), both on a compute-pool worker as the
+//! engine runs them, and the cost of zeroing freed KV blocks. The embedded default model always; the
+//! bench-shaped model (`scripts/make_bench_model.py`) too when `MOESERVE_BENCH_MODEL` names its directory.
+//!
+//! Run: `cargo bench --bench decode_step`
+//! or:  `MOESERVE_BENCH_MODEL=weights/bench-f32 cargo bench --bench decode_step`
 
 use candle_core::{DType, Device};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use moeserve::engine::compute::on_compute_pool;
-use moeserve::kv::{BlockAllocator, BlockTable};
-use moeserve::loader;
+use moeserve::kv::{BlockAllocator, BlockTable, KvCache};
+use moeserve::loader::{self, LoadedModel};
 use moeserve::model::{Batch, LogitsOutput};
 
 const BLOCK: usize = 16;
+const CONTEXT: usize = 64;
+
+/// (name, model) for every model this run measures.
+fn models() -> Vec<(&'static str, LoadedModel)> {
+    let load = |path: Option<&std::path::Path>| match loader::load(
+        &loader::source_for(path),
+        &Device::Cpu,
+        DType::F32,
+    ) {
+        Ok(l) => l,
+        Err(e) => panic!("{path:?}: {e}"),
+    };
+    let mut out = vec![("default_model", load(None))];
+    if let Some(dir) = std::env::var_os("MOESERVE_BENCH_MODEL") {
+        out.push(("bench_model", load(Some(std::path::Path::new(&dir)))));
+    }
+    out
+}
+
+/// A cache with `seqs` sequences whose `CONTEXT`-token prompts are already prefilled; the last
+/// `fresh` sequences are left empty (their blocks reserved) for a prompt in the measured step.
+fn prefilled(
+    loaded: &LoadedModel,
+    seqs: usize,
+    fresh: usize,
+) -> (KvCache, Vec<BlockTable>, Vec<u32>) {
+    let model = &loaded.model;
+    let blocks = seqs * (CONTEXT / BLOCK + 1);
+    let kv = model.new_kv_cache(blocks, BLOCK).unwrap();
+    let mut alloc = BlockAllocator::new(blocks);
+    let mut tables = vec![BlockTable::new(); seqs];
+    let vocab = model.spec().vocab_size;
+    let prompt: Vec<u32> = (0..CONTEXT).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+    let mut prefill = Batch::default();
+    for t in tables.iter_mut() {
+        t.reserve(CONTEXT + 1, BLOCK, &mut alloc).unwrap();
+    }
+    for t in &tables[..seqs - fresh] {
+        prefill.push(&prompt, 0, t, BLOCK).unwrap();
+    }
+    model
+        .forward(&prefill, &kv, LogitsOutput::LastPerSequence)
+        .unwrap();
+    (kv, tables, prompt)
+}
 
 fn decode_step(c: &mut Criterion) {
-    let loaded = match loader::load(&loader::source_for(None), &Device::Cpu, DType::F32) {
-        Ok(l) => l,
-        Err(e) => panic!("default model: {e}"),
-    };
-    let model = &loaded.model;
-    let mut group = c.benchmark_group("decode_step_default_model");
-    for batch_size in [1usize, 8, 16, 32] {
-        let blocks = batch_size * 5;
-        let kv = model.new_kv_cache(blocks, BLOCK).unwrap();
-        let mut alloc = BlockAllocator::new(blocks);
-        let mut tables = vec![BlockTable::new(); batch_size];
-        // Prefill 64 tokens per sequence.
-        let mut prefill = Batch::default();
-        for t in tables.iter_mut() {
-            t.reserve(65, BLOCK, &mut alloc).unwrap();
-            let prompt: Vec<u32> = (0..64).map(|i| (i * 7 % 300) as u32).collect();
-            prefill.push(&prompt, 0, t, BLOCK).unwrap();
+    for (name, loaded) in models() {
+        let model = &loaded.model;
+        let mut group = c.benchmark_group(format!("decode_step_{name}"));
+        for batch_size in [1usize, 8, 16, 32] {
+            let (kv, tables, _) = prefilled(&loaded, batch_size, 0);
+            let mut step = Batch::default();
+            for t in &tables {
+                step.push(&[5], CONTEXT, t, BLOCK).unwrap();
+            }
+            group.bench_with_input(BenchmarkId::from_parameter(batch_size), &step, |b, step| {
+                on_compute_pool(|| {
+                    b.iter(|| {
+                        model
+                            .forward(step, &kv, LogitsOutput::LastPerSequence)
+                            .unwrap()
+                    })
+                })
+                .unwrap()
+            });
         }
-        model
-            .forward(&prefill, &kv, LogitsOutput::LastPerSequence)
-            .unwrap();
+        group.finish();
+    }
+}
+
+/// The step a server under steady load runs: 15 sequences decoding while one new request's 64-token
+/// prompt is prefilled in the same batch.
+fn mixed_step(c: &mut Criterion) {
+    for (name, loaded) in models() {
+        let model = &loaded.model;
+        let (kv, tables, prompt) = prefilled(&loaded, 16, 1);
         let mut step = Batch::default();
-        for t in &tables {
-            step.push(&[5], 64, t, BLOCK).unwrap();
+        for t in &tables[..15] {
+            step.push(&[5], CONTEXT, t, BLOCK).unwrap();
         }
-        group.bench_with_input(BenchmarkId::from_parameter(batch_size), &step, |b, step| {
-            // On a compute-pool worker, as the engine runs its steps.
+        step.push(&prompt, 0, &tables[15], BLOCK).unwrap();
+        c.bench_function(&format!("mixed_step_{name}_15_decodes_64_prompt"), |b| {
             on_compute_pool(|| {
                 b.iter(|| {
                     model
-                        .forward(step, &kv, LogitsOutput::LastPerSequence)
+                        .forward(&step, &kv, LogitsOutput::LastPerSequence)
                         .unwrap()
                 })
             })
             .unwrap()
         });
     }
-    group.finish();
-}
-
-/// The step a server under steady load runs: 15 sequences decoding (64-token contexts) while one new
-/// request's 64-token prompt is prefilled in the same batch.
-fn mixed_step(c: &mut Criterion) {
-    let loaded = match loader::load(&loader::source_for(None), &Device::Cpu, DType::F32) {
-        Ok(l) => l,
-        Err(e) => panic!("default model: {e}"),
-    };
-    let model = &loaded.model;
-    let blocks = 16 * 5;
-    let kv = model.new_kv_cache(blocks, BLOCK).unwrap();
-    let mut alloc = BlockAllocator::new(blocks);
-    let mut tables = vec![BlockTable::new(); 16];
-    let prompt: Vec<u32> = (0..64).map(|i| (i * 7 % 300) as u32).collect();
-    let mut prefill = Batch::default();
-    for t in tables.iter_mut() {
-        t.reserve(65, BLOCK, &mut alloc).unwrap();
-    }
-    for t in &tables[..15] {
-        prefill.push(&prompt, 0, t, BLOCK).unwrap();
-    }
-    model
-        .forward(&prefill, &kv, LogitsOutput::LastPerSequence)
-        .unwrap();
-    let mut step = Batch::default();
-    for t in &tables[..15] {
-        step.push(&[5], 64, t, BLOCK).unwrap();
-    }
-    step.push(&prompt, 0, &tables[15], BLOCK).unwrap();
-    c.bench_function("mixed_step_default_model_15_decodes_64_prompt", |b| {
-        on_compute_pool(|| {
-            b.iter(|| {
-                model
-                    .forward(&step, &kv, LogitsOutput::LastPerSequence)
-                    .unwrap()
-            })
-        })
-        .unwrap()
-    });
 }
 
 /// Cost of zeroing freed KV blocks (privacy: no content outlives its request), default model.
