@@ -2,6 +2,7 @@
 //! (15 decodes + one 64-token prompt, what a loaded server runs), both on a compute-pool worker as the
 //! engine runs them, and the cost of zeroing freed KV blocks. The embedded default model always; the
 //! bench-shaped model (`scripts/make_bench_model.py`) too when `MOESERVE_BENCH_MODEL` names its directory.
+//! `MOESERVE_BENCH_CONTEXT` sets the cached context per sequence (default 64).
 //!
 //! Run: `cargo bench --bench decode_step`
 //! or:  `MOESERVE_BENCH_MODEL=weights/bench-f32 cargo bench --bench decode_step`
@@ -14,7 +15,14 @@ use moeserve::loader::{self, LoadedModel};
 use moeserve::model::{Batch, LogitsOutput};
 
 const BLOCK: usize = 16;
-const CONTEXT: usize = 64;
+
+/// Tokens already in each sequence's cache: `MOESERVE_BENCH_CONTEXT`, default 64.
+fn context() -> usize {
+    std::env::var("MOESERVE_BENCH_CONTEXT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
 
 /// (name, model) for every model this run measures.
 fn models() -> Vec<(&'static str, LoadedModel)> {
@@ -33,7 +41,7 @@ fn models() -> Vec<(&'static str, LoadedModel)> {
     out
 }
 
-/// A cache with `seqs` sequences whose `CONTEXT`-token prompts are already prefilled; the last
+/// A cache with `seqs` sequences whose context-length prompts are already prefilled; the last
 /// `fresh` sequences are left empty (their blocks reserved) for a prompt in the measured step.
 fn prefilled(
     loaded: &LoadedModel,
@@ -41,15 +49,17 @@ fn prefilled(
     fresh: usize,
 ) -> (KvCache, Vec<BlockTable>, Vec<u32>) {
     let model = &loaded.model;
-    let blocks = seqs * (CONTEXT / BLOCK + 1);
+    let blocks = seqs * (context() / BLOCK + 1);
     let kv = model.new_kv_cache(blocks, BLOCK).unwrap();
     let mut alloc = BlockAllocator::new(blocks);
     let mut tables = vec![BlockTable::new(); seqs];
     let vocab = model.spec().vocab_size;
-    let prompt: Vec<u32> = (0..CONTEXT).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+    let prompt: Vec<u32> = (0..context())
+        .map(|i| ((i * 7 + 3) % vocab) as u32)
+        .collect();
     let mut prefill = Batch::default();
     for t in tables.iter_mut() {
-        t.reserve(CONTEXT + 1, BLOCK, &mut alloc).unwrap();
+        t.reserve(context() + 1, BLOCK, &mut alloc).unwrap();
     }
     for t in &tables[..seqs - fresh] {
         prefill.push(&prompt, 0, t, BLOCK).unwrap();
@@ -68,7 +78,7 @@ fn decode_step(c: &mut Criterion) {
             let (kv, tables, _) = prefilled(&loaded, batch_size, 0);
             let mut step = Batch::default();
             for t in &tables {
-                step.push(&[5], CONTEXT, t, BLOCK).unwrap();
+                step.push(&[5], context(), t, BLOCK).unwrap();
             }
             group.bench_with_input(BenchmarkId::from_parameter(batch_size), &step, |b, step| {
                 on_compute_pool(|| {
@@ -93,7 +103,7 @@ fn mixed_step(c: &mut Criterion) {
         let (kv, tables, prompt) = prefilled(&loaded, 16, 1);
         let mut step = Batch::default();
         for t in &tables[..15] {
-            step.push(&[5], CONTEXT, t, BLOCK).unwrap();
+            step.push(&[5], context(), t, BLOCK).unwrap();
         }
         step.push(&prompt, 0, &tables[15], BLOCK).unwrap();
         c.bench_function(&format!("mixed_step_{name}_15_decodes_64_prompt"), |b| {

@@ -246,7 +246,7 @@ impl Attention {
                         Ok(super::cpu_attention::paged_attention(
                             qs,
                             nh,
-                            |h| h / groups,
+                            groups,
                             &view,
                             &inputs.rows(),
                             self.scale as f32,

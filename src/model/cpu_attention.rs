@@ -6,8 +6,6 @@
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::cpu_matmul::dot_f32;
-
 use crate::error::{Error, Result};
 
 /// One sequence's part of the batch.
@@ -46,12 +44,15 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R>
 }
 
 /// `out[t, h, :] = softmax(q[t, h] · K[ctx] * scale + mask) · V[ctx]` for every row of every sequence.
-/// `q` is `[T, heads, key_dim]` (flattened); `kv_head(h)` maps a query head to its cache head.
+/// `q` is `[T, heads, key_dim]` (flattened). Query heads `g * heads_per_kv .. (g + 1) * heads_per_kv`
+/// share cache head `g` (HF's `repeat_kv` order; MLA: every head shares the one latent, so
+/// `heads_per_kv == heads`). Work is split over (token, cache head); each task reads a key or value row
+/// once for all the query heads that share it.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     q: &[f32],
     heads: usize,
-    kv_head: impl Fn(usize) -> usize + Sync,
+    heads_per_kv: usize,
     cache: &CacheView<'_>,
     seqs: &[SeqRows<'_>],
     scale: f32,
@@ -59,67 +60,262 @@ pub fn paged_attention(
     total_tokens: usize,
 ) -> Vec<f32> {
     let (kd, vd) = (cache.key_dim, cache.value_dim);
+    // Heads that do not split evenly into groups (never so for GQA or MLA) fall back to one per task.
+    let group = match heads_per_kv {
+        g if g > 0 && heads.is_multiple_of(g) => g,
+        _ => 1,
+    };
     let mut out = vec![0f32; total_tokens * heads * vd];
-    // (token index, its sequence) for every query row.
-    let mut rows = Vec::with_capacity(total_tokens);
+    // For every token: its sequence and its position in that sequence's context.
+    let mut by_token: Vec<Option<(&SeqRows<'_>, usize)>> = vec![None; total_tokens];
     for s in seqs {
         for i in 0..s.query_len {
-            rows.push((
-                s.query_start + i,
-                s,
-                s.context_slots.len() - s.query_len + i,
-            ));
+            if let Some(slot) = by_token.get_mut(s.query_start + i) {
+                *slot = Some((s, s.context_slots.len() - s.query_len + i));
+            }
         }
     }
-    let chunks: Vec<(usize, &mut [f32])> = {
-        let mut v = Vec::with_capacity(total_tokens);
-        let mut rest = out.as_mut_slice();
-        for t in 0..total_tokens {
-            let (head, tail) = rest.split_at_mut(heads * vd);
-            v.push((t, head));
-            rest = tail;
-        }
-        v
-    };
-    let by_token: Vec<Option<(&SeqRows<'_>, usize)>> = {
-        let mut m = vec![None; total_tokens];
-        for (t, s, pos) in &rows {
-            m[*t] = Some((*s, *pos));
-        }
-        m
-    };
-    chunks.into_par_iter().for_each(|(t, dst)| {
-        let Some((seq, pos)) = by_token[t] else {
-            return;
-        };
-        let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let visible = &seq.context_slots[first..=pos];
-        let mut scores = vec![0f32; visible.len()];
-        for h in 0..heads {
-            let qh = &q[(t * heads + h) * kd..(t * heads + h + 1) * kd];
-            let g = kv_head(h);
-            let mut max = f32::NEG_INFINITY;
-            for (s, &slot) in scores.iter_mut().zip(visible) {
-                let base = slot as usize * cache.key_stride + g * cache.key_head_stride;
-                let k = &cache.keys[base..base + kd];
-                *s = dot_f32(qh, k) * scale;
-                max = max.max(*s);
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = super::cpu_matmul::has_fma();
+    // One task per (token, cache head): its heads' outputs are one contiguous `[group, vd]` slice.
+    out.par_chunks_mut(group * vd)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let per_token = heads / group;
+            let (t, g) = (task / per_token, task % per_token);
+            let Some((seq, pos)) = by_token[t] else {
+                return;
+            };
+            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let task = Task {
+                q: &q[t * heads * kd + g * group * kd..][..group * kd],
+                cache,
+                kv_head: g,
+                visible: &seq.context_slots[first..=pos],
+                scale,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2 and FMA (checked above at run time).
+                unsafe { attend_avx2(&task, dst) };
+                return;
             }
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+            attend(&task, dst);
+        });
+    out
+}
+
+/// One (token, cache head) of [`paged_attention`]: the query rows of the heads sharing the cache head.
+struct Task<'a> {
+    /// `[heads in the group, key_dim]`.
+    q: &'a [f32],
+    cache: &'a CacheView<'a>,
+    kv_head: usize,
+    /// Cache slots this token sees, oldest first.
+    visible: &'a [u32],
+    scale: f32,
+}
+
+/// [`attend`] compiled for AVX2 + FMA, so its loops vectorise 8 wide and the dot products inline.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(task: &Task<'_>, dst: &mut [f32]) {
+    attend(task, dst)
+}
+
+/// Scores of every head of the group against each visible key (each key row read once for the group),
+/// softmax per head, then the probability-weighted sum of the value rows into `dst` (`[group, vd]`).
+#[inline(always)]
+fn attend(task: &Task<'_>, dst: &mut [f32]) {
+    let c = task.cache;
+    let (kd, vd) = (c.key_dim, c.value_dim);
+    let hs = dst.len() / vd.max(1);
+    let n = task.visible.len();
+    let mut scores = vec![0f32; hs * n];
+    for (j, &slot) in task.visible.iter().enumerate() {
+        let base = slot as usize * c.key_stride + task.kv_head * c.key_head_stride;
+        let k = &c.keys[base..base + kd];
+        for (i, qh) in task.q.chunks_exact(kd).enumerate() {
+            scores[i * n + j] = super::cpu_matmul::dot_lanes(qh, k) * task.scale;
+        }
+    }
+    for row in scores.chunks_exact_mut(n.max(1)) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inv);
+    }
+    // Values: each head's output in chunks of 16 dimensions held in registers across all the slots (a
+    // running sum in memory would make every slot wait for the previous slot's store).
+    const CHUNK: usize = 16;
+    let value_base =
+        |slot: u32| slot as usize * c.value_stride + task.kv_head * c.value_head_stride;
+    for (o, p) in dst.chunks_exact_mut(vd).zip(scores.chunks_exact(n.max(1))) {
+        let mut d0 = 0;
+        while d0 + CHUNK <= vd {
+            let mut acc = [0f32; CHUNK];
+            for (&slot, &w) in task.visible.iter().zip(p) {
+                let base = value_base(slot) + d0;
+                let Ok(v) = <&[f32; CHUNK]>::try_from(&c.values[base..base + CHUNK]) else {
+                    continue;
+                };
+                for l in 0..CHUNK {
+                    acc[l] += w * v[l];
+                }
             }
-            let o = &mut dst[h * vd..(h + 1) * vd];
-            o.iter_mut().for_each(|x| *x = 0.0);
-            for (p, &slot) in scores.iter().zip(visible) {
-                let w = p / sum;
-                let base = slot as usize * cache.value_stride + g * cache.value_head_stride;
-                for (x, v) in o.iter_mut().zip(&cache.values[base..base + vd]) {
-                    *x += w * v;
+            o[d0..d0 + CHUNK].copy_from_slice(&acc);
+            d0 += CHUNK;
+        }
+        if d0 < vd {
+            let tail = &mut o[d0..];
+            tail.iter_mut().for_each(|x| *x = 0.0);
+            for (&slot, &w) in task.visible.iter().zip(p) {
+                let base = value_base(slot) + d0;
+                for (x, &y) in tail.iter_mut().zip(&c.values[base..base + (vd - d0)]) {
+                    *x += w * y;
                 }
             }
         }
-    });
-    out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Softmax attention one (token, head) at a time, straight from the definition.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        q: &[f32],
+        heads: usize,
+        heads_per_kv: usize,
+        cache: &CacheView<'_>,
+        seqs: &[SeqRows<'_>],
+        scale: f32,
+        window: Option<usize>,
+        total: usize,
+    ) -> Vec<f32> {
+        let (kd, vd) = (cache.key_dim, cache.value_dim);
+        let mut out = vec![0f32; total * heads * vd];
+        for s in seqs {
+            for i in 0..s.query_len {
+                let t = s.query_start + i;
+                let pos = s.context_slots.len() - s.query_len + i;
+                for h in 0..heads {
+                    let g = h / heads_per_kv;
+                    let qh = &q[(t * heads + h) * kd..][..kd];
+                    let visible: Vec<u32> = (0..=pos)
+                        .filter(|&j| window.is_none_or(|w| pos - j < w))
+                        .map(|j| s.context_slots[j])
+                        .collect();
+                    let scores: Vec<f32> = visible
+                        .iter()
+                        .map(|&slot| {
+                            let k = &cache.keys
+                                [slot as usize * cache.key_stride + g * cache.key_head_stride..]
+                                [..kd];
+                            qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f32 = e.iter().sum();
+                    for (p, &slot) in e.iter().zip(&visible) {
+                        let v = &cache.values
+                            [slot as usize * cache.value_stride + g * cache.value_head_stride..]
+                            [..vd];
+                        for d in 0..vd {
+                            out[(t * heads + h) * vd + d] += p / sum * v[d];
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// A 7-token prefill and a decode over 20 scattered slots in one batch.
+    fn batch(slots_b: &[u32]) -> Vec<SeqRows<'_>> {
+        vec![
+            SeqRows {
+                query_start: 0,
+                query_len: 7,
+                context_slots: &[40, 41, 42, 43, 44, 45, 46],
+            },
+            SeqRows {
+                query_start: 7,
+                query_len: 1,
+                context_slots: slots_b,
+            },
+        ]
+    }
+
+    #[test]
+    fn grouped_query_heads_match_the_definition_with_and_without_a_window() {
+        let (heads, kv_heads, hd, slots) = (8, 2, 20, 64);
+        let keys = values(slots * kv_heads * hd, 1);
+        let vals = values(slots * kv_heads * hd, 2);
+        let cache = CacheView {
+            keys: &keys,
+            values: &vals,
+            key_stride: kv_heads * hd,
+            value_stride: kv_heads * hd,
+            key_head_stride: hd,
+            value_head_stride: hd,
+            key_dim: hd,
+            value_dim: hd,
+        };
+        let slots_b: Vec<u32> = (0..20).map(|i| (i * 3 + 1) % 40).collect();
+        let seqs = batch(&slots_b);
+        let q = values(8 * heads * hd, 3);
+        for window in [None, Some(5)] {
+            let got = paged_attention(&q, heads, heads / kv_heads, &cache, &seqs, 0.3, window, 8);
+            let want = reference(&q, heads, heads / kv_heads, &cache, &seqs, 0.3, window, 8);
+            assert!(max_diff(&got, &want) < 1e-5, "window {window:?}");
+        }
+    }
+
+    #[test]
+    fn a_latent_shared_by_every_head_matches_the_definition() {
+        // MLA's absorbed form: key = [latent | rope] (12), value = the latent's first 8, one "head".
+        let (heads, stride) = (4, 12);
+        let latent = values(64 * stride, 4);
+        let cache = CacheView {
+            keys: &latent,
+            values: &latent,
+            key_stride: stride,
+            value_stride: stride,
+            key_head_stride: 0,
+            value_head_stride: 0,
+            key_dim: stride,
+            value_dim: 8,
+        };
+        let slots_b: Vec<u32> = (0..20).map(|i| 63 - i).collect();
+        let seqs = batch(&slots_b);
+        let q = values(8 * heads * stride, 5);
+        let got = paged_attention(&q, heads, heads, &cache, &seqs, 0.25, None, 8);
+        let want = reference(&q, heads, heads, &cache, &seqs, 0.25, None, 8);
+        assert!(max_diff(&got, &want) < 1e-5);
+    }
 }

@@ -220,19 +220,13 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
         .collect()
 }
 
-/// `Σ a[i]·b[i]` with the best instructions this CPU has (attention scores).
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    dot(&a[..n], &b[..n], has_fma())
-}
-
 #[cfg(target_arch = "x86_64")]
-fn has_fma() -> bool {
+pub(crate) fn has_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn has_fma() -> bool {
+pub(crate) fn has_fma() -> bool {
     false
 }
 
@@ -250,7 +244,7 @@ fn dot<W: WeightElem>(x: &[f32], w: &[W], fma: bool) -> f32 {
 
 /// Lane-wise accumulation (16 independent sums) that the compiler can vectorise without reassociating.
 #[inline(always)]
-fn dot_lanes<W: WeightElem>(x: &[f32], w: &[W]) -> f32 {
+pub(crate) fn dot_lanes<W: WeightElem>(x: &[f32], w: &[W]) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0f32; LANES];
     let xc = x.chunks_exact(LANES);

@@ -165,7 +165,7 @@ impl MlaAttention {
                     Ok(cpu_attention::paged_attention(
                         qs,
                         nh,
-                        |_| 0,
+                        nh,
                         &view,
                         &inputs.rows(),
                         s.softmax_scale as f32,
