@@ -149,26 +149,34 @@ fn attend(task: &Task<'_>, dst: &mut [f32]) {
         let inv = 1.0 / sum;
         row.iter_mut().for_each(|s| *s *= inv);
     }
-    // Values: each head's output in chunks of 16 dimensions held in registers across all the slots (a
-    // running sum in memory would make every slot wait for the previous slot's store).
-    const CHUNK: usize = 16;
+    // Values: each head's output in chunks held in registers across all the slots (a running sum in
+    // memory would make every slot wait for the previous slot's store); 64-wide chunks where the value
+    // size allows (one pass over the slots per head for 64-dimensional heads), else 16-wide.
     let value_base =
         |slot: u32| slot as usize * c.value_stride + task.kv_head * c.value_head_stride;
     for (o, p) in dst.chunks_exact_mut(vd).zip(scores.chunks_exact(n.max(1))) {
         let mut d0 = 0;
-        while d0 + CHUNK <= vd {
-            let mut acc = [0f32; CHUNK];
-            for (&slot, &w) in task.visible.iter().zip(p) {
-                let base = value_base(slot) + d0;
-                let Ok(v) = <&[f32; CHUNK]>::try_from(&c.values[base..base + CHUNK]) else {
-                    continue;
-                };
-                for l in 0..CHUNK {
-                    acc[l] += w * v[l];
-                }
+        if vd.is_multiple_of(64) {
+            while d0 < vd {
+                weighted_sum::<64>(
+                    c.values,
+                    task.visible,
+                    p,
+                    |s| value_base(s) + d0,
+                    &mut o[d0..],
+                );
+                d0 += 64;
             }
-            o[d0..d0 + CHUNK].copy_from_slice(&acc);
-            d0 += CHUNK;
+        }
+        while d0 + 16 <= vd {
+            weighted_sum::<16>(
+                c.values,
+                task.visible,
+                p,
+                |s| value_base(s) + d0,
+                &mut o[d0..],
+            );
+            d0 += 16;
         }
         if d0 < vd {
             let tail = &mut o[d0..];
@@ -181,6 +189,28 @@ fn attend(task: &Task<'_>, dst: &mut [f32]) {
             }
         }
     }
+}
+
+/// `out[..C] = Σ_j w[j] · values[at(slot_j) ..][..C]`, the `C` sums kept in registers.
+#[inline(always)]
+fn weighted_sum<const C: usize>(
+    values: &[f32],
+    slots: &[u32],
+    weights: &[f32],
+    at: impl Fn(u32) -> usize,
+    out: &mut [f32],
+) {
+    let mut acc = [0f32; C];
+    for (&slot, &w) in slots.iter().zip(weights) {
+        let base = at(slot);
+        let Some(Ok(v)) = values.get(base..base + C).map(<&[f32; C]>::try_from) else {
+            continue;
+        };
+        for l in 0..C {
+            acc[l] += w * v[l];
+        }
+    }
+    out[..C].copy_from_slice(&acc);
 }
 
 #[cfg(test)]
@@ -273,7 +303,14 @@ mod tests {
 
     #[test]
     fn grouped_query_heads_match_the_definition_with_and_without_a_window() {
-        let (heads, kv_heads, hd, slots) = (8, 2, 20, 64);
+        // Head sizes taking the 16-wide value chunks plus a tail, and the 64-wide chunks.
+        for hd in [20, 128] {
+            check_gqa(hd);
+        }
+    }
+
+    fn check_gqa(hd: usize) {
+        let (heads, kv_heads, slots) = (8, 2, 64);
         let keys = values(slots * kv_heads * hd, 1);
         let vals = values(slots * kv_heads * hd, 2);
         let cache = CacheView {
@@ -292,7 +329,10 @@ mod tests {
         for window in [None, Some(5)] {
             let got = paged_attention(&q, heads, heads / kv_heads, &cache, &seqs, 0.3, window, 8);
             let want = reference(&q, heads, heads / kv_heads, &cache, &seqs, 0.3, window, 8);
-            assert!(max_diff(&got, &want) < 1e-5, "window {window:?}");
+            assert!(
+                max_diff(&got, &want) < 1e-5,
+                "head size {hd}, window {window:?}"
+            );
         }
     }
 
