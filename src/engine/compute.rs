@@ -6,16 +6,19 @@
 
 use crate::error::{Error, Result};
 
-/// Runs `f` on a worker of a fresh pool of the configured compute threads (`RAYON_NUM_THREADS`, which
-/// `--threads` sets; otherwise one per logical CPU), so every parallel section inside it runs on that pool.
-/// The pool is dedicated: nothing else queues work on it, so `f` may block (the engine waiting for requests)
-/// without starving another user.
-pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
-    let pool = rayon::ThreadPoolBuilder::new()
+/// A pool of the configured compute threads (`RAYON_NUM_THREADS`, which `--threads` sets; otherwise one per
+/// logical CPU). Dedicated to one engine: nothing else queues work on it, so the engine loop may block on
+/// its queue without starving another rayon user.
+pub fn compute_pool() -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
         .thread_name(|i| format!("moeserve-compute-{i}"))
         .build()
-        .map_err(|e| Error::Device(format!("cannot start the compute threads: {e}")))?;
-    Ok(pool.install(f))
+        .map_err(|e| Error::Device(format!("cannot start the compute threads: {e}")))
+}
+
+/// Runs `f` on a worker of a fresh [`compute_pool`], so every parallel section inside it runs there.
+pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
+    Ok(compute_pool()?.install(f))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::compute::on_compute_pool;
+use super::compute::compute_pool;
 use super::core::EngineCore;
 use super::request::{EngineEvent, EngineRequest, RequestParams};
 use super::scheduler::SchedulerConfig;
@@ -51,13 +51,11 @@ impl EngineHandle {
         let stats = Arc::new(EngineStats::default());
         let mut core = EngineCore::new(loaded.clone(), config.clone(), stats.clone())?;
         let (tx, rx) = mpsc::channel();
+        // Built here so a failure to start threads fails the start, not every later request.
+        let pool = compute_pool()?;
         let thread = std::thread::Builder::new()
             .name("moeserve-engine".into())
-            .spawn(move || {
-                if let Err(e) = on_compute_pool(|| run(&mut core, rx)) {
-                    tracing::error!(error = %e, "the engine could not start");
-                }
-            })
+            .spawn(move || pool.install(|| run(&mut core, rx)))
             .map_err(|e| crate::Error::Device(format!("cannot start the engine thread: {e}")))?;
         Ok((
             Self {
