@@ -353,6 +353,38 @@ async fn metric(server: &Server, name: &str) -> f64 {
         .unwrap()
 }
 
+/// Step metrics: one histogram observation per forward pass; batch tokens = prompt + all but the last
+/// sampled token (the last is never fed back).
+#[tokio::test]
+async fn engine_step_metrics_count_every_step_and_token() {
+    let server = Server::start(None, &[]);
+    assert_eq!(metric(&server, "engine_step_seconds_count").await, 0.0);
+    let resp: serde_json::Value = reqwest::Client::new()
+        .post(server.url("/v1/completions"))
+        .json(
+            &serde_json::json!({"model": "test-model", "prompt": [5, 6, 7, 8], "max_tokens": 6,
+            "ignore_eos": true}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["usage"]["completion_tokens"], 6);
+    let steps = metric(&server, "engine_steps_total").await;
+    assert_eq!(
+        steps, 6.0,
+        "one prefill step, then one step per further token"
+    );
+    assert_eq!(metric(&server, "engine_step_seconds_count").await, steps);
+    assert!(metric(&server, "engine_step_seconds_sum").await > 0.0);
+    assert_eq!(
+        metric(&server, "engine_batch_tokens_total").await,
+        4.0 + 5.0
+    );
+}
+
 #[tokio::test]
 async fn cancelled_stream_frees_its_blocks() {
     let server = Server::start(None, &["--kv-blocks", "256"]);

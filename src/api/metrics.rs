@@ -7,62 +7,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use crate::engine::stats::Histogram;
 use crate::engine::EngineHandle;
-
-const LATENCY_BOUNDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-
-/// A fixed-bucket histogram of seconds.
-pub struct Histogram {
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: LATENCY_BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Histogram {
-    pub fn observe(&self, seconds: f64) {
-        for (b, bound) in self.buckets.iter().zip(LATENCY_BOUNDS) {
-            if seconds <= *bound {
-                b.fetch_add(1, Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add((seconds * 1e6) as u64, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(
-            out,
-            "# HELP moeserve_{name} {help}\n# TYPE moeserve_{name} histogram"
-        );
-        for (b, bound) in self.buckets.iter().zip(LATENCY_BOUNDS) {
-            let _ = writeln!(
-                out,
-                "moeserve_{name}_bucket{{le=\"{bound}\"}} {}",
-                b.load(Relaxed)
-            );
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "moeserve_{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "moeserve_{name}_sum {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "moeserve_{name}_count {count}");
-    }
-}
 
 #[derive(Default, Clone, Copy)]
 struct KeyCounters {
@@ -205,6 +151,18 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "engine_batch_tokens_total",
+            "counter",
+            "Tokens run through the model (prompt and decode).",
+            s.batch_tokens.load(Relaxed) as f64,
+        );
+        s.step_seconds.render(
+            &mut out,
+            "engine_step_seconds",
+            "Duration of engine steps (forward pass, sampling, detokenization).",
+        );
+        counter(
+            &mut out,
             "generation_tokens_total",
             "counter",
             "Tokens sampled by the engine.",
@@ -252,17 +210,4 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let h = Histogram::default();
-        h.observe(0.003);
-        h.observe(0.2);
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("moeserve_x_bucket{le=\"0.001\"} 0"));
-        assert!(out.contains("moeserve_x_bucket{le=\"0.005\"} 1"));
-        assert!(out.contains("moeserve_x_bucket{le=\"0.25\"} 2"));
-        assert!(out.contains("moeserve_x_count 2"));
-    }
 }

@@ -312,6 +312,7 @@ impl EngineCore {
         if plan.is_empty() {
             return Ok(0);
         }
+        let started = std::time::Instant::now();
         let bs = self.config.block_size;
         let mut batch = Batch::default();
         for &(id, chunk) in &plan {
@@ -354,6 +355,12 @@ impl EngineCore {
             self.advance_one(id, &logits[row], token);
         }
         self.publish();
+        self.stats
+            .batch_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
+        self.stats
+            .step_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(tokens)
     }
 
