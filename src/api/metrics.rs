@@ -206,8 +206,3 @@ impl Metrics {
         out
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}
