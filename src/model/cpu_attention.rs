@@ -60,12 +60,17 @@ pub fn paged_attention(
     total_tokens: usize,
 ) -> Vec<f32> {
     let (kd, vd) = (cache.key_dim, cache.value_dim);
+    let heads_per_kv = heads_per_kv.max(1);
     // Heads that do not split evenly into groups (never so for GQA or MLA) fall back to one per task.
-    let group = match heads_per_kv {
-        g if g > 0 && heads.is_multiple_of(g) => g,
-        _ => 1,
+    let group = if heads.is_multiple_of(heads_per_kv) {
+        heads_per_kv
+    } else {
+        1
     };
     let mut out = vec![0f32; total_tokens * heads * vd];
+    if out.is_empty() {
+        return out;
+    }
     // For every token: its sequence and its position in that sequence's context.
     let mut by_token: Vec<Option<(&SeqRows<'_>, usize)>> = vec![None; total_tokens];
     for s in seqs {
@@ -90,7 +95,7 @@ pub fn paged_attention(
             let task = Task {
                 q: &q[t * heads * kd + g * group * kd..][..group * kd],
                 cache,
-                kv_head: g,
+                kv_head: g * group / heads_per_kv,
                 visible: &seq.context_slots[first..=pos],
                 scale,
             };
@@ -334,6 +339,30 @@ mod tests {
                 "head size {hd}, window {window:?}"
             );
         }
+    }
+
+    #[test]
+    fn heads_that_do_not_split_into_groups_still_find_their_cache_head() {
+        // 6 query heads, 4 per cache head: heads 0..4 read cache head 0, heads 4..6 cache head 1.
+        let (heads, per_kv, hd) = (6, 4, 16);
+        let keys = values(64 * 2 * hd, 6);
+        let vals = values(64 * 2 * hd, 7);
+        let cache = CacheView {
+            keys: &keys,
+            values: &vals,
+            key_stride: 2 * hd,
+            value_stride: 2 * hd,
+            key_head_stride: hd,
+            value_head_stride: hd,
+            key_dim: hd,
+            value_dim: hd,
+        };
+        let slots_b: Vec<u32> = (0..20).collect();
+        let seqs = batch(&slots_b);
+        let q = values(8 * heads * hd, 8);
+        let got = paged_attention(&q, heads, per_kv, &cache, &seqs, 0.3, None, 8);
+        let want = reference(&q, heads, per_kv, &cache, &seqs, 0.3, None, 8);
+        assert!(max_diff(&got, &want) < 1e-5);
     }
 
     #[test]
