@@ -137,8 +137,14 @@ fn attend(task: &Task<'_>, dst: &mut [f32]) {
     let hs = dst.len() / vd.max(1);
     let n = task.visible.len();
     let mut scores = vec![0f32; hs * n];
+    let key_base = |slot: u32| slot as usize * c.key_stride + task.kv_head * c.key_head_stride;
     for (j, &slot) in task.visible.iter().enumerate() {
-        let base = slot as usize * c.key_stride + task.kv_head * c.key_head_stride;
+        // Key rows are scattered over the cache (a slot's row, then the next slot's a block away): ask for
+        // a row a few slots ahead so its lines arrive while this one is scored.
+        if let Some(&ahead) = task.visible.get(j + PREFETCH_AHEAD) {
+            prefetch(c.keys, key_base(ahead), kd);
+        }
+        let base = key_base(slot);
         let k = &c.keys[base..base + kd];
         for (i, qh) in task.q.chunks_exact(kd).enumerate() {
             scores[i * n + j] = super::cpu_matmul::dot_lanes(qh, k) * task.scale;
@@ -194,6 +200,27 @@ fn attend(task: &Task<'_>, dst: &mut [f32]) {
             }
         }
     }
+}
+
+/// How many slots ahead [`attend`] prefetches key rows.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Hints the CPU to bring `data[start..start + len]` into L1 (a no-op where out of range or not x86-64).
+#[inline(always)]
+fn prefetch(data: &[f32], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let Some(row) = data.get(start..start + len) else {
+            return;
+        };
+        for line in row.chunks(16) {
+            // SAFETY: a prefetch is only a hint; the address lies inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, start, len);
 }
 
 /// `out[..C] = Σ_j w[j] · values[at(slot_j) ..][..C]`, the `C` sums kept in registers.
