@@ -16,14 +16,6 @@ use moeserve::model::{Batch, LogitsOutput};
 
 const BLOCK: usize = 16;
 
-/// Tokens already in each sequence's cache: `MOESERVE_BENCH_CONTEXT`, default 64.
-fn context() -> usize {
-    std::env::var("MOESERVE_BENCH_CONTEXT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64)
-}
-
 /// (name, model) for every model this run measures.
 fn models() -> Vec<(&'static str, LoadedModel)> {
     let load = |path: Option<&std::path::Path>| match loader::load(
@@ -41,25 +33,24 @@ fn models() -> Vec<(&'static str, LoadedModel)> {
     out
 }
 
-/// A cache with `seqs` sequences whose context-length prompts are already prefilled; the last
-/// `fresh` sequences are left empty (their blocks reserved) for a prompt in the measured step.
+/// A cache with `seqs` sequences whose `context`-token prompts are already prefilled; the last `fresh`
+/// sequences are left empty (their blocks reserved) for a prompt in the measured step.
 fn prefilled(
     loaded: &LoadedModel,
+    context: usize,
     seqs: usize,
     fresh: usize,
 ) -> (KvCache, Vec<BlockTable>, Vec<u32>) {
     let model = &loaded.model;
-    let blocks = seqs * (context() / BLOCK + 1);
+    let blocks = seqs * (context / BLOCK + 1);
     let kv = model.new_kv_cache(blocks, BLOCK).unwrap();
     let mut alloc = BlockAllocator::new(blocks);
     let mut tables = vec![BlockTable::new(); seqs];
     let vocab = model.spec().vocab_size;
-    let prompt: Vec<u32> = (0..context())
-        .map(|i| ((i * 7 + 3) % vocab) as u32)
-        .collect();
+    let prompt: Vec<u32> = (0..context).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
     let mut prefill = Batch::default();
     for t in tables.iter_mut() {
-        t.reserve(context() + 1, BLOCK, &mut alloc).unwrap();
+        t.reserve(context + 1, BLOCK, &mut alloc).unwrap();
     }
     for t in &tables[..seqs - fresh] {
         prefill.push(&prompt, 0, t, BLOCK).unwrap();
@@ -70,51 +61,49 @@ fn prefilled(
     (kv, tables, prompt)
 }
 
-fn decode_step(c: &mut Criterion) {
+/// Measures `step` on a compute-pool worker, as the engine runs it.
+fn bench_forward(b: &mut criterion::Bencher<'_>, loaded: &LoadedModel, kv: &KvCache, step: &Batch) {
+    on_compute_pool(|| {
+        b.iter(|| {
+            loaded
+                .model
+                .forward(step, kv, LogitsOutput::LastPerSequence)
+                .unwrap()
+        })
+    })
+    .unwrap()
+}
+
+/// Per model (each loaded once): decode steps at batch 1/8/16/32, then the step a server under steady
+/// load runs: 15 sequences decoding while one new request's prompt is prefilled in the same batch.
+fn steps(c: &mut Criterion) {
+    // Tokens already in each sequence's cache (and the new prompt's length): default 64.
+    let context: usize = std::env::var("MOESERVE_BENCH_CONTEXT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     for (name, loaded) in models() {
-        let model = &loaded.model;
         let mut group = c.benchmark_group(format!("decode_step_{name}"));
         for batch_size in [1usize, 8, 16, 32] {
-            let (kv, tables, _) = prefilled(&loaded, batch_size, 0);
+            let (kv, tables, _) = prefilled(&loaded, context, batch_size, 0);
             let mut step = Batch::default();
             for t in &tables {
-                step.push(&[5], context(), t, BLOCK).unwrap();
+                step.push(&[5], context, t, BLOCK).unwrap();
             }
             group.bench_with_input(BenchmarkId::from_parameter(batch_size), &step, |b, step| {
-                on_compute_pool(|| {
-                    b.iter(|| {
-                        model
-                            .forward(step, &kv, LogitsOutput::LastPerSequence)
-                            .unwrap()
-                    })
-                })
-                .unwrap()
+                bench_forward(b, &loaded, &kv, step)
             });
         }
         group.finish();
-    }
-}
 
-/// The step a server under steady load runs: 15 sequences decoding while one new request's 64-token
-/// prompt is prefilled in the same batch.
-fn mixed_step(c: &mut Criterion) {
-    for (name, loaded) in models() {
-        let model = &loaded.model;
-        let (kv, tables, prompt) = prefilled(&loaded, 16, 1);
+        let (kv, tables, prompt) = prefilled(&loaded, context, 16, 1);
         let mut step = Batch::default();
         for t in &tables[..15] {
-            step.push(&[5], context(), t, BLOCK).unwrap();
+            step.push(&[5], context, t, BLOCK).unwrap();
         }
         step.push(&prompt, 0, &tables[15], BLOCK).unwrap();
         c.bench_function(&format!("mixed_step_{name}_15_decodes_64_prompt"), |b| {
-            on_compute_pool(|| {
-                b.iter(|| {
-                    model
-                        .forward(&step, &kv, LogitsOutput::LastPerSequence)
-                        .unwrap()
-                })
-            })
-            .unwrap()
+            bench_forward(b, &loaded, &kv, &step)
         });
     }
 }
@@ -132,5 +121,5 @@ fn kv_zeroing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode_step, mixed_step, kv_zeroing);
+criterion_group!(benches, steps, kv_zeroing);
 criterion_main!(benches);

@@ -359,18 +359,13 @@ async fn metric(server: &Server, name: &str) -> f64 {
 async fn engine_step_metrics_count_every_step_and_token() {
     let server = Server::start(None, &[]);
     assert_eq!(metric(&server, "engine_step_seconds_count").await, 0.0);
-    let resp: serde_json::Value = reqwest::Client::new()
-        .post(server.url("/v1/completions"))
-        .json(
-            &serde_json::json!({"model": "test-model", "prompt": [5, 6, 7, 8], "max_tokens": 6,
-            "ignore_eos": true}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, resp, _) = post(
+        &server,
+        "/v1/completions",
+        r#"{"model": "test-model", "prompt": [5, 6, 7, 8], "max_tokens": 6, "ignore_eos": true}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
     assert_eq!(resp["usage"]["completion_tokens"], 6);
     let steps = metric(&server, "engine_steps_total").await;
     assert_eq!(
