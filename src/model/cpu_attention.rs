@@ -8,6 +8,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// One sequence's part of the batch.
 pub struct SeqRows<'a> {
     pub query_start: usize,
@@ -81,7 +84,10 @@ pub fn paged_attention(
         }
     }
     #[cfg(target_arch = "x86_64")]
-    let avx2 = super::cpu_matmul::has_fma();
+    let (avx2, avx2_tiles) = {
+        let fma = super::cpu_matmul::has_fma();
+        (fma, fma && avx2::supports(kd, vd))
+    };
     // One task per (token, cache head): its heads' outputs are one contiguous `[group, vd]` slice.
     out.par_chunks_mut(group * vd)
         .enumerate()
@@ -100,7 +106,11 @@ pub fn paged_attention(
                 scale,
             };
             #[cfg(target_arch = "x86_64")]
-            if avx2 {
+            if avx2_tiles {
+                // SAFETY: the CPU has AVX2 and FMA, and the sizes suit the tiles (both checked above).
+                unsafe { avx2::attend(&task, dst) };
+                return;
+            } else if avx2 {
                 // SAFETY: the CPU has AVX2 and FMA (checked above at run time).
                 unsafe { attend_avx2(&task, dst) };
                 return;
@@ -366,6 +376,62 @@ mod tests {
                 "head size {hd}, window {window:?}"
             );
         }
+    }
+
+    #[test]
+    fn vector_tiles_match_the_definition_for_every_head_size_and_group() {
+        // Key/value sizes taking each value tile (8·M wide, M = 8, 4, 2, 1) and their mixes; groups of 1
+        // to 8 query heads; contexts of 20 and 7 slots (partial 8-slot chunks).
+        for hd in [8, 16, 24, 40, 72, 136] {
+            for (heads, kv_heads) in [(4, 4), (8, 4), (8, 2), (8, 1)] {
+                let keys = values(64 * kv_heads * hd, hd as u32);
+                let vals = values(64 * kv_heads * hd, hd as u32 + 1);
+                let cache = CacheView {
+                    keys: &keys,
+                    values: &vals,
+                    key_stride: kv_heads * hd,
+                    value_stride: kv_heads * hd,
+                    key_head_stride: hd,
+                    value_head_stride: hd,
+                    key_dim: hd,
+                    value_dim: hd,
+                };
+                let slots_b: Vec<u32> = (0..20).map(|i| (i * 5 + 2) % 64).collect();
+                let seqs = batch(&slots_b);
+                let q = values(8 * heads * hd, 9);
+                let per_kv = heads / kv_heads;
+                for window in [None, Some(11)] {
+                    let got = paged_attention(&q, heads, per_kv, &cache, &seqs, 0.2, window, 8);
+                    let want = reference(&q, heads, per_kv, &cache, &seqs, 0.2, window, 8);
+                    let diff = max_diff(&got, &want);
+                    assert!(diff < 1e-5, "hd {hd}, {heads}/{kv_heads} heads: {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn many_heads_sharing_a_latent_match_the_definition() {
+        // MLA-like: 72 heads (more than the per-head sums kept on the stack) share one latent row; key =
+        // [latent 32 | rope 8], value = the latent.
+        let (heads, stride) = (72, 40);
+        let latent = values(64 * stride, 12);
+        let cache = CacheView {
+            keys: &latent,
+            values: &latent,
+            key_stride: stride,
+            value_stride: stride,
+            key_head_stride: 0,
+            value_head_stride: 0,
+            key_dim: stride,
+            value_dim: 32,
+        };
+        let slots_b: Vec<u32> = (0..33).map(|i| 63 - i).collect();
+        let seqs = batch(&slots_b);
+        let q = values(8 * heads * stride, 13);
+        let got = paged_attention(&q, heads, heads, &cache, &seqs, 0.1, None, 8);
+        let want = reference(&q, heads, heads, &cache, &seqs, 0.1, None, 8);
+        assert!(max_diff(&got, &want) < 1e-5);
     }
 
     #[test]
