@@ -2,13 +2,15 @@
 # Runs the GPU checks of issue 7 on a machine with an NVIDIA GPU and no Rust toolchain, from binaries
 # built elsewhere by scripts/gpu-pack.sh (release, --features cuda) and unpacked into BIN:
 #
-#   bash scripts/gpu-check.sh BIN OUT [all | a comma list of tests,serve,bench]
+#   bash scripts/gpu-check.sh BIN OUT [all | a comma list of tests,serve,bench,sweep,profile]
 #
 # tests: the kernel tests (tests/gpu_kernels.rs), the golden fixtures on cuda:0 in f32, and every
 #        fixture in bf16/f16 against the f32 reference (tests/dtype_parity.rs);
 # serve: `moeserve serve --device cuda:0` on a fixture and on dummy Qwen3-30B-A3B, one chat request each;
 # bench: decode tokens/s at batch 1 (in-process) and 8/64 (HTTP), and TTFT of a 1,024-token prompt, on
 #        dummy Qwen3-30B-A3B in bf16;
+# sweep: issue 6's concurrency sweep on the embedded default model on the GPU (64 in, 64 out, 1 to 16
+#        streams, twice): output tokens/s at each level and its multiple of one stream's;
 # profile: GPU time per kernel (Nsight Compute) of a 1,024-token prefill and one decode step on a
 #        2-layer Qwen3-30B-A3B shape.
 # Logs and results go to OUT. The CUDA 13 libraries come from the machine's PyTorch wheel.
@@ -83,6 +85,18 @@ if want bench; then
         "$BIN/moeserve" bench --base-url http://127.0.0.1:8012 --num-prompts $n --max-concurrency $c \
             --random-input-len 512 --random-output-len 128 --random-vocab 100000 --ignore-eos \
             --result-json "$OUT/bench-c$c.json" 2>>"$OUT/bench.log" | tail -25
+    done
+    kill $pid; wait $pid 2>/dev/null
+fi
+if want sweep; then
+    echo "== sweep: default model, concurrency 1,2,4,8,16 (64 in, 64 out)"
+    "$BIN/moeserve" serve --device cuda:0 --port 8013 >"$OUT/serve-sweep.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 120); do curl -sf localhost:8013/health >/dev/null && break; sleep 1; done
+    for rep in 1 2; do
+        "$BIN/moeserve" bench --base-url http://127.0.0.1:8013 --num-prompts 64 --random-input-len 64 \
+            --random-output-len 64 --ignore-eos --sweep-concurrency 1,2,4,8,16 \
+            --result-json "$OUT/sweep-$rep.json" 2>>"$OUT/bench.log" | grep -A6 "^ *concurrency" || status=1
     done
     kill $pid; wait $pid 2>/dev/null
 fi

@@ -409,15 +409,22 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         summaries.push(summary);
     }
     if summaries.len() > 1 {
+        // Scaling: output throughput over the first level's (the sweep's baseline, usually 1 stream).
+        let base = summaries[0].output_throughput;
         println!(
-            "{:>12} {:>16} {:>14} {:>14}",
-            "concurrency", "output tok/s", "mean TTFT ms", "mean TPOT ms"
+            "{:>12} {:>16} {:>12} {:>14} {:>14}",
+            "concurrency", "output tok/s", "× first", "mean TTFT ms", "mean TPOT ms"
         );
         for s in &summaries {
             println!(
-                "{:>12} {:>16.1} {:>14.1} {:>14.2}",
+                "{:>12} {:>16.1} {:>12.2} {:>14.1} {:>14.2}",
                 s.max_concurrency.unwrap_or(0),
                 s.output_throughput,
+                if base > 0.0 {
+                    s.output_throughput / base
+                } else {
+                    0.0
+                },
                 s.ttft.mean_ms,
                 s.tpot.mean_ms
             );
