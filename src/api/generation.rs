@@ -3,14 +3,13 @@
 //! deltas, finish_reason, optional usage chunk, `data: [DONE]`). A dropped client cancels its sequences.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
@@ -363,125 +362,163 @@ async fn collect(
     Ok(resp)
 }
 
+/// Streams the request's events as SSE chunks. The chunks are formatted as hyper polls the response body
+/// (no task or channel between the engine's events and the socket); dropping the body (client gone)
+/// drops the guard, which cancels the request.
 fn stream(
     fmt: Formatter,
-    mut events: futures::stream::BoxStream<'static, (usize, EngineEvent)>,
+    events: futures::stream::BoxStream<'static, (usize, EngineEvent)>,
     guard: InFlight,
     ctx: RunContext,
     include_usage: bool,
 ) -> Response {
-    let (choices, prompt_tokens, logprobs) = (ctx.choices, ctx.prompt_tokens, ctx.logprobs);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
     let usage_out = Usage {
-        prompt_tokens,
+        prompt_tokens: ctx.prompt_tokens,
         completion_tokens: 0,
     };
-    let fmt = Arc::new(fmt);
-    tokio::spawn(async move {
-        // Move the whole guard in (not just a field): dropping it early would cancel the request.
-        let mut guard = guard;
-        let mut ctx = ctx;
-        let send = |v: Value| {
-            let tx = tx.clone();
-            async move {
-                tx.send(Ok(Event::default().data(v.to_string())))
-                    .await
-                    .is_ok()
+    let mut state = SseState {
+        pending: std::collections::VecDeque::new(),
+        completion_tokens: 0,
+        offsets: vec![0; ctx.choices],
+        finished: false,
+        fmt,
+        events,
+        guard,
+        ctx,
+        include_usage,
+    };
+    // Role first (chat), one chunk per choice.
+    if state.fmt.kind == Kind::Chat {
+        for i in 0..state.ctx.choices {
+            let c = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+            state.push(state.fmt.chunk(vec![c], include_usage));
+        }
+    }
+    let body = futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(event) = st.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(event), st));
             }
-        };
-        // Role first (chat), one chunk per choice.
-        if fmt.kind == Kind::Chat {
-            for i in 0..choices {
-                let c = json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-                if !send(fmt.chunk(vec![c], include_usage)).await {
-                    return;
-                }
+            if st.finished {
+                return None;
+            }
+            match st.events.next().await {
+                Some((idx, event)) => st.on_event(idx, event),
+                None => st.on_end(),
             }
         }
-        let mut completion_tokens = 0;
-        let mut offsets = vec![0usize; choices];
-        while let Some((idx, event)) = events.next().await {
-            let (text, tokens, finish) = match event {
-                EngineEvent::Delta { text, tokens, .. } => {
-                    ctx.timing.token(&fmt.state.metrics, idx);
-                    (text, tokens, None)
-                }
-                EngineEvent::Finished {
-                    reason,
-                    text,
-                    completion_tokens: n,
-                    ..
-                } => {
-                    completion_tokens += n;
-                    (text, Vec::new(), Some(reason))
-                }
-                EngineEvent::Failed { message } => {
-                    let _ = send(ApiError::internal(message).body()).await;
-                    return;
-                }
-            };
-            if !text.is_empty() || (logprobs && !tokens.is_empty()) {
-                let lp = if logprobs && !tokens.is_empty() {
-                    match fmt.kind {
-                        Kind::Chat => fmt.chat_logprobs(&tokens),
-                        Kind::Completion => {
-                            fmt.completion_logprobs(&tokens, &mut offsets[idx.min(choices - 1)])
-                        }
-                    }
-                } else {
-                    Value::Null
-                };
-                let c = match fmt.kind {
-                    Kind::Chat => {
-                        json!({"index": idx, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
-                    }
-                    Kind::Completion => {
-                        json!({"index": idx, "text": text, "logprobs": lp, "finish_reason": null})
-                    }
-                };
-                if !send(fmt.chunk(vec![c], include_usage)).await {
-                    return;
-                }
-            }
-            if let Some(reason) = finish {
-                let c = match fmt.kind {
-                    Kind::Chat => {
-                        json!({"index": idx, "delta": {}, "logprobs": null, "finish_reason": finish_str(reason)})
-                    }
-                    Kind::Completion => {
-                        json!({"index": idx, "text": "", "logprobs": null, "finish_reason": finish_str(reason)})
-                    }
-                };
-                if !send(fmt.chunk(vec![c], include_usage)).await {
-                    return;
-                }
-            }
-        }
-        guard.done = true;
-        account(
-            &fmt.state,
-            ctx.key.as_deref(),
-            &ctx.timing,
-            Usage {
-                prompt_tokens,
-                completion_tokens,
-            },
-        );
-        if include_usage {
-            let mut v = fmt.chunk(vec![], false);
-            v["usage"] = usage_json(Usage {
-                prompt_tokens,
-                completion_tokens,
-            });
-            if !send(v).await {
-                return;
-            }
-        }
-        let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
     });
-    let mut resp = Sse::new(ReceiverStream::new(rx))
+    let mut resp = Sse::new(body)
         .keep_alive(KeepAlive::default())
         .into_response();
     resp.extensions_mut().insert(usage_out);
     resp
+}
+
+/// A streamed request between polls of its response body: the SSE events ready to go out, and what the
+/// closing chunks need.
+struct SseState {
+    pending: std::collections::VecDeque<Event>,
+    completion_tokens: usize,
+    /// Completions' `text_offset` per choice (logprobs).
+    offsets: Vec<usize>,
+    /// Nothing follows the pending events.
+    finished: bool,
+    fmt: Formatter,
+    events: futures::stream::BoxStream<'static, (usize, EngineEvent)>,
+    /// Dropped with the body: cancels the engine requests unless they all finished.
+    guard: InFlight,
+    ctx: RunContext,
+    include_usage: bool,
+}
+
+impl SseState {
+    fn push(&mut self, v: Value) {
+        self.pending.push_back(Event::default().data(v.to_string()));
+    }
+
+    /// A content chunk for a delta (and a finish chunk when the choice ended).
+    fn on_event(&mut self, idx: usize, event: EngineEvent) {
+        let (text, tokens, finish) = match event {
+            EngineEvent::Delta { text, tokens, .. } => {
+                self.ctx.timing.token(&self.fmt.state.metrics, idx);
+                (text, tokens, None)
+            }
+            EngineEvent::Finished {
+                reason,
+                text,
+                completion_tokens: n,
+                ..
+            } => {
+                self.completion_tokens += n;
+                (text, Vec::new(), Some(reason))
+            }
+            EngineEvent::Failed { message } => {
+                // The error ends the stream; the guard, still armed, cancels whatever is left.
+                self.push(ApiError::internal(message).body());
+                self.finished = true;
+                return;
+            }
+        };
+        let (fmt, choices, logprobs) = (&self.fmt, self.ctx.choices, self.ctx.logprobs);
+        let mut out = Vec::with_capacity(2);
+        if !text.is_empty() || (logprobs && !tokens.is_empty()) {
+            let lp = if logprobs && !tokens.is_empty() {
+                match fmt.kind {
+                    Kind::Chat => fmt.chat_logprobs(&tokens),
+                    Kind::Completion => {
+                        let offset = &mut self.offsets[idx.min(choices.saturating_sub(1))];
+                        fmt.completion_logprobs(&tokens, offset)
+                    }
+                }
+            } else {
+                Value::Null
+            };
+            let c = match fmt.kind {
+                Kind::Chat => {
+                    json!({"index": idx, "delta": {"content": text}, "logprobs": lp, "finish_reason": null})
+                }
+                Kind::Completion => {
+                    json!({"index": idx, "text": text, "logprobs": lp, "finish_reason": null})
+                }
+            };
+            out.push(fmt.chunk(vec![c], self.include_usage));
+        }
+        if let Some(reason) = finish {
+            let c = match fmt.kind {
+                Kind::Chat => {
+                    json!({"index": idx, "delta": {}, "logprobs": null, "finish_reason": finish_str(reason)})
+                }
+                Kind::Completion => {
+                    json!({"index": idx, "text": "", "logprobs": null, "finish_reason": finish_str(reason)})
+                }
+            };
+            out.push(fmt.chunk(vec![c], self.include_usage));
+        }
+        for v in out {
+            self.push(v);
+        }
+    }
+
+    /// Every choice finished: account the tokens, then the usage chunk (when asked for) and `[DONE]`.
+    fn on_end(&mut self) {
+        self.guard.done = true;
+        let usage = Usage {
+            prompt_tokens: self.ctx.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+        };
+        account(
+            &self.fmt.state,
+            self.ctx.key.as_deref(),
+            &self.ctx.timing,
+            usage,
+        );
+        if self.include_usage {
+            let mut v = self.fmt.chunk(vec![], false);
+            v["usage"] = usage_json(usage);
+            self.push(v);
+        }
+        self.pending.push_back(Event::default().data("[DONE]"));
+        self.finished = true;
+    }
 }
