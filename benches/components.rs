@@ -5,7 +5,8 @@
 //!   at 256 experts, 8 groups, top-8, as Kimi K2 / DeepSeek-V3 ship);
 //! - `experts`: the CPU experts backend (`GroupedExperts`) for a decode batch and a prompt's worth of tokens;
 //! - `attention`: paged attention over the KV cache (`cpu_attention::paged_attention`), decode tokens at
-//!   64 and 1,024 tokens of context, cache slots scattered in blocks of 16 as the allocator hands them out.
+//!   64 and 1,024 tokens of context, cache slots scattered in blocks of 16 as the allocator hands them out;
+//!   and a whole 256- and 1,024-token prompt in one step.
 //!
 //! Run: `RAYON_NUM_THREADS=2 cargo bench --bench components`
 
@@ -196,6 +197,32 @@ fn attention(c: &mut Criterion) {
                     })
                 });
             }
+        }
+        // A whole prompt of `len` tokens in one step (causal: token i sees slots 0..=i).
+        for len in [256usize, 1024] {
+            let kv = cache(1, len, kv_heads * hd);
+            let view = CacheView {
+                keys: &kv.keys,
+                values: &kv.values,
+                key_stride: kv_heads * hd,
+                value_stride: kv_heads * hd,
+                key_head_stride: hd,
+                value_head_stride: hd,
+                key_dim: hd,
+                value_dim: hd,
+            };
+            let seqs = [SeqRows {
+                query_start: 0,
+                query_len: len,
+                context_slots: &kv.slots[0],
+            }];
+            let q = values(len * heads * hd, 19);
+            let scale = 1.0 / (hd as f32).sqrt();
+            group.bench_function(BenchmarkId::new(format!("{name}_prompt"), len), |b| {
+                on_pool(b, || {
+                    paged_attention(&q, heads, heads / kv_heads, &view, &seqs, scale, None, len)
+                })
+            });
         }
     }
     group.finish();
