@@ -414,6 +414,90 @@ async fn cancelled_stream_frees_its_blocks() {
     assert!(freed, "blocks not freed after the client went away");
 }
 
+/// The `data:` payloads of an SSE body, in order.
+fn sse_payloads(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn streamed_frames_follow_openai_order_with_n_logprobs_and_usage() {
+    let server = fixture_server();
+    let body = serde_json::json!({"model": "test-model", "prompt": "Once upon a time", "max_tokens": 5,
+        "n": 2, "temperature": 0.0, "ignore_eos": true, "logprobs": 2, "stream": true,
+        "stream_options": {"include_usage": true}});
+    let text = reqwest::Client::new()
+        .post(server.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let payloads = sse_payloads(&text);
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{text}"
+    );
+    let chunks: Vec<serde_json::Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    // The usage chunk comes last, with no choices; every chunk before it carries `usage: null`.
+    let (usage, choice_chunks) = chunks.split_last().unwrap();
+    assert_eq!(usage["choices"], serde_json::json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 10);
+    let mut texts = [String::new(), String::new()];
+    let mut offsets: [Vec<u64>; 2] = Default::default();
+    let mut finished = [false, false];
+    for c in choice_chunks {
+        assert_eq!(c["object"], "text_completion");
+        assert!(c["usage"].is_null() && c.get("usage").is_some(), "{c}");
+        let choice = &c["choices"][0];
+        let i = choice["index"].as_u64().unwrap() as usize;
+        assert!(
+            !finished[i],
+            "choice {i} got a chunk after its finish chunk"
+        );
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            assert_eq!(reason, "length");
+            finished[i] = true;
+            continue;
+        }
+        // A token's text_offset is the length, in characters, of the text released before it (tokens
+        // whose bytes do not complete a character yet release none and share the offset).
+        let lp = &choice["logprobs"];
+        if !lp.is_null() {
+            for off in lp["text_offset"].as_array().unwrap() {
+                assert_eq!(off.as_u64().unwrap() as usize, texts[i].chars().count());
+                offsets[i].push(off.as_u64().unwrap());
+            }
+        }
+        texts[i].push_str(choice["text"].as_str().unwrap());
+    }
+    assert_eq!(finished, [true, true]);
+    // Greedy: both choices equal the non-streamed answer.
+    let mut once = body.clone();
+    once["stream"] = false.into();
+    once["n"] = 1.into();
+    let (status, v, _) = post(&server, "/v1/completions", &once.to_string()).await;
+    assert_eq!(status, 200);
+    let want = v["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(texts, [want, want]);
+    let want_offsets: Vec<u64> = v["choices"][0]["logprobs"]["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(want_offsets.len(), 5);
+    assert_eq!(offsets, [want_offsets.clone(), want_offsets]);
+}
+
 async fn post(
     server: &Server,
     path: &str,

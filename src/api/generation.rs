@@ -95,6 +95,26 @@ fn account(state: &AppState, key: Option<&str>, timing: &Timing, usage: Usage) {
     }
 }
 
+/// Where each token's text starts in a choice's text, as OpenAI's `text_offset` (in characters, as Python
+/// indexes the string): the length of the text released before the token. A token whose bytes do not yet
+/// complete a character (or that a stop string holds back) releases no text, so it and the tokens
+/// released with it share an offset; offsets never decrease and always index into the final text. (vLLM
+/// sums the lengths of the tokens' own strings, which for split characters — each "�" — runs past the
+/// text; for whole-character tokens the two agree.)
+#[derive(Debug, Clone, Copy, Default)]
+struct TextOffsets {
+    chars: usize,
+}
+
+impl TextOffsets {
+    /// Offsets of `tokens` tokens released together with `text`; advances past `text`.
+    fn take(&mut self, tokens: usize, text: &str) -> Vec<usize> {
+        let at = self.chars;
+        self.chars += text.chars().count();
+        vec![at; tokens]
+    }
+}
+
 /// Cancels the engine requests when dropped before they finished (client went away).
 struct InFlight {
     engine: EngineHandle,
@@ -170,15 +190,13 @@ impl Formatter {
         json!({ "content": content })
     }
 
-    fn completion_logprobs(&self, tokens: &[TokenLogprob], offset: &mut usize) -> Value {
+    /// Legacy completions' logprobs; `offsets[i]` is token `i`'s `text_offset`.
+    fn completion_logprobs(&self, tokens: &[TokenLogprob], offsets: &[usize]) -> Value {
         let mut strs = Vec::new();
         let mut lps = Vec::new();
         let mut tops = Vec::new();
-        let mut offsets = Vec::new();
         for t in tokens {
             let s = self.token_str(t.token);
-            offsets.push(*offset);
-            *offset += s.len();
             strs.push(s);
             lps.push(t.logprob);
             let top: serde_json::Map<String, Value> = t
@@ -291,6 +309,9 @@ struct RunContext {
 struct ChoiceAcc {
     text: String,
     tokens: Vec<TokenLogprob>,
+    /// Each token's `text_offset` (see [`TextOffsets`]).
+    offsets: Vec<usize>,
+    text_offsets: TextOffsets,
     finish: Option<FinishReason>,
     completion_tokens: usize,
 }
@@ -308,6 +329,7 @@ async fn collect(
         match event {
             EngineEvent::Delta { text, tokens, .. } => {
                 ctx.timing.token(&fmt.state.metrics, idx);
+                a.offsets.extend(a.text_offsets.take(tokens.len(), &text));
                 a.text.push_str(&text);
                 a.tokens.extend(tokens);
             }
@@ -345,7 +367,7 @@ async fn collect(
                 Kind::Completion => json!({
                     "index": i,
                     "text": a.text,
-                    "logprobs": if logprobs { fmt.completion_logprobs(&a.tokens, &mut 0) } else { Value::Null },
+                    "logprobs": if logprobs { fmt.completion_logprobs(&a.tokens, &a.offsets) } else { Value::Null },
                     "finish_reason": finish,
                 }),
             }
@@ -379,7 +401,7 @@ fn stream(
     let mut state = SseState {
         pending: std::collections::VecDeque::new(),
         completion_tokens: 0,
-        offsets: vec![0; ctx.choices],
+        offsets: vec![TextOffsets::default(); ctx.choices],
         finished: false,
         fmt,
         events,
@@ -421,7 +443,7 @@ struct SseState {
     pending: std::collections::VecDeque<Event>,
     completion_tokens: usize,
     /// Completions' `text_offset` per choice (logprobs).
-    offsets: Vec<usize>,
+    offsets: Vec<TextOffsets>,
     /// Nothing follows the pending events.
     finished: bool,
     fmt: Formatter,
@@ -460,16 +482,19 @@ impl SseState {
                 return;
             }
         };
-        let (fmt, choices, logprobs) = (&self.fmt, self.ctx.choices, self.ctx.logprobs);
+        // Every delta's text moves the choice's offsets on, whether or not it carries tokens.
+        let offsets = self
+            .offsets
+            .get_mut(idx)
+            .map(|o| o.take(tokens.len(), &text))
+            .unwrap_or_default();
+        let (fmt, logprobs) = (&self.fmt, self.ctx.logprobs);
         let mut out = Vec::with_capacity(2);
         if !text.is_empty() || (logprobs && !tokens.is_empty()) {
             let lp = if logprobs && !tokens.is_empty() {
                 match fmt.kind {
                     Kind::Chat => fmt.chat_logprobs(&tokens),
-                    Kind::Completion => {
-                        let offset = &mut self.offsets[idx.min(choices.saturating_sub(1))];
-                        fmt.completion_logprobs(&tokens, offset)
-                    }
+                    Kind::Completion => fmt.completion_logprobs(&tokens, &offsets),
                 }
             } else {
                 Value::Null
