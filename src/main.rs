@@ -462,7 +462,16 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Fixes the compute thread count once, before any thread starts. candle resolves its default (physical
 /// cores) by reading /proc/cpuinfo on every matmul unless RAYON_NUM_THREADS is set: ~12% of a decode step.
+///
+/// Also keeps candle from starting its own "barrier pool" for large elementwise ops (CANDLE_NUM_THREADS=1,
+/// unless set): its helper threads (one per core beyond the first) spin up to 25,000 times after each op,
+/// competing with the compute pool's workers — 6.5% of the CPU during a 64-token prefill on 2 cores. The
+/// compute pool already parallelises every heavy op; without the helpers the bench-shaped model's mixed
+/// step (15 decodes + a 64-token prompt) ran 7% faster (BENCHMARKS.md).
 fn pin_thread_count(threads: Option<usize>) {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let n = match threads {
         Some(n) if n > 0 => n,
         _ if std::env::var_os("RAYON_NUM_THREADS").is_some() => return,
