@@ -23,7 +23,7 @@ pid=$!
 for i in $(seq 1 200); do grep -q listening "$2/out.txt" && break; sleep 0.05; done
 url=$(sed -n 's/moeserve listening on //p' "$2/out.txt")
 curl -sf -X POST "$url/v1/completions" -H 'content-type: application/json' \
-  -d '{"model": "m", "prompt": "hello", "max_tokens": 3}' > "$2/answer.json"
+  -d '{"model": "m", "prompt": "hello", "max_tokens": 3, "ignore_eos": true}' > "$2/answer.json"
 kill -TERM $pid
 wait $pid
 "#;
