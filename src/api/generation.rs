@@ -547,3 +547,20 @@ impl SseState {
         self.finished = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_offsets_count_characters_of_released_text() {
+        let mut o = TextOffsets::default();
+        // Two byte-fallback tokens release nothing, then a third completes "é" with "x": all share 0.
+        assert_eq!(o.take(1, ""), [0]);
+        assert_eq!(o.take(1, ""), [0]);
+        assert_eq!(o.take(1, "éx"), [0]);
+        // Offsets are in characters ("éx" is 3 bytes, 2 characters); tokens released together share one.
+        assert_eq!(o.take(2, " ab"), [2, 2]);
+        assert_eq!(o.take(1, "c"), [5]);
+    }
+}
