@@ -158,16 +158,7 @@ fn attention(c: &mut Criterion) {
         for context in [64usize, 1024] {
             for tokens in [1usize, 16] {
                 let kv = cache(tokens, context, kv_heads * hd);
-                let view = CacheView {
-                    keys: &kv.keys,
-                    values: &kv.values,
-                    key_stride: kv_heads * hd,
-                    value_stride: kv_heads * hd,
-                    key_head_stride: hd,
-                    value_head_stride: hd,
-                    key_dim: hd,
-                    value_dim: hd,
-                };
+                let view = CacheView::per_head(&kv.keys, &kv.values, kv_heads, hd);
                 // One decode token per sequence: the last position of its context.
                 let seqs: Vec<SeqRows<'_>> = kv
                     .slots
@@ -201,16 +192,7 @@ fn attention(c: &mut Criterion) {
         // A whole prompt of `len` tokens in one step (causal: token i sees slots 0..=i).
         for len in [256usize, 1024] {
             let kv = cache(1, len, kv_heads * hd);
-            let view = CacheView {
-                keys: &kv.keys,
-                values: &kv.values,
-                key_stride: kv_heads * hd,
-                value_stride: kv_heads * hd,
-                key_head_stride: hd,
-                value_head_stride: hd,
-                key_dim: hd,
-                value_dim: hd,
-            };
+            let view = CacheView::per_head(&kv.keys, &kv.values, kv_heads, hd);
             let seqs = [SeqRows {
                 query_start: 0,
                 query_len: len,

@@ -323,13 +323,17 @@ async fn collect(
     mut ctx: RunContext,
 ) -> Result<Response, ApiError> {
     let (choices, prompt_tokens, logprobs) = (ctx.choices, ctx.prompt_tokens, ctx.logprobs);
+    // Only completions' logprobs carry text offsets.
+    let offsets_wanted = logprobs && fmt.kind == Kind::Completion;
     let mut acc: Vec<ChoiceAcc> = (0..choices).map(|_| ChoiceAcc::default()).collect();
     while let Some((idx, event)) = events.next().await {
         let Some(a) = acc.get_mut(idx) else { continue };
         match event {
             EngineEvent::Delta { text, tokens, .. } => {
                 ctx.timing.token(&fmt.state.metrics, idx);
-                a.offsets.extend(a.text_offsets.take(tokens.len(), &text));
+                if offsets_wanted {
+                    a.offsets.extend(a.text_offsets.take(tokens.len(), &text));
+                }
                 a.text.push_str(&text);
                 a.tokens.extend(tokens);
             }
@@ -482,13 +486,17 @@ impl SseState {
                 return;
             }
         };
-        // Every delta's text moves the choice's offsets on, whether or not it carries tokens.
-        let offsets = self
-            .offsets
-            .get_mut(idx)
-            .map(|o| o.take(tokens.len(), &text))
-            .unwrap_or_default();
         let (fmt, logprobs) = (&self.fmt, self.ctx.logprobs);
+        // Completions' logprobs carry text offsets: every delta's text moves them on, whether or not it
+        // carries tokens. Nothing to count otherwise (this runs once per streamed token).
+        let offsets = if logprobs && fmt.kind == Kind::Completion {
+            self.offsets
+                .get_mut(idx)
+                .map(|o| o.take(tokens.len(), &text))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut out = Vec::with_capacity(2);
         if !text.is_empty() || (logprobs && !tokens.is_empty()) {
             let lp = if logprobs && !tokens.is_empty() {

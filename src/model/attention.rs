@@ -233,16 +233,7 @@ impl Attention {
             let out = super::cpu_attention::with_f32(&q, |qs| {
                 super::cpu_attention::with_f32(kc, |ks| {
                     super::cpu_attention::with_f32(vc, |vs| {
-                        let view = super::cpu_attention::CacheView {
-                            keys: ks,
-                            values: vs,
-                            key_stride: nkv * hd,
-                            value_stride: nkv * hd,
-                            key_head_stride: hd,
-                            value_head_stride: hd,
-                            key_dim: hd,
-                            value_dim: hd,
-                        };
+                        let view = super::cpu_attention::CacheView::per_head(ks, vs, nkv, hd);
                         Ok(super::cpu_attention::paged_attention(
                             qs,
                             nh,

@@ -35,6 +35,37 @@ pub struct CacheView<'a> {
     pub value_dim: usize,
 }
 
+impl<'a> CacheView<'a> {
+    /// A GQA cache: each slot holds `kv_heads` rows of `head_dim` in `keys` and in `values`.
+    pub fn per_head(keys: &'a [f32], values: &'a [f32], kv_heads: usize, head_dim: usize) -> Self {
+        Self {
+            keys,
+            values,
+            key_stride: kv_heads * head_dim,
+            value_stride: kv_heads * head_dim,
+            key_head_stride: head_dim,
+            value_head_stride: head_dim,
+            key_dim: head_dim,
+            value_dim: head_dim,
+        }
+    }
+
+    /// MLA's latent cache: each slot is one `key_dim` row shared by every head (the key: latent and rope
+    /// part); the value is its first `value_dim` floats (the latent).
+    pub fn latent(rows: &'a [f32], key_dim: usize, value_dim: usize) -> Self {
+        Self {
+            keys: rows,
+            values: rows,
+            key_stride: key_dim,
+            value_stride: key_dim,
+            key_head_stride: 0,
+            value_head_stride: 0,
+            key_dim,
+            value_dim,
+        }
+    }
+}
+
 /// Borrow a contiguous f32 CPU tensor's data (attention, the streaming matmul's activations).
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout): (_, &Layout) = t.storage_and_layout();
@@ -355,16 +386,7 @@ mod tests {
         let (heads, kv_heads, slots) = (8, 2, 64);
         let keys = values(slots * kv_heads * hd, 1);
         let vals = values(slots * kv_heads * hd, 2);
-        let cache = CacheView {
-            keys: &keys,
-            values: &vals,
-            key_stride: kv_heads * hd,
-            value_stride: kv_heads * hd,
-            key_head_stride: hd,
-            value_head_stride: hd,
-            key_dim: hd,
-            value_dim: hd,
-        };
+        let cache = CacheView::per_head(&keys, &vals, kv_heads, hd);
         let slots_b: Vec<u32> = (0..20).map(|i| (i * 3 + 1) % 40).collect();
         let seqs = batch(&slots_b);
         let q = values(8 * heads * hd, 3);
@@ -386,16 +408,7 @@ mod tests {
             for (heads, kv_heads) in [(4, 4), (8, 4), (8, 2), (8, 1)] {
                 let keys = values(64 * kv_heads * hd, hd as u32);
                 let vals = values(64 * kv_heads * hd, hd as u32 + 1);
-                let cache = CacheView {
-                    keys: &keys,
-                    values: &vals,
-                    key_stride: kv_heads * hd,
-                    value_stride: kv_heads * hd,
-                    key_head_stride: hd,
-                    value_head_stride: hd,
-                    key_dim: hd,
-                    value_dim: hd,
-                };
+                let cache = CacheView::per_head(&keys, &vals, kv_heads, hd);
                 let slots_b: Vec<u32> = (0..20).map(|i| (i * 5 + 2) % 64).collect();
                 let seqs = batch(&slots_b);
                 let q = values(8 * heads * hd, 9);
@@ -412,20 +425,11 @@ mod tests {
 
     #[test]
     fn many_heads_sharing_a_latent_match_the_definition() {
-        // MLA-like: 72 heads (more than the per-head sums kept on the stack) share one latent row; key =
+        // MLA-like: 72 heads (many value tiles) share one latent row; key =
         // [latent 32 | rope 8], value = the latent.
         let (heads, stride) = (72, 40);
         let latent = values(64 * stride, 12);
-        let cache = CacheView {
-            keys: &latent,
-            values: &latent,
-            key_stride: stride,
-            value_stride: stride,
-            key_head_stride: 0,
-            value_head_stride: 0,
-            key_dim: stride,
-            value_dim: 32,
-        };
+        let cache = CacheView::latent(&latent, stride, 32);
         let slots_b: Vec<u32> = (0..33).map(|i| 63 - i).collect();
         let seqs = batch(&slots_b);
         let q = values(8 * heads * stride, 13);
@@ -440,16 +444,7 @@ mod tests {
         let (heads, per_kv, hd) = (6, 4, 16);
         let keys = values(64 * 2 * hd, 6);
         let vals = values(64 * 2 * hd, 7);
-        let cache = CacheView {
-            keys: &keys,
-            values: &vals,
-            key_stride: 2 * hd,
-            value_stride: 2 * hd,
-            key_head_stride: hd,
-            value_head_stride: hd,
-            key_dim: hd,
-            value_dim: hd,
-        };
+        let cache = CacheView::per_head(&keys, &vals, 2, hd);
         let slots_b: Vec<u32> = (0..20).collect();
         let seqs = batch(&slots_b);
         let q = values(8 * heads * hd, 8);
@@ -463,16 +458,7 @@ mod tests {
         // MLA's absorbed form: key = [latent | rope] (12), value = the latent's first 8, one "head".
         let (heads, stride) = (4, 12);
         let latent = values(64 * stride, 4);
-        let cache = CacheView {
-            keys: &latent,
-            values: &latent,
-            key_stride: stride,
-            value_stride: stride,
-            key_head_stride: 0,
-            value_head_stride: 0,
-            key_dim: stride,
-            value_dim: 8,
-        };
+        let cache = CacheView::latent(&latent, stride, 8);
         let slots_b: Vec<u32> = (0..20).map(|i| 63 - i).collect();
         let seqs = batch(&slots_b);
         let q = values(8 * heads * stride, 5);

@@ -152,16 +152,7 @@ impl MlaAttention {
             let q_rows = q_full.transpose(0, 1)?.contiguous()?; // [T, nh, L + R]
             let out_lat = cpu_attention::with_f32(&q_rows, |qs| {
                 cpu_attention::with_f32(lat, |ls| {
-                    let view = cpu_attention::CacheView {
-                        keys: ls,
-                        values: ls,
-                        key_stride: l + r,
-                        value_stride: l + r,
-                        key_head_stride: 0,
-                        value_head_stride: 0,
-                        key_dim: l + r,
-                        value_dim: l,
-                    };
+                    let view = cpu_attention::CacheView::latent(ls, l + r, l);
                     Ok(cpu_attention::paged_attention(
                         qs,
                         nh,

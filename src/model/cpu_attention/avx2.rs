@@ -45,7 +45,9 @@ pub(super) unsafe fn attend(task: &Task<'_>, dst: &mut [f32]) {
     // dropped). Closures are avoided in these loops: they would not inherit this function's target
     // features, and so would not inline.
     let key_offset = task.kv_head * c.key_head_stride;
-    let mut scores = vec![0f32; heads * n];
+    // One buffer: the scores `[heads, n]`, then each head's 1 / (sum of its softmax numerators).
+    let mut buf = vec![0f32; heads * (n + 1)];
+    let (scores, inv) = buf.split_at_mut(heads * n);
     for j0 in (0..n).step_by(8) {
         let count = (n - j0).min(8);
         // A cache row, or zeros where a slot lies outside the buffer (never so for allocated slots).
@@ -69,14 +71,6 @@ pub(super) unsafe fn attend(task: &Task<'_>, dst: &mut [f32]) {
     }
 
     // Softmax numerators in place; each head's sum of them.
-    let mut inv_sums = [0f32; 64];
-    let mut inv_heap = Vec::new();
-    let inv: &mut [f32] = if heads <= inv_sums.len() {
-        &mut inv_sums[..heads]
-    } else {
-        inv_heap.resize(heads, 0.0);
-        &mut inv_heap
-    };
     for (row, inv) in scores.chunks_exact_mut(n).zip(inv.iter_mut()) {
         *inv = 1.0 / exp_in_place(row);
     }
@@ -87,16 +81,16 @@ pub(super) unsafe fn attend(task: &Task<'_>, dst: &mut [f32]) {
     while d0 < vd {
         let width = vd - d0;
         if width >= 64 {
-            value_tiles::<8, 1>(task, &scores, inv, d0, dst);
+            value_tiles::<8, 1>(task, scores, inv, d0, dst);
             d0 += 64;
         } else if width >= 32 {
-            value_tiles::<4, 2>(task, &scores, inv, d0, dst);
+            value_tiles::<4, 2>(task, scores, inv, d0, dst);
             d0 += 32;
         } else if width >= 16 {
-            value_tiles::<2, 4>(task, &scores, inv, d0, dst);
+            value_tiles::<2, 4>(task, scores, inv, d0, dst);
             d0 += 16;
         } else {
-            value_tiles::<1, 8>(task, &scores, inv, d0, dst);
+            value_tiles::<1, 8>(task, scores, inv, d0, dst);
             d0 += 8;
         }
     }
