@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod kv;
 pub mod loader;
 pub mod logging;
+pub mod memory;
 pub mod model;
 pub mod tokenizer;
 pub mod weights;

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use moeserve::engine::{generate, EngineHandle, RequestParams, SamplingParams, SchedulerConfig};
+use moeserve::engine::{generate, RequestParams, SamplingParams};
 use moeserve::loader::{self, LoadedModel};
+
+#[path = "cli/serve.rs"]
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -34,7 +37,7 @@ enum Command {
     /// Describe a checkpoint: architecture, experts, parameters, files.
     Inspect(ModelArgs),
     /// Serve the OpenAI-compatible HTTP API.
-    Serve(ServeArgs),
+    Serve(serve::ServeArgs),
     /// Build a Mixtral-layout demo MoE checkpoint from a dense llama GGUF (sparse upcycling).
     Upcycle(UpcycleArgs),
     /// Print the SHA-256 of an API key read from stdin (for --api-keys-file; keeps keys out of configs).
@@ -116,54 +119,6 @@ struct UpcycleArgs {
     noise: f32,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// 0 picks a free port (the address is printed on stdout).
-    #[arg(long, default_value_t = 8000)]
-    port: u16,
-    /// Name clients use in `model` (default: the checkpoint directory's name).
-    #[arg(long)]
-    served_model_name: Option<String>,
-    /// Sequences decoding together at most.
-    #[arg(long, default_value_t = 64)]
-    max_running_seqs: usize,
-    /// Tokens per forward pass at most (decodes plus prefill chunks).
-    #[arg(long, default_value_t = 2048)]
-    max_batch_tokens: usize,
-    /// Requests waiting for admission at most; more get 429.
-    #[arg(long, default_value_t = 256)]
-    max_queue: usize,
-    /// KV cache blocks (overrides --kv-cache-mib).
-    #[arg(long)]
-    kv_blocks: Option<usize>,
-    /// KV cache size in MiB when --kv-blocks is not given.
-    #[arg(long, default_value_t = 1024)]
-    kv_cache_mib: usize,
-    /// Tokens per KV block.
-    #[arg(long, default_value_t = 16)]
-    block_size: usize,
-    /// Largest request body in bytes (413 beyond).
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
-    max_body_bytes: usize,
-    /// API keys file: lines `<id> <sha256-hex> [inference|admin] [rpm=N] [tpm=N]` (hashes, never keys).
-    /// With keys configured, every route but /health needs `Authorization: Bearer <key>`.
-    #[arg(long)]
-    api_keys_file: Option<PathBuf>,
-    /// One API key line, as in --api-keys-file (repeatable).
-    #[arg(long = "api-key")]
-    api_keys: Vec<String>,
-    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS (rustls).
-    #[arg(long, requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    #[arg(long, requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -276,90 +231,6 @@ fn run_inspect(args: ModelArgs) -> anyhow::Result<()> {
     let loaded = load(&args)?;
     let mut o = std::io::stdout().lock();
     write!(o, "{}", moeserve::inspect::describe(&loaded))?;
-    Ok(())
-}
-
-fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let loaded = load(&args.model)?;
-    let spec = loaded.model.spec();
-    let (bytes_per_token, _) =
-        moeserve::inspect::kv_bytes_per_token(spec, loaded.model.dtype().size_in_bytes());
-    let block_size = args.block_size.max(1);
-    // By default: the memory budget, but no more than every running sequence at full context needs.
-    let full = args.max_running_seqs.max(1) * spec.max_position_embeddings.div_ceil(block_size);
-    let num_blocks = args.kv_blocks.unwrap_or_else(|| {
-        (args.kv_cache_mib * 1024 * 1024 / (bytes_per_token * block_size).max(1))
-            .clamp(1, full.max(1))
-    });
-    let config = SchedulerConfig {
-        max_running: args.max_running_seqs.max(1),
-        max_batch_tokens: args.max_batch_tokens.max(1),
-        max_waiting: args.max_queue,
-        block_size,
-        num_blocks,
-    };
-    let name = args
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| match &args.model.model {
-            Some(dir) => dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".into()),
-            None => moeserve::loader::DEFAULT_MODEL.name.to_owned(),
-        });
-    let chat = moeserve::chat::ChatTemplate::from_source(&loaded.source)?;
-    let (engine, engine_thread) = EngineHandle::start(loaded, config.clone())?;
-    tracing::info!(
-        kv_blocks = config.num_blocks,
-        block_size = config.block_size,
-        kv_bytes_per_token = bytes_per_token,
-        max_running = config.max_running,
-        max_batch_tokens = config.max_batch_tokens,
-        "engine started"
-    );
-    let mut key_lines = match &args.api_keys_file {
-        Some(path) => {
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-        }
-        None => String::new(),
-    };
-    for line in &args.api_keys {
-        key_lines.push('\n');
-        key_lines.push_str(line);
-    }
-    let keys = moeserve::api::auth::Keys::parse(&key_lines)
-        .map_err(|e| anyhow::anyhow!("API keys: {e}"))?;
-    if !keys.is_empty() {
-        tracing::info!(keys = keys.len(), "API keys required");
-    }
-    let state =
-        moeserve::api::AppState::new(engine, chat, name, args.max_body_bytes).with_keys(keys);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
-            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let scheme = if args.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "moeserve listening on {scheme}://{addr}")?;
-            out.flush()?;
-        }
-        match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => moeserve::api::serve_tls(listener, state, cert, key).await?,
-            _ => moeserve::api::serve(tokio::net::TcpListener::from_std(listener)?, state).await?,
-        }
-        anyhow::Ok(())
-    })?;
-    let _ = engine_thread.join();
     Ok(())
 }
 
@@ -493,7 +364,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
         Command::Inspect(args) => run_inspect(args),
-        Command::Serve(args) => run_serve(args),
+        Command::Serve(args) => serve::run(args),
         Command::Bench(args) => run_bench(args),
         Command::HashKey => {
             let mut key = String::new();

@@ -577,7 +577,26 @@ async fn errors_are_openai_shaped_with_the_right_status() {
 
 #[tokio::test]
 async fn full_queue_answers_429_with_retry_after() {
-    let server = Server::start(None, &["--max-queue", "0"]);
+    // One running sequence, one waiting request: the third gets 429.
+    let server = Server::start(None, &["--max-queue", "1", "--max-running-seqs", "1"]);
+    let long = r#"{"model": "test-model", "prompt": "hi", "max_tokens": 3000, "ignore_eos": true,
+        "stream": true}"#;
+    let start = || {
+        reqwest::Client::new()
+            .post(server.url("/v1/completions"))
+            .header("content-type", "application/json")
+            .body(long)
+            .send()
+    };
+    let first = start().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let mut first = first.bytes_stream();
+    first.next().await.unwrap().unwrap();
+    let second = start().await.unwrap();
+    assert_eq!(second.status(), 200);
+    while metric(&server, "queue_depth").await < 1.0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let (got, v, headers) = post(
         &server,
         "/v1/completions",
@@ -587,6 +606,7 @@ async fn full_queue_answers_429_with_retry_after() {
     assert_eq!(got, 429, "{v}");
     assert_openai_error(&v);
     assert!(headers.contains_key("retry-after"));
+    drop(second);
 }
 
 #[tokio::test]

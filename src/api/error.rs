@@ -133,6 +133,45 @@ impl ApiError {
         }
     }
 
+    /// 503 for a connection over `--max-connections` (written by the accept loop itself).
+    pub fn too_many_connections() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "Too many open connections; retry later",
+        )
+    }
+
+    /// 408: the request body did not arrive within the body deadline.
+    pub fn body_timeout(secs: f64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!("The request body did not arrive within {secs} s"),
+        )
+    }
+
+    /// 415: POST bodies must be JSON.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "Send the body as JSON with `Content-Type: application/json`",
+        )
+    }
+
+    /// 400: the Host header names a host this server does not answer for (DNS rebinding guard).
+    pub fn host_not_allowed() -> Self {
+        Self {
+            param: Some("Host".into()),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "The Host header is not one this server answers for (see --allowed-hosts)",
+            )
+        }
+    }
+
     pub fn shutting_down() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -11,7 +11,7 @@ use super::auth::KeyId;
 use super::error::ApiError;
 use super::generation::{self, Job, Kind};
 use super::types::{
-    parse_chat, parse_completion, ParsedChat, ParsedCompletion, PromptField, Validated,
+    self, parse_chat, parse_completion, ParsedChat, ParsedCompletion, PromptField, Validated,
 };
 use super::AppState;
 
@@ -80,6 +80,107 @@ fn check_vocab(state: &AppState, prompt: &[u32]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A request ready for the engine: its prompts and validated parameters.
+struct Prepared {
+    prompts: Vec<Vec<u32>>,
+    validated: Validated,
+}
+
+/// Parse, validate, render and tokenize a chat body (on the blocking pool).
+fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
+    let vocab = state.engine.loaded.model.spec().vocab_size;
+    let ParsedChat {
+        model,
+        messages,
+        validated: mut v,
+    } = types::with_parse_limits(parse_limits(state), || parse_chat(body, vocab))?;
+    check_model(state, &model)?;
+    let template = state.chat.as_ref().ok_or_else(|| {
+        ApiError::bad_request("This model has no chat template; use /v1/completions")
+    })?;
+    let text = template
+        .render(&messages, true)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    drop(messages);
+    check_prompt_bytes(state, text.len(), "messages")?;
+    let prompt = state
+        .engine
+        .loaded
+        .tokenizer
+        .encode(&text, false)
+        .map_err(|_| ApiError::internal("tokenization failed"))?;
+    drop(text);
+    fit(state, &mut v, prompt.len())?;
+    Ok(Prepared {
+        prompts: vec![prompt],
+        validated: v,
+    })
+}
+
+fn parse_limits(state: &AppState) -> types::ParseLimits {
+    types::ParseLimits {
+        max_messages: state.limits.max_messages,
+        max_prompts: types::MAX_PROMPTS.min(state.engine.config.max_waiting),
+    }
+}
+
+/// A prompt text longer than the context can hold whatever it tokenizes to: refused before tokenizing.
+fn check_prompt_bytes(state: &AppState, bytes: usize, param: &str) -> Result<(), ApiError> {
+    if bytes > state.max_prompt_bytes {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "The prompt has {bytes} bytes of text, more than the model's context of {} tokens \
+                 can hold",
+                state.max_context
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parse, validate and tokenize a completions body (on the blocking pool).
+fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
+    let vocab = state.engine.loaded.model.spec().vocab_size;
+    let ParsedCompletion {
+        model,
+        prompt,
+        validated: mut v,
+    } = types::with_parse_limits(parse_limits(state), || parse_completion(body, vocab))?;
+    check_model(state, &model)?;
+    let tok = &state.engine.loaded.tokenizer;
+    let encode = |t: &str| {
+        check_prompt_bytes(state, t.len(), "prompt")?;
+        tok.encode(t, true)
+            .map_err(|_| ApiError::internal("tokenization failed"))
+    };
+    let prompts: Vec<Vec<u32>> = match prompt {
+        PromptField::Text(t) => vec![encode(&t)?],
+        PromptField::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
+        PromptField::Ids(ids) => vec![ids],
+        PromptField::IdLists(lists) => lists,
+    };
+    let max = types::MAX_PROMPTS.min(state.engine.config.max_waiting);
+    if prompts.is_empty() || prompts.len() > max {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!("Give between 1 and {max} prompts"),
+        ));
+    }
+    for p in &prompts {
+        check_vocab(state, p)?;
+    }
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    if prompts.iter().any(|p| p.is_empty()) {
+        return Err(ApiError::invalid("prompt", "The prompt is empty"));
+    }
+    fit(state, &mut v, longest)?;
+    Ok(Prepared {
+        prompts,
+        validated: v,
+    })
+}
+
 pub async fn chat_completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyId>>,
@@ -88,33 +189,15 @@ pub async fn chat_completions(
     let received = std::time::Instant::now();
     let key = key.map(|Extension(KeyId(id))| id);
     let body = body_bytes(&state, body)?;
-    let vocab = state.engine.loaded.model.spec().vocab_size;
-    let ParsedChat {
-        model,
-        messages,
-        validated: mut v,
-    } = parse_chat(&body, vocab)?;
-    check_model(&state, &model)?;
-    let template = state.chat.as_ref().ok_or_else(|| {
-        ApiError::bad_request("This model has no chat template; use /v1/completions")
-    })?;
-    let text = template
-        .render(&messages, true)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    drop(messages);
-    let prompt = state
-        .engine
-        .loaded
-        .tokenizer
-        .encode(&text, false)
-        .map_err(|_| ApiError::internal("tokenization failed"))?;
-    drop(text);
-    fit(&state, &mut v, prompt.len())?;
+    let Prepared {
+        prompts,
+        validated: v,
+    } = state.blocking(move |s| prepare_chat(s, &body)).await?;
     generation::run(
         state,
         Job {
             kind: Kind::Chat,
-            prompts: vec![prompt],
+            prompts,
             params: v.params,
             stream: v.stream,
             include_usage: v.include_usage,
@@ -133,35 +216,12 @@ pub async fn completions(
     let received = std::time::Instant::now();
     let key = key.map(|Extension(KeyId(id))| id);
     let body = body_bytes(&state, body)?;
-    let vocab = state.engine.loaded.model.spec().vocab_size;
-    let ParsedCompletion {
-        model,
-        prompt,
-        validated: mut v,
-    } = parse_completion(&body, vocab)?;
-    check_model(&state, &model)?;
-    let tok = &state.engine.loaded.tokenizer;
-    let encode = |t: &str| {
-        tok.encode(t, true)
-            .map_err(|_| ApiError::internal("tokenization failed"))
-    };
-    let prompts: Vec<Vec<u32>> = match prompt {
-        PromptField::Text(t) => vec![encode(&t)?],
-        PromptField::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
-        PromptField::Ids(ids) => vec![ids],
-        PromptField::IdLists(lists) => lists,
-    };
-    if prompts.is_empty() || prompts.len() > 64 {
-        return Err(ApiError::invalid("prompt", "Give between 1 and 64 prompts"));
-    }
-    for p in &prompts {
-        check_vocab(&state, p)?;
-    }
-    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    if prompts.iter().any(|p| p.is_empty()) {
-        return Err(ApiError::invalid("prompt", "The prompt is empty"));
-    }
-    fit(&state, &mut v, longest)?;
+    let Prepared {
+        prompts,
+        validated: v,
+    } = state
+        .blocking(move |s| prepare_completion(s, &body))
+        .await?;
     generation::run(
         state,
         Job {

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::handlers::{body_bytes, check_model};
-use super::types::{from_value, parse_value, RequestMessage};
+use super::types::MessageList;
 use super::AppState;
 use crate::chat::ChatMessage;
 
@@ -46,7 +46,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
 struct TokenizeRequest {
     model: Option<String>,
     prompt: Option<String>,
-    messages: Option<Vec<RequestMessage>>,
+    messages: Option<MessageList>,
     add_special_tokens: Option<bool>,
     add_generation_prompt: Option<bool>,
 }
@@ -56,16 +56,27 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&state, body)?;
-    let value = parse_value(&body)?;
-    let req: TokenizeRequest = from_value(&value)?;
+    let tokens = state
+        .blocking(move |state| tokenize_body(state, &body))
+        .await?;
+    Ok(
+        Json(json!({"count": tokens.len(), "max_model_len": state.max_context, "tokens": tokens}))
+            .into_response(),
+    )
+}
+
+/// Parses, renders and tokenizes a `/tokenize` body (on the blocking pool).
+fn tokenize_body(state: &AppState, body: &[u8]) -> Result<Vec<u32>, ApiError> {
+    let req: TokenizeRequest = state.parse(body)?;
     if let Some(m) = &req.model {
-        check_model(&state, m)?;
+        check_model(state, m)?;
     }
     let tok = &state.engine.loaded.tokenizer;
-    let tokens = match (req.prompt, req.messages) {
-        (Some(p), None) => tok.encode(&p, req.add_special_tokens.unwrap_or(true)),
+    let (text, special) = match (req.prompt, req.messages) {
+        (Some(p), None) => (p, req.add_special_tokens.unwrap_or(true)),
         (None, Some(msgs)) => {
             let messages: Vec<ChatMessage> = msgs
+                .0
                 .into_iter()
                 .map(|m| ChatMessage {
                     role: m.role,
@@ -87,19 +98,16 @@ pub async fn tokenize(
             let text = template
                 .render(&messages, req.add_generation_prompt.unwrap_or(true))
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            tok.encode(&text, req.add_special_tokens.unwrap_or(false))
+            (text, req.add_special_tokens.unwrap_or(false))
         }
         _ => {
             return Err(ApiError::bad_request(
                 "Give exactly one of `prompt` or `messages`",
             ))
         }
-    }
-    .map_err(|_| ApiError::internal("tokenization failed"))?;
-    Ok(
-        Json(json!({"count": tokens.len(), "max_model_len": state.max_context, "tokens": tokens}))
-            .into_response(),
-    )
+    };
+    tok.encode(&text, special)
+        .map_err(|_| ApiError::internal("tokenization failed"))
 }
 
 #[derive(Deserialize)]
@@ -113,24 +121,27 @@ pub async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(&state, body)?;
-    let value = parse_value(&body)?;
-    let req: DetokenizeRequest = from_value(&value)?;
-    if let Some(m) = &req.model {
-        check_model(&state, m)?;
-    }
-    let vocab = state.engine.loaded.tokenizer.vocab_size();
-    if req.tokens.iter().any(|&t| t as usize >= vocab) {
-        return Err(ApiError::invalid(
-            "tokens",
-            format!("Token ids must be below {vocab}"),
-        ));
-    }
     let text = state
-        .engine
-        .loaded
-        .tokenizer
-        .decode(&req.tokens, false)
-        .map_err(|_| ApiError::internal("detokenization failed"))?;
+        .blocking(move |state| {
+            let req: DetokenizeRequest = state.parse(&body)?;
+            if let Some(m) = &req.model {
+                check_model(state, m)?;
+            }
+            let vocab = state.engine.loaded.tokenizer.vocab_size();
+            if req.tokens.iter().any(|&t| t as usize >= vocab) {
+                return Err(ApiError::invalid(
+                    "tokens",
+                    format!("Token ids must be below {vocab}"),
+                ));
+            }
+            state
+                .engine
+                .loaded
+                .tokenizer
+                .decode(&req.tokens, false)
+                .map_err(|_| ApiError::internal("detokenization failed"))
+        })
+        .await?;
     Ok(Json(json!({"prompt": text})).into_response())
 }
 
@@ -139,9 +150,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            super::metrics::CONTENT_TYPE,
         )],
-        state.metrics.render(&state.engine),
+        state.metrics.render(),
     )
         .into_response()
 }

@@ -5,11 +5,12 @@ pub mod auth;
 pub mod error;
 pub mod generation;
 pub mod handlers;
+pub mod limits;
 pub mod metrics;
 pub mod misc;
+pub mod server;
 pub mod types;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +42,13 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Configured API keys (empty: no authentication).
     pub keys: Arc<Keys>,
+    /// Host, body and size limits of requests.
+    pub limits: Arc<limits::RequestLimits>,
+    /// Permits for CPU work of requests (parsing, templates, tokenizing) on the blocking pool.
+    prep_slots: Arc<tokio::sync::Semaphore>,
+    /// A rendered prompt longer than this (bytes) cannot fit the context whatever it tokenizes to: it is
+    /// refused before tokenizing (the context × the longest token's bytes).
+    pub max_prompt_bytes: usize,
     request_ids: Arc<AtomicU64>,
 }
 
@@ -53,6 +61,9 @@ impl AppState {
     ) -> Self {
         let spec_ctx = engine.loaded.model.spec().max_position_embeddings;
         let kv_ctx = engine.config.num_blocks * engine.config.block_size;
+        let max_context = spec_ctx.min(kv_ctx);
+        let longest_token = engine.loaded.tokenizer.longest_token_bytes().max(16);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             chat: chat.map(Arc::new),
             model_name: model_name.into(),
@@ -61,12 +72,47 @@ impl AppState {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             max_body_bytes,
-            max_context: spec_ctx.min(kv_ctx),
-            metrics: Arc::new(Metrics::default()),
+            max_context,
+            max_prompt_bytes: max_context.saturating_mul(longest_token),
+            prep_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+            metrics: Arc::new(Metrics::new(engine.stats.clone(), engine.loaded.clone())),
             keys: Arc::new(Keys::default()),
+            limits: Arc::new(limits::RequestLimits::default()),
             request_ids: Arc::new(AtomicU64::new(1)),
             engine,
         }
+    }
+
+    /// Runs a request's CPU work (parsing, templating, tokenizing: time in proportion to what the client
+    /// sent) on the blocking pool, at most one per core at once, so the async workers keep answering.
+    pub async fn blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&AppState) -> Result<R, ApiError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let _permit = self
+            .prep_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::shutting_down())?;
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || work(&state))
+            .await
+            .map_err(|_| ApiError::internal("internal error"))?
+    }
+
+    /// Parses a body with this server's list limits (messages; prompts, bounded by the queue too).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, ApiError> {
+        let limits = types::ParseLimits {
+            max_messages: self.limits.max_messages,
+            max_prompts: types::MAX_PROMPTS.min(self.engine.config.max_waiting),
+        };
+        types::with_parse_limits(limits, || types::parse_body(body))
+    }
+
+    /// Sets the request limits (allowed hosts, body deadline, message count).
+    pub fn with_limits(mut self, limits: limits::RequestLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
     }
 
     /// Requires API keys (as parsed by [`Keys::parse`]) on every route but `/health`.
@@ -152,7 +198,15 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            limits::read_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             authorize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::check_head,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -184,53 +238,6 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
-/// Serves until a shutdown signal; then refuses new work (503) and drains in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let engine = state.engine.clone();
-    let app = router(state);
-    // Streams write small SSE events: without TCP_NODELAY, Nagle + delayed ACK can hold tokens ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested: draining in-flight requests");
-        engine.shutdown();
-    })
-    .await
-}
-
-/// The same over TLS (rustls), with a certificate chain and private key in PEM files.
-pub async fn serve_tls(
-    listener: std::net::TcpListener,
-    state: AppState,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> std::io::Result<()> {
-    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
-    let engine = state.engine.clone();
-    let handle = axum_server::Handle::new();
-    let shutdown = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown requested: draining in-flight requests");
-        engine.shutdown();
-        shutdown.graceful_shutdown(None);
-    });
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
-        .acceptor(axum_server::accept::NoDelayAcceptor::new());
-    axum_server::from_tcp(listener)?
-        .acceptor(acceptor)
-        .handle(handle)
-        .serve(router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .await
 }
 
 #[cfg(test)]

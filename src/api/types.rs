@@ -1,54 +1,201 @@
-//! OpenAI request shapes, parsed leniently (unknown fields ignored, as OpenAI does) from a JSON value, and
-//! validated into engine parameters. Parse errors name the field and position, never the content. None of
+//! OpenAI request shapes, parsed leniently (unknown fields ignored, as OpenAI does) straight from the body
+//! (lists refused at their limits while they are read), and validated into engine parameters. Parse errors name the field and position, never the content. None of
 //! these types derive Debug: they hold request content.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use crate::chat::ChatMessage;
+use crate::engine::stop::StopStrings;
 use crate::engine::{RequestParams, SamplingParams};
 
-/// Parses a body into a JSON value, then into `T`, with errors that name fields but not values.
-pub fn parse_value(body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+/// Limits enforced while a body is parsed (so that a huge list is refused at its limit, not after it
+/// was built). Set by [`with_parse_limits`] for the parse running on this thread.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    pub max_messages: usize,
+    pub max_prompts: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_messages: 4096,
+            max_prompts: MAX_PROMPTS,
+        }
+    }
+}
+
+thread_local! {
+    static PARSE_LIMITS: std::cell::Cell<ParseLimits> = std::cell::Cell::new(ParseLimits::default());
+}
+
+/// Runs `f` (a parse) with `limits` in force on this thread.
+pub fn with_parse_limits<R>(limits: ParseLimits, f: impl FnOnce() -> R) -> R {
+    let before = PARSE_LIMITS.with(|l| l.replace(limits));
+    let out = f();
+    PARSE_LIMITS.with(|l| l.set(before));
+    out
+}
+
+fn parse_limits() -> ParseLimits {
+    PARSE_LIMITS.with(|l| l.get())
+}
+
+/// Names of request fields: a path segment that is not one of these (a `logit_bias` key, say) is
+/// request content and is not echoed in errors.
+const FIELD_NAMES: &[&str] = &[
+    "model",
+    "messages",
+    "role",
+    "content",
+    "type",
+    "text",
+    "prompt",
+    "logprobs",
+    "top_logprobs",
+    "max_completion_tokens",
+    "echo",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logit_bias",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "n",
+    "stream",
+    "stream_options",
+    "include_usage",
+];
+
+/// A serde path with indices kept and only known field names shown.
+fn safe_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                if FIELD_NAMES.contains(&key.as_str()) {
+                    out.push_str(key);
+                } else {
+                    out.push_str("<key>");
+                }
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+    }
+    out
+}
+
+/// Parses a JSON object body straight into `T` (no intermediate JSON tree: memory stays near the body's
+/// size), with errors that name fields but never values or unknown keys.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::bad_request("Request body must be a JSON object"));
+    }
+    let syntax = |e: &serde_json::Error| {
         ApiError::bad_request(format!(
             "Request body is not valid JSON ({:?} error at line {}, column {})",
             e.classify(),
             e.line(),
             e.column()
         ))
-    })?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request("Request body must be a JSON object"));
-    }
-    Ok(value)
-}
-
-pub fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        // serde's messages can quote the offending value: keep only the category.
-        let what = if inner.starts_with("missing field") {
-            "missing field"
-        } else if inner.starts_with("invalid type") {
-            "invalid type"
-        } else if inner.starts_with("invalid length") {
-            "invalid length"
-        } else if inner.contains("did not match any variant") {
-            "unsupported shape"
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = safe_path(e.path());
+        let inner = e.into_inner();
+        if !inner.is_data() {
+            return syntax(&inner);
+        }
+        let text = inner.to_string();
+        // serde's messages can quote the offending value: keep only the category, or our own limits'
+        // messages (which carry numbers only).
+        let what = if let Some(own) = text.strip_prefix(LIMIT_PREFIX) {
+            own.split(" at line ").next().unwrap_or(own).to_owned()
+        } else if text.starts_with("missing field") {
+            "missing field".into()
+        } else if text.starts_with("invalid type") {
+            "invalid type".into()
+        } else if text.starts_with("invalid length") {
+            "invalid length".into()
+        } else if text.contains("did not match any variant") {
+            "unsupported shape".into()
         } else {
-            "invalid value"
+            "invalid value".into()
         };
-        if path == "." {
+        if path.is_empty() {
             ApiError::bad_request(format!("Invalid request: {what}"))
         } else {
             ApiError::invalid(&path, format!("Invalid request: {what} for `{path}`"))
         }
-    })
+    })?;
+    de.end().map_err(|e| syntax(&e))?;
+    Ok(value)
+}
+
+/// Marks errors raised by our own limits during parsing (their text is ours: numbers only).
+const LIMIT_PREFIX: &str = "limit: ";
+
+/// A JSON array read element by element, refused as soon as it has more than `max` elements.
+fn bounded_seq<'de, A, T>(mut seq: A, max: usize, what: &str) -> Result<Vec<T>, A::Error>
+where
+    A: serde::de::SeqAccess<'de>,
+    T: Deserialize<'de>,
+{
+    let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(max).min(1024));
+    while let Some(item) = seq.next_element()? {
+        if out.len() == max {
+            return Err(serde::de::Error::custom(format!(
+                "{LIMIT_PREFIX}more than {max} {what}"
+            )));
+        }
+        out.push(item);
+    }
+    Ok(out)
+}
+
+/// Chat messages, at most `--max-messages` of them.
+pub struct MessageList(pub Vec<RequestMessage>);
+
+impl<'de> Deserialize<'de> for MessageList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MessageList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of messages")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<MessageList, A::Error> {
+                bounded_seq(seq, parse_limits().max_messages, "messages").map(MessageList)
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -108,19 +255,95 @@ pub struct RequestMessage {
 #[derive(Deserialize)]
 pub struct ChatRequest {
     pub model: String,
-    pub messages: Vec<RequestMessage>,
+    pub messages: MessageList,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u64>,
     pub max_completion_tokens: Option<u64>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
 pub enum PromptField {
     Text(String),
     Ids(Vec<u32>),
     Texts(Vec<String>),
     IdLists(Vec<Vec<u32>>),
+}
+
+/// One element of a `prompt` list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PromptItem {
+    Id(u32),
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+impl<'de> Deserialize<'de> for PromptField {
+    /// Reads the prompt element by element (never buffering the whole list), refusing lists of texts or
+    /// of id lists longer than the request's prompt limit and lists that mix kinds.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PromptField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, a list of strings, token ids, or lists of token ids")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PromptField, E> {
+                Ok(PromptField::Text(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<PromptField, E> {
+                Ok(PromptField::Text(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PromptField, A::Error> {
+                let max = parse_limits().max_prompts;
+                let mixed =
+                    || serde::de::Error::custom(format!("{LIMIT_PREFIX}mixed prompt kinds"));
+                let too_many =
+                    || serde::de::Error::custom(format!("{LIMIT_PREFIX}more than {max} prompts"));
+                let Some(first) = seq.next_element::<PromptItem>()? else {
+                    return Ok(PromptField::Texts(Vec::new()));
+                };
+                match first {
+                    PromptItem::Id(id) => {
+                        let mut ids = vec![id];
+                        while let Some(id) = seq.next_element::<u32>()? {
+                            ids.push(id);
+                        }
+                        Ok(PromptField::Ids(ids))
+                    }
+                    PromptItem::Text(t) => {
+                        let mut texts = vec![t];
+                        while let Some(item) = seq.next_element::<PromptItem>()? {
+                            let PromptItem::Text(t) = item else {
+                                return Err(mixed());
+                            };
+                            if texts.len() == max {
+                                return Err(too_many());
+                            }
+                            texts.push(t);
+                        }
+                        Ok(PromptField::Texts(texts))
+                    }
+                    PromptItem::Ids(ids) => {
+                        let mut lists = vec![ids];
+                        while let Some(item) = seq.next_element::<PromptItem>()? {
+                            let PromptItem::Ids(ids) = item else {
+                                return Err(mixed());
+                            };
+                            if lists.len() == max {
+                                return Err(too_many());
+                            }
+                            lists.push(ids);
+                        }
+                        Ok(PromptField::IdLists(lists))
+                    }
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -151,8 +374,15 @@ pub struct Validated {
 }
 
 pub const MAX_N: u64 = 64;
+/// Prompts in one completions request at most (also bounded by the queue: see the handler).
+pub const MAX_PROMPTS: usize = 64;
 pub const MAX_TOP_LOGPROBS: u64 = 20;
 pub const MAX_STOPS: usize = 16;
+/// Longest stop sequence in bytes (matching time does not depend on it; this bounds the request's memory).
+pub const MAX_STOP_BYTES: usize = 4096;
+pub const MAX_STOP_TOKEN_IDS: usize = 256;
+/// `logit_bias` entries at most (each costs a little on every sampled token).
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 /// Checks ranges and builds engine parameters.
 pub fn validate(
@@ -204,6 +434,15 @@ pub fn validate(
         Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
         None => None,
     };
+    if g.logit_bias
+        .as_ref()
+        .is_some_and(|b| b.len() > MAX_LOGIT_BIAS)
+    {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            format!("at most {MAX_LOGIT_BIAS} `logit_bias` entries"),
+        ));
+    }
     let mut logit_bias = Vec::new();
     for (k, v) in g.logit_bias.iter().flatten() {
         let id: u32 = k
@@ -235,6 +474,19 @@ pub fn validate(
             format!("at most {MAX_STOPS} stop sequences"),
         ));
     }
+    if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("a stop sequence may be at most {MAX_STOP_BYTES} bytes long"),
+        ));
+    }
+    let stop_token_ids = g.stop_token_ids.clone().unwrap_or_default();
+    if stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+        return Err(ApiError::invalid(
+            "stop_token_ids",
+            format!("at most {MAX_STOP_TOKEN_IDS} stop token ids"),
+        ));
+    }
     let stream = g.stream.unwrap_or(false);
     Ok(Validated {
         params: RequestParams {
@@ -250,8 +502,8 @@ pub fn validate(
                 logit_bias,
                 seed: g.seed.map(|s| s as u64),
             },
-            stop,
-            stop_token_ids: g.stop_token_ids.clone().unwrap_or_default(),
+            stop: Arc::new(StopStrings::new(&stop)),
+            stop_token_ids,
             ignore_eos: g.ignore_eos.unwrap_or(false),
             n: n as usize,
             logprobs,
@@ -272,17 +524,16 @@ pub struct ParsedChat {
 
 /// Parses and validates a `/v1/chat/completions` body. Never panics; every failure is a 4xx ApiError.
 pub fn parse_chat(body: &[u8], vocab_size: usize) -> Result<ParsedChat, ApiError> {
-    let value = parse_value(body)?;
-    let req: ChatRequest = from_value(&value)?;
-    let gen: GenerationFields = from_value(&value)?;
-    if req.messages.is_empty() {
+    let req: ChatRequest = parse_body(body)?;
+    let gen: GenerationFields = parse_body(body)?;
+    if req.messages.0.is_empty() {
         return Err(ApiError::invalid(
             "messages",
             "`messages` must not be empty",
         ));
     }
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.into_iter().enumerate() {
+    let mut messages = Vec::with_capacity(req.messages.0.len());
+    for (i, m) in req.messages.0.into_iter().enumerate() {
         let content = match m.content {
             None => String::new(),
             Some(MessageContent::Text(t)) => t,
@@ -332,9 +583,8 @@ pub struct ParsedCompletion {
 
 /// Parses and validates a `/v1/completions` body. Never panics; every failure is a 4xx ApiError.
 pub fn parse_completion(body: &[u8], vocab_size: usize) -> Result<ParsedCompletion, ApiError> {
-    let value = parse_value(body)?;
-    let req: CompletionRequest = from_value(&value)?;
-    let gen: GenerationFields = from_value(&value)?;
+    let req: CompletionRequest = parse_body(body)?;
+    let gen: GenerationFields = parse_body(body)?;
     if req.echo.unwrap_or(false) {
         return Err(ApiError::invalid("echo", "`echo` is not supported"));
     }

@@ -364,80 +364,62 @@ impl EngineCore {
         Ok(tokens)
     }
 
-    /// After the prompt of a multi-choice request is prefilled, the other choices share its blocks.
-    /// Returns the new sequences; they sample their first token from the same logits.
+    /// After the prompt of a multi-choice request is prefilled, the other choices share its full blocks and
+    /// get a copy of its partly filled last block (one block per layer, whatever the pool's size). Returns
+    /// the choices forked now; they sample their first token from the same logits. A choice that finds the
+    /// running limit reached or no free block waits in the queue instead, with no blocks, and computes the
+    /// prompt itself when admitted — forks never bypass `max_running` and never fail for want of blocks.
     fn fork_pending(&mut self, id: SeqId) -> Result<Vec<SeqId>> {
         let mut children = Vec::new();
-        let Some(parent) = self.seqs.get(&id) else {
+        let mut deferred = Vec::new();
+        let Some(parent) = self.seqs.get_mut(&id) else {
             return Ok(children);
         };
-        let forks = parent.pending_forks;
-        if forks == 0 {
-            return Ok(children);
-        }
+        let forks = std::mem::take(&mut parent.pending_forks);
         let bs = self.config.block_size;
         for k in 1..=forks {
             let Some(parent) = self.seqs.get(&id) else {
-                return Ok(children);
+                break;
             };
+            let mut child = parent.fork(self.next_seq, k);
+            self.next_seq += 1;
             let len = parent.tokens.len();
             let full = len / bs;
-            let blocks = parent.table.blocks().to_vec();
-            let mut table = BlockTable::new();
-            for &b in &blocks[..full] {
-                self.alloc.retain(b)?;
+            let partial = len % bs != 0;
+            let blocks = parent.table.blocks();
+            let fits = self.running.len() < self.config.max_running
+                && blocks.len() >= full + usize::from(partial)
+                && (!partial || self.alloc.num_free() > 0);
+            if !fits {
+                deferred.push(child);
+                continue;
             }
             let mut child_blocks = blocks[..full].to_vec();
-            if len % bs != 0 {
-                // The partly filled last block is copied: each choice writes its own next tokens there.
-                let Some(fresh) = self.alloc.allocate() else {
-                    for &b in &child_blocks {
-                        let _ = self.alloc.release(b);
-                    }
-                    self.finish_unforked(id, k);
-                    continue;
-                };
-                self.kv.copy_block(blocks[full], fresh)?;
-                child_blocks.push(fresh);
+            let last = partial.then(|| blocks[full]);
+            for &b in &child_blocks {
+                self.alloc.retain(b)?;
             }
-            table.adopt(child_blocks);
-            let params = parent.params.clone();
-            let mut sampling = params.sampling.clone();
-            sampling.seed = sampling.seed.map(|s| s.wrapping_add(k as u64));
-            let child = Sequence {
-                id: self.next_seq,
-                request_id: parent.request_id,
-                choice: parent.choice + k,
-                tokens: parent.tokens.clone(),
-                prompt_len: parent.prompt_len,
-                cached: parent.cached,
-                table,
-                sampler: Sampler::new(sampling).with_prompt(&parent.tokens),
-                decoder: IncrementalDecoder::new(),
-                stop: StopMatcher::new(params.stop.clone()),
-                params,
-                events: parent.events.clone(),
-                pending_forks: 0,
-                admitted: parent.admitted,
-            };
-            self.next_seq += 1;
+            if let Some(last) = last {
+                // Each choice writes its own next tokens into the partly filled block: it gets a copy.
+                if let Some(fresh) = self.alloc.allocate() {
+                    self.kv.copy_block(last, fresh)?;
+                    child_blocks.push(fresh);
+                }
+            }
+            child.table.adopt(child_blocks);
+            child.cached = len;
             let cid = child.id;
             self.seqs.insert(cid, child);
             self.running.push(cid);
             children.push(cid);
         }
-        if let Some(parent) = self.seqs.get_mut(&id) {
-            parent.pending_forks = 0;
+        // Waiting choices go ahead of requests not yet admitted, in choice order.
+        for child in deferred.into_iter().rev() {
+            let cid = child.id;
+            self.seqs.insert(cid, child);
+            self.waiting.push_front(cid);
         }
         Ok(children)
-    }
-
-    fn finish_unforked(&mut self, id: SeqId, k: usize) {
-        if let Some(parent) = self.seqs.get(&id) {
-            let _ = parent.events.send(EngineEvent::Failed {
-                message: format!("no KV blocks to fork choice {k}"),
-            });
-        }
     }
 
     /// Samples the next token of each `(sequence, logits row)` in parallel: each sequence has its own

@@ -21,6 +21,8 @@ enum Command {
     Submit(EngineRequest),
     Cancel(u64),
     Shutdown,
+    /// Finish every request now (the drain deadline passed).
+    AbortAll,
 }
 
 /// Why a request was not accepted.
@@ -104,6 +106,12 @@ impl EngineHandle {
         let _ = self.tx.send(Command::Cancel(id));
     }
 
+    /// Aborts every request at once (after the drain deadline: nobody is left to read them).
+    pub fn abort_all(&self) {
+        self.stats.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.tx.send(Command::AbortAll);
+    }
+
     /// Stops admitting; the thread exits once in-flight requests are done.
     pub fn shutdown(&self) {
         self.stats.shutting_down.store(true, Ordering::Relaxed);
@@ -131,6 +139,10 @@ fn run(core: &mut EngineCore, rx: mpsc::Receiver<Command>) {
                 Command::Submit(req) => core.add(req),
                 Command::Cancel(id) => core.cancel(id),
                 Command::Shutdown => draining = true,
+                Command::AbortAll => {
+                    draining = true;
+                    core.abort_all();
+                }
             }
             next = rx.try_recv().ok();
         }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::sampler::SamplingParams;
+use super::stop::StopStrings;
 
 /// Why a choice stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -23,8 +24,8 @@ pub enum FinishReason {
 pub struct RequestParams {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
-    /// Stop strings (request content: never logged).
-    pub stop: Vec<String>,
+    /// Stop strings, compiled on the HTTP side (request content: never logged).
+    pub stop: Arc<StopStrings>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
     /// Number of choices; they share the prompt's KV blocks.
@@ -39,7 +40,7 @@ impl Default for RequestParams {
         Self {
             max_tokens: 16,
             sampling: SamplingParams::default(),
-            stop: Vec::new(),
+            stop: Arc::default(),
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             n: 1,

@@ -35,6 +35,29 @@ pub struct Sequence {
 }
 
 impl Sequence {
+    /// Choice `k` of the same request (`k` ≥ 1): the same tokens and parameters, its own sampler (seeded
+    /// `seed + k`), detokenizer and stop matcher, no blocks and nothing cached yet.
+    pub fn fork(&self, id: SeqId, k: usize) -> Sequence {
+        let mut sampling = self.params.sampling.clone();
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(k as u64));
+        Sequence {
+            id,
+            request_id: self.request_id,
+            choice: self.choice + k,
+            tokens: self.tokens.clone(),
+            prompt_len: self.prompt_len,
+            cached: 0,
+            table: BlockTable::new(),
+            sampler: Sampler::new(sampling).with_prompt(&self.tokens),
+            decoder: IncrementalDecoder::new(),
+            stop: StopMatcher::new(self.params.stop.clone()),
+            params: self.params.clone(),
+            events: self.events.clone(),
+            pending_forks: 0,
+            admitted: self.admitted,
+        }
+    }
+
     pub fn generated(&self) -> usize {
         self.tokens.len() - self.prompt_len
     }

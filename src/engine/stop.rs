@@ -1,12 +1,106 @@
 //! Stop strings matched across token boundaries. Text that could still become a stop string is held back;
 //! a matched stop string and everything after it is never sent to the client.
+//!
+//! Each stop string is a Knuth–Morris–Pratt automaton over bytes: its failure table is built once per
+//! request ([`StopStrings::new`], on the HTTP side, in time linear in the stops' length) and each generated
+//! byte advances every automaton in amortised constant time. So a token costs time in proportion to its
+//! own bytes times the number of stop strings (at most a few dozen), never to the stops' total length:
+//! what the engine thread spends per token does not grow with what a client sends. The current state of
+//! each automaton is the length of the longest suffix of the text that is a prefix of that stop string —
+//! exactly what must be held back. (The `aho-corasick` crate does not expose its states' depths, which
+//! the hold-back needs; with a capped number of stop strings one automaton per stop is as fast.)
+//!
+//! Generation stops at the first byte where some stop string is complete; the text before that stop
+//! string's start is released.
 
-/// Streams text through, cutting at the first stop string.
+use std::sync::Arc;
+
+/// One compiled stop string.
+struct Pattern {
+    bytes: Box<[u8]>,
+    /// `fail[i]`: length of the longest proper border of `bytes[..=i]`.
+    fail: Box<[u32]>,
+}
+
+impl Pattern {
+    fn new(s: &str) -> Self {
+        let bytes: Box<[u8]> = s.as_bytes().into();
+        let mut fail = vec![0u32; bytes.len()];
+        let mut k = 0usize;
+        for i in 1..bytes.len() {
+            while k > 0 && bytes[i] != bytes[k] {
+                k = fail[k - 1] as usize;
+            }
+            if bytes[i] == bytes[k] {
+                k += 1;
+            }
+            fail[i] = k as u32;
+        }
+        Self {
+            bytes,
+            fail: fail.into(),
+        }
+    }
+
+    /// The state after `state` matched bytes are followed by `b`.
+    #[inline]
+    fn step(&self, mut state: usize, b: u8) -> usize {
+        if state == self.bytes.len() {
+            state = self.fail[state - 1] as usize;
+        }
+        while state > 0 && self.bytes[state] != b {
+            state = self.fail[state - 1] as usize;
+        }
+        if self.bytes[state] == b {
+            state + 1
+        } else {
+            0
+        }
+    }
+}
+
+/// A request's stop strings, compiled. Request content: never printed.
+#[derive(Default)]
+pub struct StopStrings {
+    patterns: Vec<Pattern>,
+}
+
+impl StopStrings {
+    /// Compiles the non-empty strings of `stops`; linear in their total length.
+    pub fn new<S: AsRef<str>>(stops: &[S]) -> Self {
+        Self {
+            patterns: stops
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|s| !s.is_empty())
+                .map(Pattern::new)
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+}
+
+impl std::fmt::Debug for StopStrings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StopStrings({} strings)", self.patterns.len())
+    }
+}
+
+/// Streams one choice's text through its stop strings, cutting at the first complete stop string.
 #[derive(Debug, Clone, Default)]
 pub struct StopMatcher {
-    stops: Vec<String>,
+    stops: Arc<StopStrings>,
+    /// Per stop string: bytes of it matched by the end of the text so far.
+    states: Vec<usize>,
+    /// Text not yet released: never longer than the longest stop string.
     pending: String,
-    max_len: usize,
 }
 
 /// What to emit after pushing a delta.
@@ -19,13 +113,11 @@ pub enum StopOutcome {
 }
 
 impl StopMatcher {
-    pub fn new(stops: Vec<String>) -> Self {
-        let stops: Vec<String> = stops.into_iter().filter(|s| !s.is_empty()).collect();
-        let max_len = stops.iter().map(|s| s.len()).max().unwrap_or(0);
+    pub fn new(stops: Arc<StopStrings>) -> Self {
         Self {
+            states: vec![0; stops.patterns.len()],
             stops,
             pending: String::new(),
-            max_len,
         }
     }
 
@@ -33,33 +125,30 @@ impl StopMatcher {
         if self.stops.is_empty() {
             return StopOutcome::Continue(delta.to_owned());
         }
+        let base = self.pending.len();
         self.pending.push_str(delta);
-        if let Some(pos) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
-            let out = self.pending[..pos].to_owned();
-            self.pending.clear();
-            return StopOutcome::Stopped(out);
-        }
-        // Hold back the longest suffix that is a prefix of some stop string.
-        let mut keep_from = self.pending.len();
-        let start = self
-            .pending
-            .len()
-            .saturating_sub(self.max_len.saturating_sub(1));
-        for i in start..self.pending.len() {
-            if !self.pending.is_char_boundary(i) {
-                continue;
+        for (i, &b) in delta.as_bytes().iter().enumerate() {
+            // The longest stop string ending at this byte starts earliest.
+            let mut longest = 0;
+            for (p, state) in self.stops.patterns.iter().zip(self.states.iter_mut()) {
+                *state = p.step(*state, b);
+                if *state == p.bytes.len() {
+                    longest = longest.max(*state);
+                }
             }
-            let tail = &self.pending[i..];
-            if self.stops.iter().any(|s| s.starts_with(tail)) {
-                keep_from = i;
-                break;
+            if longest > 0 {
+                // It starts on a character boundary (UTF-8 matched in UTF-8).
+                let start = base + i + 1 - longest;
+                let out = self.pending[..start].to_owned();
+                self.pending.clear();
+                self.states.iter_mut().for_each(|s| *s = 0);
+                return StopOutcome::Stopped(out);
             }
         }
+        // Hold back the longest suffix that is a prefix of some stop string (it starts where that stop
+        // string's first byte, a character's first byte, matched).
+        let hold = self.states.iter().copied().max().unwrap_or(0);
+        let keep_from = self.pending.len() - hold;
         let out = self.pending[..keep_from].to_owned();
         self.pending.drain(..keep_from);
         StopOutcome::Continue(out)
@@ -67,6 +156,7 @@ impl StopMatcher {
 
     /// Text held back when generation ends for another reason.
     pub fn flush(&mut self) -> String {
+        self.states.iter_mut().for_each(|s| *s = 0);
         std::mem::take(&mut self.pending)
     }
 }
@@ -75,9 +165,13 @@ impl StopMatcher {
 mod tests {
     use super::*;
 
+    fn matcher(stops: &[&str]) -> StopMatcher {
+        StopMatcher::new(Arc::new(StopStrings::new(stops)))
+    }
+
     #[test]
     fn stop_across_deltas_is_never_emitted() {
-        let mut m = StopMatcher::new(vec!["END".into()]);
+        let mut m = matcher(&["END"]);
         assert_eq!(m.push("abc E"), StopOutcome::Continue("abc ".into()));
         assert_eq!(m.push("N"), StopOutcome::Continue(String::new()));
         assert_eq!(m.push("Dxyz"), StopOutcome::Stopped(String::new()));
@@ -85,22 +179,96 @@ mod tests {
 
     #[test]
     fn false_prefix_is_released() {
-        let mut m = StopMatcher::new(vec!["END".into()]);
+        let mut m = matcher(&["END"]);
         assert_eq!(m.push("EN"), StopOutcome::Continue(String::new()));
         assert_eq!(m.push("o"), StopOutcome::Continue("ENo".into()));
         assert_eq!(m.flush(), "");
     }
 
     #[test]
-    fn earliest_stop_wins_and_multibyte_is_safe() {
-        let mut m = StopMatcher::new(vec!["é!".into(), "b".into()]);
+    fn first_completed_stop_wins_and_multibyte_is_safe() {
+        let mut m = matcher(&["é!", "b"]);
         assert_eq!(m.push("aé"), StopOutcome::Continue("a".into()));
         assert_eq!(m.push("xb"), StopOutcome::Stopped("éx".into()));
     }
 
     #[test]
+    fn borders_and_overlaps_are_found() {
+        // "aab" after "aaab": the automaton falls back along the border instead of restarting.
+        let mut m = matcher(&["aab"]);
+        assert_eq!(m.push("a"), StopOutcome::Continue(String::new()));
+        assert_eq!(m.push("a"), StopOutcome::Continue(String::new()));
+        assert_eq!(m.push("a"), StopOutcome::Continue("a".into()));
+        assert_eq!(m.push("bc"), StopOutcome::Stopped(String::new()));
+        let mut m = matcher(&["abab", "xyz"]);
+        assert_eq!(m.push("xabababa"), StopOutcome::Stopped("x".into()));
+        let mut m = matcher(&["abac", "xyz"]);
+        assert_eq!(m.push("ababa"), StopOutcome::Continue("ab".into()));
+        assert_eq!(m.push("c"), StopOutcome::Stopped(String::new()));
+    }
+
+    #[test]
+    fn hold_back_is_the_longest_prefix_of_any_stop() {
+        let mut m = matcher(&["xyz", "yq"]);
+        assert_eq!(m.push("axy"), StopOutcome::Continue("a".into()));
+        // "a" went out before; "x" precedes the stop "yq".
+        assert_eq!(m.push("q"), StopOutcome::Stopped("x".into()));
+    }
+
+    /// Against a plain reference: the text released before stopping equals the text up to the earliest
+    /// end of a stop string, cut at that stop string's start, for random texts cut into random deltas.
+    #[test]
+    fn equals_a_plain_search_on_random_streams() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..2000 {
+            let alphabet = ['a', 'b', 'é'];
+            let word = |rng: &mut rand::rngs::StdRng, n: usize| -> String {
+                (0..n).map(|_| alphabet[rng.random_range(0..3)]).collect()
+            };
+            let stops: Vec<String> = (0..rng.random_range(1..4))
+                .map(|_| {
+                    let n = rng.random_range(1..5);
+                    word(&mut rng, n)
+                })
+                .collect();
+            let len = rng.random_range(0..30);
+            let text = word(&mut rng, len);
+            // Reference: earliest end position over all stops, ties broken by the earlier start.
+            let best = stops
+                .iter()
+                .filter_map(|s| text.find(s.as_str()).map(|p| (p + s.len(), p)))
+                .min();
+            let expected = match best {
+                Some((_, start)) => (text[..start].to_owned(), true),
+                None => (text.clone(), false),
+            };
+            let mut m = StopMatcher::new(Arc::new(StopStrings::new(&stops)));
+            let (mut out, mut stopped) = (String::new(), false);
+            let chars: Vec<char> = text.chars().collect();
+            let mut i = 0;
+            while i < chars.len() && !stopped {
+                let n = rng.random_range(1..4).min(chars.len() - i);
+                let delta: String = chars[i..i + n].iter().collect();
+                i += n;
+                match m.push(&delta) {
+                    StopOutcome::Continue(t) => out.push_str(&t),
+                    StopOutcome::Stopped(t) => {
+                        out.push_str(&t);
+                        stopped = true;
+                    }
+                }
+            }
+            if !stopped {
+                out.push_str(&m.flush());
+            }
+            assert_eq!((out, stopped), expected, "stops {stops:?} text {text:?}");
+        }
+    }
+
+    #[test]
     fn no_stops_pass_through() {
-        let mut m = StopMatcher::new(vec![]);
+        let mut m = matcher(&[]);
         assert_eq!(m.push("hello"), StopOutcome::Continue("hello".into()));
     }
 }

@@ -141,14 +141,16 @@ impl KvCache {
         Ok(())
     }
 
-    /// Copies one block's keys and values, in every layer, into another block.
+    /// Copies one block's keys and values, in every layer, into another block. Only the block's own slots
+    /// are read and written (`force_contiguous` copies just the view; candle's `copy` would clone the
+    /// whole layer's storage).
     pub fn copy_block(&self, src: u32, dst: u32) -> Result<()> {
         let bs = self.block_size;
         for (kc, vc) in &self.layers {
-            let k = kc.narrow(0, src as usize * bs, bs)?.copy()?;
+            let k = kc.narrow(0, src as usize * bs, bs)?.force_contiguous()?;
             kc.slice_set(&k, 0, dst as usize * bs)?;
             if let Some(vc) = vc {
-                let v = vc.narrow(0, src as usize * bs, bs)?.copy()?;
+                let v = vc.narrow(0, src as usize * bs, bs)?.force_contiguous()?;
                 vc.slice_set(&v, 0, dst as usize * bs)?;
             }
         }

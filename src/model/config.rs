@@ -179,7 +179,10 @@ impl CommonFields {
             hidden_size: cfg.usize("hidden_size")?,
             num_layers: cfg.usize("num_hidden_layers")?,
             rms_norm_eps: cfg.f64_or("rms_norm_eps", 1e-6)?,
-            max_position_embeddings: cfg.opt_usize("max_position_embeddings")?.unwrap_or(4096),
+            max_position_embeddings: match cfg.opt_usize("max_position_embeddings")? {
+                Some(0) => return Err(cfg.err("max_position_embeddings must be at least 1".into())),
+                other => other.unwrap_or(4096),
+            },
             tie_word_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
         })
     }

@@ -109,6 +109,15 @@ impl TextTokenizer {
         }
     }
 
+    /// Bytes of the longest token's text (an upper bound: a token that is part of a character counts the
+    /// replacement character's 3 bytes). Linear in the vocabulary: call once.
+    pub fn longest_token_bytes(&self) -> usize {
+        (0..self.vocab_size() as u32)
+            .map(|id| self.decode(&[id], false).map_or(0, |t| t.len()))
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn vocab_size(&self) -> usize {
         match &self.backend {
             Backend::Hf(t) => t.get_vocab_size(true),

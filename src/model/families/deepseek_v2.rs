@@ -76,6 +76,43 @@ pub fn moe(cfg: &HubConfig, router: RouterSpec) -> Result<MoeSpec> {
     })
 }
 
+/// Routing a config asks for must be possible: 1 ≤ top-k ≤ experts, and with expert groups, groups that
+/// split the experts evenly and enough kept groups to hold top-k experts. (Checked at load, so that a bad
+/// config is one clear error instead of a failure in every request's routing.)
+fn check_routing(cfg: &HubConfig, moe: &MoeSpec) -> Result<()> {
+    let (experts, k) = (moe.num_experts, moe.top_k);
+    if k == 0 || k > experts {
+        return Err(cfg.err(format!(
+            "num_experts_per_tok ({k}) must be between 1 and the number of experts ({experts})"
+        )));
+    }
+    let groups = match moe.router {
+        RouterSpec::DeepseekV2 {
+            groups: Some(g), ..
+        } => Some(g),
+        RouterSpec::DeepseekV3 {
+            n_group,
+            topk_group,
+            ..
+        } => Some((n_group, topk_group)),
+        _ => None,
+    };
+    if let Some((n_group, topk_group)) = groups {
+        if n_group == 0 || experts % n_group != 0 {
+            return Err(cfg.err(format!(
+                "n_group ({n_group}) must be at least 1 and divide the {experts} routed experts"
+            )));
+        }
+        if topk_group == 0 || topk_group > n_group || topk_group * (experts / n_group) < k {
+            return Err(cfg.err(format!(
+                "topk_group ({topk_group}) must be between 1 and n_group ({n_group}) and keep at \
+                 least num_experts_per_tok ({k}) experts"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Builds a DeepSeek spec from its parts (shared by V2 and V3).
 pub fn assemble(
     cfg: &HubConfig,
@@ -83,6 +120,7 @@ pub fn assemble(
     attention: MlaSpec,
     moe: MoeSpec,
 ) -> Result<ModelSpec> {
+    check_routing(cfg, &moe)?;
     let c = CommonFields::read(cfg)?;
     let layers = layer_plan(cfg, c.num_layers, &moe)?;
     let mut spec = c.into_spec(

@@ -1,0 +1,278 @@
+//! `moeserve serve`: its flags, checked before anything is loaded or allocated (each problem is one line
+//! naming the flag), the KV pool checked against the host's memory before it is allocated, TLS files
+//! loaded (and named in errors) before "listening" is printed, then the HTTP server until a signal.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use moeserve::api::limits::{AllowedHosts, RequestLimits};
+use moeserve::api::server::ConnectionLimits;
+use moeserve::engine::{EngineHandle, SchedulerConfig};
+
+use super::{load, ModelArgs};
+
+/// A count that must be at least 1.
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("must be a whole number".into()),
+    }
+}
+
+/// Seconds, a positive finite number (fractions allowed).
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 && x < 1e9 => Ok(Duration::from_secs_f64(x)),
+        _ => Err("must be a positive number of seconds".into()),
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (the address is printed on stdout).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Name clients use in `model` (default: the checkpoint directory's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Sequences decoding together at most.
+    #[arg(long, value_parser = positive, default_value_t = 64)]
+    max_running_seqs: usize,
+    /// Tokens per forward pass at most (decodes plus prefill chunks).
+    #[arg(long, value_parser = positive, default_value_t = 2048)]
+    max_batch_tokens: usize,
+    /// Requests waiting for admission at most; more get 429.
+    #[arg(long, value_parser = positive, default_value_t = 256)]
+    max_queue: usize,
+    /// KV cache blocks (overrides --kv-cache-mib).
+    #[arg(long, value_parser = positive)]
+    kv_blocks: Option<usize>,
+    /// KV cache size in MiB when --kv-blocks is not given.
+    #[arg(long, value_parser = positive, default_value_t = 1024)]
+    kv_cache_mib: usize,
+    /// Tokens per KV block.
+    #[arg(long, value_parser = positive, default_value_t = 16)]
+    block_size: usize,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, value_parser = positive, default_value_t = 8 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// API keys file: lines `<id> <sha256-hex> [inference|admin] [rpm=N] [tpm=N]` (hashes, never keys).
+    /// With keys configured, every route but /health needs `Authorization: Bearer <key>`.
+    #[arg(long)]
+    api_keys_file: Option<PathBuf>,
+    /// One API key line, as in --api-keys-file (repeatable).
+    #[arg(long = "api-key")]
+    api_keys: Vec<String>,
+    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS (rustls).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds to receive a whole request head; on a kept-alive connection the clock starts when the
+    /// previous response is done, so this is also the idle keep-alive timeout.
+    #[arg(long, value_parser = seconds, default_value = "10")]
+    header_timeout: Duration,
+    /// Seconds for a whole request body to arrive (408 beyond).
+    #[arg(long, value_parser = seconds, default_value = "30")]
+    body_timeout: Duration,
+    /// Seconds for a TLS handshake.
+    #[arg(long, value_parser = seconds, default_value = "10")]
+    tls_handshake_timeout: Duration,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM; then connections are closed.
+    #[arg(long, value_parser = seconds, default_value = "30")]
+    drain_timeout: Duration,
+    /// Open connections at most; more are answered 503 and closed at once.
+    #[arg(long, value_parser = positive, default_value_t = 1024)]
+    max_connections: usize,
+    /// Host names the server answers (Host header, port ignored), comma-separated; `*` for any.
+    /// Default: localhost, 127.0.0.1 and ::1 when bound to a loopback address, any host otherwise.
+    #[arg(long)]
+    allowed_hosts: Option<String>,
+    /// Messages in one chat request at most.
+    #[arg(long, value_parser = positive, default_value_t = 4096)]
+    max_messages: usize,
+}
+
+/// KV pool bytes against what the host can still give: refuses before allocating (CPU; on a GPU the
+/// allocation itself reports it).
+fn check_kv_fits(
+    device: &candle_core::Device,
+    blocks: usize,
+    block_bytes: usize,
+) -> anyhow::Result<()> {
+    if !device.is_cpu() {
+        return Ok(());
+    }
+    let Some(available) = moeserve::memory::host_available_bytes() else {
+        return Ok(());
+    };
+    let need = blocks as u64 * block_bytes as u64;
+    // Leave a tenth (and at least 256 MiB) for activations, buffers and the rest of the process.
+    let usable = available.saturating_sub((available / 10).max(256 << 20));
+    if need > usable {
+        let fit = usable / block_bytes.max(1) as u64;
+        anyhow::bail!(
+            "the KV cache of {blocks} blocks needs {} MiB but {} MiB of memory are available: use at \
+             most --kv-blocks {fit} (or --kv-cache-mib {})",
+            moeserve::memory::mib(need),
+            moeserve::memory::mib(available),
+            usable >> 20
+        );
+    }
+    Ok(())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Loads the TLS certificate chain and key, naming the files in any error.
+fn load_tls(
+    runtime: &tokio::runtime::Runtime,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let config = runtime
+        .block_on(axum_server::tls_rustls::RustlsConfig::from_pem_file(
+            cert, key,
+        ))
+        .with_context(|| {
+            format!(
+                "loading the TLS certificate {} and key {}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    // This server speaks HTTP/1.1 only: offer nothing else in ALPN.
+    let mut server_config = (*config.get_inner()).clone();
+    server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+        server_config,
+    )))
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // Everything that can be checked without the model is checked first.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(load_tls(&runtime, cert, key)?),
+        _ => None,
+    };
+    let keys = api_keys(&args)?;
+    let allowed_hosts = match &args.allowed_hosts {
+        Some(list) => AllowedHosts::parse(list),
+        None if is_loopback(&args.host) => AllowedHosts::loopback(),
+        None => AllowedHosts::Any,
+    };
+    let loaded = load(&args.model)?;
+    let spec = loaded.model.spec();
+    let (bytes_per_token, _) =
+        moeserve::inspect::kv_bytes_per_token(spec, loaded.model.dtype().size_in_bytes());
+    let block_size = args.block_size;
+    let block_bytes = bytes_per_token * block_size;
+    // By default: the memory budget, but no more than every running sequence at full context needs.
+    let full = args.max_running_seqs * spec.max_position_embeddings.div_ceil(block_size);
+    let num_blocks = args.kv_blocks.unwrap_or_else(|| {
+        (args.kv_cache_mib * 1024 * 1024 / block_bytes.max(1)).clamp(1, full.max(1))
+    });
+    check_kv_fits(loaded.model.device(), num_blocks, block_bytes)?;
+    let config = SchedulerConfig {
+        max_running: args.max_running_seqs,
+        max_batch_tokens: args.max_batch_tokens,
+        max_waiting: args.max_queue,
+        block_size,
+        num_blocks,
+    };
+    let name = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| match &args.model.model {
+            Some(dir) => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
+            None => moeserve::loader::DEFAULT_MODEL.name.to_owned(),
+        });
+    let chat = moeserve::chat::ChatTemplate::from_source(&loaded.source)?;
+    let (engine, engine_thread) = EngineHandle::start(loaded, config.clone())?;
+    tracing::info!(
+        kv_blocks = config.num_blocks,
+        block_size = config.block_size,
+        kv_bytes_per_token = bytes_per_token,
+        max_running = config.max_running,
+        max_batch_tokens = config.max_batch_tokens,
+        "engine started"
+    );
+    if !keys.is_empty() {
+        tracing::info!(keys = keys.len(), "API keys required");
+    }
+    let state = moeserve::api::AppState::new(engine, chat, name, args.max_body_bytes)
+        .with_keys(keys)
+        .with_limits(RequestLimits {
+            allowed_hosts,
+            body_timeout: args.body_timeout,
+            max_messages: args.max_messages,
+        });
+    let limits = ConnectionLimits {
+        header_timeout: args.header_timeout,
+        tls_handshake_timeout: args.tls_handshake_timeout,
+        drain_timeout: args.drain_timeout,
+        max_connections: args.max_connections,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "moeserve listening on {scheme}://{addr}")?;
+            out.flush()?;
+        }
+        moeserve::api::server::serve(
+            listener,
+            state,
+            tls,
+            limits,
+            moeserve::api::shutdown_signal(),
+        )
+        .await?;
+        anyhow::Ok(())
+    })?;
+    // Handlers still blocked in the tokenizer or template pool are not waited for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let _ = engine_thread.join();
+    Ok(())
+}
+
+/// API keys from --api-keys-file and --api-key lines.
+fn api_keys(args: &ServeArgs) -> anyhow::Result<moeserve::api::auth::Keys> {
+    let mut key_lines = match &args.api_keys_file {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => String::new(),
+    };
+    for line in &args.api_keys {
+        key_lines.push('\n');
+        key_lines.push_str(line);
+    }
+    moeserve::api::auth::Keys::parse(&key_lines).map_err(|e| anyhow::anyhow!("API keys: {e}"))
+}
