@@ -27,7 +27,7 @@ async fn keys_roles_limits_and_accounting() {
     let keys = [
         key_line("bot", "bot-secret-1", "rpm=4"),
         key_line("ops", "ops-secret-2", "admin"),
-        key_line("tok", "tok-secret-3", "tpm=10"),
+        key_line("tok", "tok-secret-3", "tpm=30"),
     ];
     let mut args = Vec::new();
     for k in &keys {
@@ -74,8 +74,9 @@ async fn keys_roles_limits_and_accounting() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=60).contains(&retry));
-    // tok: 10 tokens per minute; one completion uses more.
+    // The real wait until the key's minute ends (it began a moment ago), not a fixed 1.
+    assert!((50..=60).contains(&retry), "retry-after {retry}");
+    // tok: 30 tokens per minute; the first completion reserves prompt + 12, the second cannot fit.
     let body = json!({"model": "test-model", "prompt": "hello there", "max_tokens": 12, "ignore_eos": true});
     let client = reqwest::Client::new();
     let first = client
@@ -95,6 +96,21 @@ async fn keys_roles_limits_and_accounting() {
         .await
         .unwrap();
     assert_eq!(second.status(), 429);
+    let retry: u64 = second.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((50..=60).contains(&retry), "retry-after {retry}");
+    // A request that alone needs more than the key's limit can never pass: 400, not an endless 429.
+    let huge = client
+        .post(server.url("/v1/completions"))
+        .bearer_auth("tok-secret-3")
+        .json(&json!({"model": "test-model", "prompt": "hi", "max_tokens": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 400);
     // Accounting under key ids; neither keys nor hashes appear.
     let metrics = get(&server.url("/metrics"), Some("ops-secret-2"))
         .await
@@ -131,6 +147,42 @@ async fn keys_roles_limits_and_accounting() {
         assert!(!metrics.contains(secret));
         assert!(!metrics.contains(&hash_key(secret)));
     }
+}
+
+/// Token limits hold under concurrency: tokens are reserved at admission (prompt + max_tokens), so 20
+/// requests sent at once cannot together use more than the key's `tpm` (before: each was checked against
+/// tokens of requests already finished, and 2,360 tokens went through a `tpm=50` key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_limit_holds_under_concurrent_requests() {
+    let key = key_line("tok", "tok-secret", "tpm=200");
+    let server = Server::start(None, &["--api-key", &key]);
+    let client = reqwest::Client::new();
+    let body = json!({"model": "test-model", "prompt": "hi", "max_tokens": 30, "ignore_eos": true});
+    let sends = (0..20).map(|_| {
+        client
+            .post(server.url("/v1/completions"))
+            .bearer_auth("tok-secret")
+            .json(&body)
+            .send()
+    });
+    let (mut used, mut ok, mut limited) = (0, 0, 0);
+    for resp in futures::future::join_all(sends).await {
+        let resp = resp.unwrap();
+        match resp.status().as_u16() {
+            200 => {
+                let v: serde_json::Value = resp.json().await.unwrap();
+                used += v["usage"]["total_tokens"].as_u64().unwrap();
+                ok += 1;
+            }
+            429 => {
+                assert!(resp.headers().contains_key("retry-after"));
+                limited += 1;
+            }
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(ok >= 1 && limited >= 1, "{ok} answered, {limited} limited");
+    assert!(used <= 200, "{used} tokens through a tpm=200 key");
 }
 
 #[tokio::test]

@@ -2,10 +2,11 @@
 //! per-minute limits. A presented key is hashed and compared with every configured hash in constant time.
 //! When keys are configured, every route but `/health` needs `Authorization: Bearer <key>`; `/metrics`
 //! needs the admin role. Limits: requests per minute and tokens (prompt + completion) per minute, answered
-//! with 429 and Retry-After.
+//! with 429 and Retry-After (the seconds until the key's window ends). Tokens are reserved when a request
+//! is admitted (prompt + max_tokens) and settled to what it used when it ends, dropped streams included.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -34,8 +35,72 @@ pub struct KeyId(pub String);
 #[derive(Default)]
 struct Window {
     started: Option<Instant>,
+    /// Which minute window this is (a reservation made in an earlier one is not taken out of this one).
+    generation: u64,
     requests: u64,
+    /// Tokens of finished (or dropped) requests.
     tokens: u64,
+    /// Tokens reserved by requests in flight (prompt + their max_tokens).
+    reserved: u64,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl Window {
+    /// Starts a new window when the current one is a minute old.
+    fn roll(&mut self, now: Instant) {
+        let started = *self.started.get_or_insert(now);
+        if now.duration_since(started) >= MINUTE {
+            *self = Window {
+                started: Some(now),
+                generation: self.generation + 1,
+                ..Default::default()
+            };
+        }
+    }
+
+    /// Until this window ends (at least a second: Retry-After is in whole seconds).
+    fn remaining(&self, now: Instant) -> Duration {
+        let started = self.started.unwrap_or(now);
+        MINUTE
+            .saturating_sub(now.duration_since(started))
+            .max(Duration::from_secs(1))
+    }
+}
+
+/// Why a token reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveError {
+    /// Not now: wait this long for the window to end.
+    Wait(Duration),
+    /// Never: the request alone needs more than the key's limit (`needed`, `limit`).
+    TooLarge { needed: u64, limit: u64 },
+}
+
+/// Tokens a request holds against its key's per-minute limit from admission until it ends: its
+/// reservation is replaced by what it used when it finishes or is dropped (client gone), so concurrent
+/// requests can never together exceed the limit.
+pub struct TokenReservation {
+    keys: Arc<Keys>,
+    key_id: String,
+    generation: u64,
+    reserved: u64,
+    /// Tokens used so far (prompt + generated); charged when the reservation ends.
+    pub used: u64,
+}
+
+impl Drop for TokenReservation {
+    fn drop(&mut self) {
+        let mut windows = self.keys.windows();
+        let Some(w) = windows.get_mut(&self.key_id) else {
+            return;
+        };
+        w.roll(Instant::now());
+        if w.generation == self.generation {
+            w.reserved = w.reserved.saturating_sub(self.reserved);
+        }
+        w.tokens += self.used;
+    }
 }
 
 /// All keys and their per-minute usage windows.
@@ -129,41 +194,80 @@ impl Keys {
         found
     }
 
-    /// Admits one request for `entry`, or says how long to wait.
+    /// The usage windows. A poisoned lock (a panic elsewhere while it was held) still holds valid
+    /// counters: limits stay enforced (fail closed), never skipped.
+    fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<String, Window>> {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits one request for `entry` (its request limit, and its token limit not yet used up), or says
+    /// how long to wait.
     pub fn admit(&self, entry: &KeyEntry) -> Result<(), Duration> {
         if entry.requests_per_minute.is_none() && entry.tokens_per_minute.is_none() {
             return Ok(());
         }
-        let Ok(mut windows) = self.windows.lock() else {
-            return Ok(());
-        };
+        let mut windows = self.windows();
         let w = windows.entry(entry.id.clone()).or_default();
         let now = Instant::now();
-        let minute = Duration::from_secs(60);
-        let started = *w.started.get_or_insert(now);
-        if now.duration_since(started) >= minute {
-            *w = Window {
-                started: Some(now),
-                ..Default::default()
-            };
-        }
-        let wait = minute.saturating_sub(now.duration_since(w.started.unwrap_or(now)));
+        w.roll(now);
         if entry.requests_per_minute.is_some_and(|l| w.requests >= l)
-            || entry.tokens_per_minute.is_some_and(|l| w.tokens >= l)
+            || entry
+                .tokens_per_minute
+                .is_some_and(|l| w.tokens + w.reserved >= l)
         {
-            return Err(wait.max(Duration::from_secs(1)));
+            return Err(w.remaining(now));
         }
         w.requests += 1;
         Ok(())
     }
 
-    /// Adds tokens used by `key_id` to its current window.
-    pub fn record_tokens(&self, key_id: &str, tokens: u64) {
-        if let Ok(mut windows) = self.windows.lock() {
-            if let Some(w) = windows.get_mut(key_id) {
-                w.tokens += tokens;
-            }
+    /// The token limit of `key_id`, if it has one.
+    pub fn token_limit(&self, key_id: &str) -> Option<u64> {
+        self.entries
+            .iter()
+            .find(|e| e.id == key_id)
+            .and_then(|e| e.tokens_per_minute)
+    }
+
+    /// Tokens `key_id` may still reserve in the current window (None: no token limit).
+    pub fn tokens_left(&self, key_id: &str) -> Option<u64> {
+        let limit = self.token_limit(key_id)?;
+        let mut windows = self.windows();
+        let w = windows.entry(key_id.to_owned()).or_default();
+        w.roll(Instant::now());
+        Some(limit.saturating_sub(w.tokens + w.reserved))
+    }
+
+    /// Reserves `tokens` for a request of `key_id` (None: the key has no token limit).
+    pub fn reserve(
+        self: &Arc<Self>,
+        key_id: &str,
+        tokens: u64,
+    ) -> Result<Option<TokenReservation>, ReserveError> {
+        let Some(limit) = self.token_limit(key_id) else {
+            return Ok(None);
+        };
+        if tokens > limit {
+            return Err(ReserveError::TooLarge {
+                needed: tokens,
+                limit,
+            });
         }
+        let mut windows = self.windows();
+        let w = windows.entry(key_id.to_owned()).or_default();
+        let now = Instant::now();
+        w.roll(now);
+        if w.tokens + w.reserved + tokens > limit {
+            return Err(ReserveError::Wait(w.remaining(now)));
+        }
+        w.reserved += tokens;
+        Ok(Some(TokenReservation {
+            keys: self.clone(),
+            key_id: key_id.to_owned(),
+            generation: w.generation,
+            reserved: tokens,
+            used: 0,
+        }))
     }
 }
 
@@ -196,11 +300,35 @@ mod tests {
         assert!(k.admit(&bot).is_ok());
         assert!(k.admit(&bot).is_ok());
         let wait = k.admit(&bot).unwrap_err();
-        assert!(wait.as_secs() >= 1 && wait.as_secs() <= 60);
+        assert!(
+            wait.as_secs() >= 59 && wait.as_secs() <= 60,
+            "the real wait: {wait:?}"
+        );
+        let k = Arc::new(k);
         let ops = k.authenticate("secret-ops").unwrap().clone();
         assert!(k.admit(&ops).is_ok());
-        k.record_tokens("ops", 10);
-        assert!(k.admit(&ops).is_err());
+        let mut r = k.reserve("ops", 8).unwrap().unwrap();
+        // Reserved tokens count while the request runs: 8 + 3 > 10.
+        assert!(matches!(k.reserve("ops", 3), Err(ReserveError::Wait(_))));
+        assert_eq!(
+            k.reserve("ops", 11).err(),
+            Some(ReserveError::TooLarge {
+                needed: 11,
+                limit: 10
+            })
+        );
+        // Settled to what it used: 5 of 10.
+        r.used = 5;
+        drop(r);
+        assert_eq!(k.tokens_left("ops"), Some(5));
+        if let Some(mut r) = k.reserve("ops", 5).unwrap() {
+            r.used = 5;
+        }
+        assert!(k.admit(&ops).is_err(), "the token limit is used up");
+        assert!(
+            k.reserve("bot", 1_000_000).unwrap().is_none(),
+            "no token limit"
+        );
     }
 
     #[test]

@@ -122,6 +122,22 @@ impl ApiError {
         }
     }
 
+    /// 400: the request alone needs more tokens than its key may use in a minute.
+    pub fn over_token_limit(needed: u64, limit: u64) -> Self {
+        Self {
+            code: Some("rate_limit_exceeded"),
+            param: Some("max_tokens".into()),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!(
+                    "The prompt and max_tokens need {needed} tokens; this API key may use {limit} \
+                     tokens per minute"
+                ),
+            )
+        }
+    }
+
     pub fn queue_full() -> Self {
         Self {
             code: Some("queue_full"),
@@ -202,9 +218,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // The computed wait (per-key limits); 1 s for a full queue.
+            let secs = self.retry_after.unwrap_or(1).max(1);
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
+                axum::http::HeaderValue::from(secs),
             );
         }
         resp

@@ -11,6 +11,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use super::auth::{ReserveError, TokenReservation};
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::AppState;
@@ -39,7 +40,21 @@ pub struct Job {
     pub received: Instant,
     /// The API key id the request was authenticated with, for per-key accounting.
     pub key: Option<String>,
+    /// Whether the client set `max_tokens` (otherwise it is the context's room, and a key's token limit
+    /// may lower it to what the key can still use).
+    pub max_tokens_explicit: bool,
 }
+
+/// Token counts of a streamed request, filled in while it streams (the access log reads them when the
+/// response body ends).
+#[derive(Debug, Default)]
+pub struct StreamCounts {
+    pub completion_tokens: std::sync::atomic::AtomicUsize,
+}
+
+/// Marks a streamed response: its access-log line is written when its body ends, with these counts.
+#[derive(Debug, Clone)]
+pub struct Streamed(pub std::sync::Arc<StreamCounts>);
 
 /// Latency bookkeeping of one request: TTFT, gaps between a choice's tokens, end-to-end.
 struct Timing {
@@ -88,10 +103,32 @@ fn account(state: &AppState, key: Option<&str>, timing: &Timing, usage: Usage) {
         usage.prompt_tokens as u64,
         usage.completion_tokens as u64,
     );
-    if let Some(key) = key {
-        state
-            .keys
-            .record_tokens(key, (usage.prompt_tokens + usage.completion_tokens) as u64);
+}
+
+/// Reserves the request's tokens against its key's per-minute limit (prompt + max_tokens of every
+/// choice). Without an explicit `max_tokens`, generation is capped at what the key can still use.
+fn reserve_tokens(state: &AppState, job: &mut Job) -> Result<Option<TokenReservation>, ApiError> {
+    let Some(key) = job.key.as_deref() else {
+        return Ok(None);
+    };
+    let prompt: u64 = job.prompts.iter().map(|p| p.len() as u64).sum();
+    let choices = (job.prompts.len() * job.params.n) as u64;
+    if !job.max_tokens_explicit {
+        if let Some(left) = state.keys.tokens_left(key) {
+            let affordable = left.saturating_sub(prompt) / choices.max(1);
+            job.params.max_tokens = job.params.max_tokens.min(affordable.max(1) as usize);
+        }
+    }
+    let cost = prompt + choices * job.params.max_tokens as u64;
+    match state.keys.reserve(key, cost) {
+        Ok(r) => Ok(r.map(|mut r| {
+            r.used = prompt;
+            r
+        })),
+        Err(ReserveError::Wait(d)) => Err(ApiError::rate_limited(d.as_secs_f64().ceil() as u64)),
+        Err(ReserveError::TooLarge { needed, limit }) => {
+            Err(ApiError::over_token_limit(needed, limit))
+        }
     }
 }
 
@@ -171,6 +208,11 @@ impl Formatter {
             .unwrap_or_default()
     }
 
+    /// A token's own bytes (not those of the "�" a part of a character decodes to).
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.state.engine.loaded.tokenizer.token_bytes(id)
+    }
+
     fn chat_logprobs(&self, tokens: &[TokenLogprob]) -> Value {
         let content: Vec<Value> = tokens
             .iter()
@@ -181,10 +223,11 @@ impl Formatter {
                     .iter()
                     .map(|(id, lp)| {
                         let s = self.token_str(*id);
-                        json!({"token": s, "logprob": lp, "bytes": s.as_bytes()})
+                        json!({"token": s, "logprob": lp, "bytes": self.token_bytes(*id)})
                     })
                     .collect();
-                json!({"token": s, "logprob": t.logprob, "bytes": s.as_bytes(), "top_logprobs": top})
+                json!({"token": s, "logprob": t.logprob, "bytes": self.token_bytes(t.token),
+                    "top_logprobs": top})
             })
             .collect();
         json!({ "content": content })
@@ -269,8 +312,9 @@ fn submit(
     Ok((futures::stream::select_all(streams).boxed(), guard))
 }
 
-pub async fn run(state: AppState, job: Job) -> Result<Response, ApiError> {
+pub async fn run(state: AppState, mut job: Job) -> Result<Response, ApiError> {
     let prompt_tokens: usize = job.prompts.iter().map(|p| p.len()).sum();
+    let reservation = reserve_tokens(&state, &mut job)?;
     let (events, guard) = submit(&state, &job)?;
     let fmt = Formatter {
         id: random_id(match job.kind {
@@ -288,6 +332,7 @@ pub async fn run(state: AppState, job: Job) -> Result<Response, ApiError> {
         logprobs: job.params.logprobs,
         timing: Timing::new(job.received, choices),
         key: job.key,
+        reservation,
     };
     if job.stream {
         Ok(stream(fmt, events, guard, ctx, job.include_usage))
@@ -303,6 +348,18 @@ struct RunContext {
     logprobs: bool,
     timing: Timing,
     key: Option<String>,
+    /// Tokens held against the key's limit; settled to what was used when the request ends or is
+    /// dropped.
+    reservation: Option<TokenReservation>,
+}
+
+impl RunContext {
+    /// One more generated token (every Delta event is one).
+    fn generated(&mut self) {
+        if let Some(r) = &mut self.reservation {
+            r.used += 1;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -331,6 +388,7 @@ async fn collect(
         match event {
             EngineEvent::Delta { text, tokens, .. } => {
                 ctx.timing.token(&fmt.state.metrics, idx);
+                ctx.generated();
                 if offsets_wanted {
                     a.offsets.extend(a.text_offsets.take(tokens.len(), &text));
                 }
@@ -402,7 +460,9 @@ fn stream(
         prompt_tokens: ctx.prompt_tokens,
         completion_tokens: 0,
     };
+    let counts = std::sync::Arc::new(StreamCounts::default());
     let mut state = SseState {
+        counts: counts.clone(),
         pending: std::collections::VecDeque::new(),
         completion_tokens: 0,
         offsets: vec![TextOffsets::default(); ctx.choices],
@@ -438,12 +498,15 @@ fn stream(
         .keep_alive(KeepAlive::default())
         .into_response();
     resp.extensions_mut().insert(usage_out);
+    resp.extensions_mut().insert(Streamed(counts));
     resp
 }
 
 /// A streamed request between polls of its response body: the SSE events ready to go out, and what the
 /// closing chunks need.
 struct SseState {
+    /// Completion tokens so far, for the access log.
+    counts: std::sync::Arc<StreamCounts>,
     pending: std::collections::VecDeque<Event>,
     completion_tokens: usize,
     /// Completions' `text_offset` per choice (logprobs).
@@ -460,7 +523,8 @@ struct SseState {
 
 impl SseState {
     fn push(&mut self, v: Value) {
-        self.pending.push_back(Event::default().data(v.to_string()));
+        self.pending
+            .push_back(Event::default().data(sse_safe(v.to_string())));
     }
 
     /// A content chunk for a delta (and a finish chunk when the choice ended).
@@ -468,6 +532,10 @@ impl SseState {
         let (text, tokens, finish) = match event {
             EngineEvent::Delta { text, tokens, .. } => {
                 self.ctx.timing.token(&self.fmt.state.metrics, idx);
+                self.ctx.generated();
+                self.counts
+                    .completion_tokens
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (text, tokens, None)
             }
             EngineEvent::Finished {
@@ -556,9 +624,32 @@ impl SseState {
     }
 }
 
+/// JSON for one SSE `data:` line, with U+0085, U+2028 and U+2029 escaped: JSON allows them raw inside
+/// strings, but clients that split the stream with Python's `str.splitlines` (httpx's `iter_lines`) break
+/// the line there. They can only occur inside strings, where `\uXXXX` means the same character.
+fn sse_safe(json: String) -> String {
+    if !json.contains(['\u{85}', '\u{2028}', '\u{2029}']) {
+        return json;
+    }
+    json.replace('\u{85}', "\\u0085")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_separators_are_escaped_for_sse() {
+        let v = json!({"text": "a\u{2028}b\u{2029}c\u{85}d"});
+        let out = sse_safe(v.to_string());
+        assert!(!out.contains(['\u{85}', '\u{2028}', '\u{2029}']));
+        assert_eq!(out.lines().count(), 1);
+        let back: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, v, "the same string after parsing");
+        assert_eq!(sse_safe("{}".into()), "{}");
+    }
 
     #[test]
     fn text_offsets_count_characters_of_released_text() {

@@ -203,6 +203,7 @@ pub async fn chat_completions(
             include_usage: v.include_usage,
             received,
             key,
+            max_tokens_explicit: v.max_tokens.is_some(),
         },
     )
     .await
@@ -232,6 +233,7 @@ pub async fn completions(
             include_usage: v.include_usage,
             received,
             key,
+            max_tokens_explicit: v.max_tokens.is_some(),
         },
     )
     .await

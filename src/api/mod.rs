@@ -140,7 +140,7 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         return ApiError::forbidden().into_response();
     }
     if let Err(wait) = state.keys.admit(entry) {
-        return ApiError::rate_limited(wait.as_secs().max(1)).into_response();
+        return ApiError::rate_limited(wait.as_secs_f64().ceil() as u64).into_response();
     }
     state.metrics.record_key_request(&entry.id);
     req.extensions_mut().insert(KeyId(entry.id.clone()));
@@ -159,26 +159,79 @@ async fn access_log(State(state): State<AppState>, req: Request, next: Next) -> 
     let started = Instant::now();
     let mut resp = next.run(req).await;
     state.metrics.record_request(&route, resp.status().as_u16());
-    let usage = resp
-        .extensions()
-        .get::<Usage>()
-        .copied()
-        .unwrap_or_default();
-    tracing::info!(
-        target: "moeserve::access",
-        request_id = id,
-        method = %method,
-        route = %route,
-        status = resp.status().as_u16(),
-        prompt_tokens = usage.prompt_tokens,
-        completion_tokens = usage.completion_tokens,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "request"
-    );
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("req-{id}")) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    resp
+    let streamed = resp.extensions().get::<generation::Streamed>().cloned();
+    let mut line = AccessLine {
+        id,
+        method,
+        route,
+        status: resp.status().as_u16(),
+        usage: resp
+            .extensions()
+            .get::<Usage>()
+            .copied()
+            .unwrap_or_default(),
+        started,
+        streamed: None,
+    };
+    match streamed {
+        // A stream is logged when its body ends (or the client leaves): its tokens and whole duration.
+        Some(generation::Streamed(counts)) => {
+            line.streamed = Some(counts);
+            resp.map(|body| {
+                axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+                    let _ = &line;
+                    f
+                }))
+            })
+        }
+        None => {
+            line.write();
+            resp
+        }
+    }
+}
+
+/// What the access log says of one request; a streamed one writes it when dropped with its body.
+struct AccessLine {
+    id: u64,
+    method: axum::http::Method,
+    route: String,
+    status: u16,
+    usage: Usage,
+    started: Instant,
+    streamed: Option<Arc<generation::StreamCounts>>,
+}
+
+impl AccessLine {
+    fn write(&self) {
+        let completion_tokens = match &self.streamed {
+            Some(c) => c.completion_tokens.load(Ordering::Relaxed),
+            None => self.usage.completion_tokens,
+        };
+        tracing::info!(
+            target: "moeserve::access",
+            request_id = self.id,
+            method = %self.method,
+            route = %self.route,
+            status = self.status,
+            prompt_tokens = self.usage.prompt_tokens,
+            completion_tokens,
+            streamed = self.streamed.is_some(),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "request"
+        );
+    }
+}
+
+impl Drop for AccessLine {
+    fn drop(&mut self) {
+        if self.streamed.is_some() {
+            self.write();
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {

@@ -109,6 +109,42 @@ impl TextTokenizer {
         }
     }
 
+    /// The raw bytes of one token, as OpenAI's logprobs `bytes` carry them: for a token that is only part
+    /// of a character (byte-level BPE, SentencePiece `<0xHH>` byte fallback, tiktoken) its own bytes, not
+    /// the replacement character its text decodes to.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match &self.backend {
+            Backend::Tiktoken(t) => t.token_bytes(id),
+            Backend::Hf(t) => {
+                let text = t.decode(&[id], false).unwrap_or_default();
+                if !text.contains('\u{FFFD}') {
+                    return text.into_bytes();
+                }
+                let Some(piece) = t.id_to_token(id) else {
+                    return text.into_bytes();
+                };
+                if let Some(hex) = piece
+                    .strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .filter(|h| h.len() == 2)
+                {
+                    if let Ok(b) = u8::from_str_radix(hex, 16) {
+                        return vec![b];
+                    }
+                }
+                if matches!(
+                    t.get_decoder(),
+                    Some(tokenizers::DecoderWrapper::ByteLevel(_))
+                ) {
+                    if let Some(bytes) = byte_level_bytes(&piece) {
+                        return bytes;
+                    }
+                }
+                text.into_bytes()
+            }
+        }
+    }
+
     /// Bytes of the longest token's text (an upper bound: a token that is part of a character counts the
     /// replacement character's 3 bytes). Linear in the vocabulary: call once.
     pub fn longest_token_bytes(&self) -> usize {
@@ -132,6 +168,24 @@ impl TextTokenizer {
             message: e.to_string(),
         }
     }
+}
+
+/// GPT-2's byte-level alphabet read back: each character of a byte-level token stands for one byte
+/// (printable bytes as themselves, the others as U+0100 onwards in byte order).
+fn byte_level_bytes(piece: &str) -> Option<Vec<u8>> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    piece
+        .chars()
+        .map(|c| {
+            let c = c as u32;
+            if c < 256 && printable(c as u8) {
+                return Some(c as u8);
+            }
+            // The n-th non-printable byte is written as U+0100 + n.
+            let n = c.checked_sub(256)?;
+            (0u8..=255).filter(|&b| !printable(b)).nth(n as usize)
+        })
+        .collect()
 }
 
 /// Generation defaults a checkpoint ships.
@@ -192,4 +246,18 @@ pub fn find_chat_template(source: &ModelSource) -> Result<Option<(String, &'stat
             .map(|s| (s.to_owned(), TOKENIZER_CONFIG_FILE)),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_pieces_read_back_as_bytes() {
+        assert_eq!(byte_level_bytes("Ġhi"), Some(b" hi".to_vec()));
+        // "â" + "Ģ": the first two bytes of "—" (E2 80 94), a token that is part of a character.
+        assert_eq!(byte_level_bytes("âĢ"), Some(vec![0xE2, 0x80]));
+        assert_eq!(byte_level_bytes("Ċ"), Some(vec![b'\n']));
+        assert_eq!(byte_level_bytes("\u{4e00}"), None, "not in the alphabet");
+    }
 }

@@ -124,6 +124,11 @@ impl TiktokenTokenizer {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The raw bytes of one token (a special token: its name's bytes).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.bpe.decode_bytes(&[id]).unwrap_or_default()
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.specials
             .get(token)
