@@ -145,7 +145,19 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         } else {
             "invalid value".into()
         };
-        if path.is_empty() {
+        // "missing field `model`": the name is one of our fields, never request content.
+        let missing = text
+            .strip_prefix("missing field `")
+            .and_then(|t| t.split('`').next())
+            .filter(|f| FIELD_NAMES.contains(f));
+        if let Some(field) = missing {
+            let param = if path.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{path}.{field}")
+            };
+            ApiError::invalid(&param, format!("Invalid request: missing field `{param}`"))
+        } else if path.is_empty() {
             ApiError::bad_request(format!("Invalid request: {what}"))
         } else {
             ApiError::invalid(&path, format!("Invalid request: {what} for `{path}`"))
@@ -601,4 +613,57 @@ pub fn parse_completion(body: &[u8], vocab_size: usize) -> Result<ParsedCompleti
         prompt: req.prompt,
         validated,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> ApiError {
+        match parse_chat(body.as_bytes(), 100) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn errors_name_our_fields_never_client_keys_or_values() {
+        let e = err(r#"{"messages": [{"role": "user", "content": "hi"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let e = err(r#"{"model": "m", "messages": [{"content": "hi"}]}"#);
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = err(
+            r#"{"model": "m", "messages": [{"role": "u", "content": "hi"}],
+               "logit_bias": {"CANARY_KEY": "CANARY_VALUE"}}"#,
+        );
+        let text = format!("{} {:?}", e.message, e.param);
+        assert!(!text.contains("CANARY"), "{text}");
+        assert_eq!(e.param.as_deref(), Some("logit_bias.<key>"));
+    }
+
+    #[test]
+    fn message_lists_stop_at_the_limit() {
+        let body = format!(
+            r#"{{"model": "m", "messages": [{}]}}"#,
+            vec![r#"{"role": "user", "content": "x"}"#; 11].join(",")
+        );
+        let limits = ParseLimits {
+            max_messages: 10,
+            max_prompts: 2,
+        };
+        let e = match with_parse_limits(limits, || parse_chat(body.as_bytes(), 100)) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(e.message.contains("more than 10 messages"), "{}", e.message);
+        let three = r#"{"model": "m", "prompt": ["a", "b", "c"]}"#;
+        assert!(with_parse_limits(limits, || parse_completion(three.as_bytes(), 100)).is_err());
+        let mixed = r#"{"model": "m", "prompt": ["a", [1, 2]]}"#;
+        assert!(parse_completion(mixed.as_bytes(), 100).is_err());
+        let ids = r#"{"model": "m", "prompt": [1, 2, 3]}"#;
+        assert!(matches!(
+            parse_completion(ids.as_bytes(), 100).map(|p| p.prompt),
+            Ok(PromptField::Ids(v)) if v == [1, 2, 3]
+        ));
+    }
 }

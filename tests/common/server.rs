@@ -47,6 +47,34 @@ impl Server {
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Polls for the process to exit for at most `limit`; its status, or None if it is still running.
+    pub fn wait_timeout(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The `host:port` the server listens on (for raw TCP clients).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base
+            .split("://")
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {:?}", self.base))
+    }
+
     pub fn v1(&self) -> String {
         format!("{}/v1", self.base)
     }
