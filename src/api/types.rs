@@ -645,7 +645,7 @@ mod tests {
     fn message_lists_stop_at_the_limit() {
         let body = format!(
             r#"{{"model": "m", "messages": [{}]}}"#,
-            vec![r#"{"role": "user", "content": "x"}"#; 11].join(",")
+            [r#"{"role": "user", "content": "x"}"#; 11].join(",")
         );
         let limits = ParseLimits {
             max_messages: 10,
