@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use moeserve::engine::compute::on_compute_pool;
-use moeserve::model::cpu_attention::{paged_attention, CacheView, SeqRows};
+use moeserve::model::cpu::attention::{paged_attention, CacheView, SeqRows};
 use moeserve::model::moe::experts::{ExpertsBackend, GroupedExperts};
 use moeserve::model::moe::router::{route, Routes};
 use moeserve::model::spec::RouterSpec;

@@ -1,11 +1,11 @@
 //! Projections `x · Wᵀ` of decode-sized batches on the CPU: candle's GEMM against the streaming kernel
-//! (`moeserve::model::cpu_matmul`), f32 weights, for the bench-shaped model's expert, attention and
+//! (`moeserve::model::cpu::matmul`), f32 weights, for the bench-shaped model's expert, attention and
 //! lm-head shapes. Also the machine's read bandwidth (a parallel sum over 1 GiB), the yardstick for a
 //! memory-bound projection. Run: `cargo bench --bench matmul`.
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use moeserve::model::cpu_matmul;
+use moeserve::model::cpu::matmul as cpu_matmul;
 use rayon::prelude::*;
 
 fn tensor(rows: usize, cols: usize) -> Tensor {

@@ -27,11 +27,11 @@ pub struct AttentionInputs {
 }
 
 impl AttentionInputs {
-    /// Per-sequence rows for [`super::cpu_attention::paged_attention`].
-    pub fn rows(&self) -> Vec<super::cpu_attention::SeqRows<'_>> {
+    /// Per-sequence rows for [`super::cpu::attention::paged_attention`].
+    pub fn rows(&self) -> Vec<super::cpu::attention::SeqRows<'_>> {
         self.seqs
             .iter()
-            .map(|s| super::cpu_attention::SeqRows {
+            .map(|s| super::cpu::attention::SeqRows {
                 query_start: s.query_start,
                 query_len: s.query_len,
                 context_slots: &s.slots,
@@ -230,11 +230,11 @@ impl Attention {
             let (kc, vc) = kv.layer(layer);
             let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
             let q = q.contiguous()?;
-            let out = super::cpu_attention::with_f32(&q, |qs| {
-                super::cpu_attention::with_f32(kc, |ks| {
-                    super::cpu_attention::with_f32(vc, |vs| {
-                        let view = super::cpu_attention::CacheView::per_head(ks, vs, nkv, hd);
-                        Ok(super::cpu_attention::paged_attention(
+            let out = super::cpu::attention::with_f32(&q, |qs| {
+                super::cpu::attention::with_f32(kc, |ks| {
+                    super::cpu::attention::with_f32(vc, |vs| {
+                        let view = super::cpu::attention::CacheView::per_head(ks, vs, nkv, hd);
+                        Ok(super::cpu::attention::paged_attention(
                             qs,
                             nh,
                             groups,

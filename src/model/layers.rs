@@ -42,7 +42,7 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = super::cpu_matmul::matmul_wt(x, &self.weight)?;
+        let y = super::cpu::matmul::matmul_wt(x, &self.weight)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -52,7 +52,7 @@ impl Linear {
     /// Several projections of the same input in one pass (q/k/v, gate/up).
     pub fn forward_many(x: &Tensor, linears: &[&Linear]) -> Result<Vec<Tensor>> {
         let weights: Vec<&Tensor> = linears.iter().map(|l| &l.weight).collect();
-        let ys = super::cpu_matmul::matmul_wt_many(x, &weights)?;
+        let ys = super::cpu::matmul::matmul_wt_many(x, &weights)?;
         ys.into_iter()
             .zip(linears)
             .map(|(y, l)| {

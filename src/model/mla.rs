@@ -6,7 +6,7 @@
 use candle_core::{DType, Tensor, D};
 
 use super::attention::AttentionInputs;
-use super::cpu_attention;
+use super::cpu::attention as cpu_attention;
 use super::layers::{Linear, RmsNorm};
 use super::rope;
 use super::spec::MlaSpec;

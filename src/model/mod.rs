@@ -3,8 +3,7 @@
 pub mod attention;
 pub mod batch;
 pub mod config;
-pub mod cpu_attention;
-pub mod cpu_matmul;
+pub mod cpu;
 pub mod decoder;
 pub mod families;
 pub mod layers;

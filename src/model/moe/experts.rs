@@ -5,9 +5,9 @@ use candle_core::{DType, Device, Tensor};
 
 use super::router::Routes;
 use crate::error::Result;
-use crate::model::cpu_matmul::{self, matmul_wt};
+use crate::model::cpu::matmul::{self as cpu_matmul, matmul_wt};
 
-use super::cpu_experts::{self, ExpertTokens};
+use crate::model::cpu::experts::{self as cpu_experts, ExpertTokens};
 use crate::weights::WeightStore;
 
 /// Runs the routed experts of a batch: `x` `[T, hidden]` → `[T, hidden]`.

@@ -1,7 +1,6 @@
 //! The mixture-of-experts block: router (f32) → routed experts (through an [`ExpertsBackend`]) → plus the
 //! optional shared expert, gated by sigmoid(gate(x)) where the family asks.
 
-mod cpu_experts;
 #[cfg(feature = "cuda")]
 pub mod cuda_experts;
 pub mod experts;

@@ -116,7 +116,7 @@ pub fn paged_attention(
     }
     #[cfg(target_arch = "x86_64")]
     let (avx2, avx2_tiles) = {
-        let fma = super::cpu_matmul::has_fma();
+        let fma = super::matmul::has_fma();
         (fma, fma && avx2::supports(kd, vd))
     };
     // One task per (token, cache head): its heads' outputs are one contiguous `[group, vd]` slice.
@@ -188,7 +188,7 @@ fn attend(task: &Task<'_>, dst: &mut [f32]) {
         let base = key_base(slot);
         let k = &c.keys[base..base + kd];
         for (i, qh) in task.q.chunks_exact(kd).enumerate() {
-            scores[i * n + j] = super::cpu_matmul::dot_lanes(qh, k) * task.scale;
+            scores[i * n + j] = super::matmul::dot_lanes(qh, k) * task.scale;
         }
     }
     for row in scores.chunks_exact_mut(n.max(1)) {

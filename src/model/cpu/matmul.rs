@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, DType, Storage, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::cpu_attention::with_f32;
+use super::attention::with_f32;
 use crate::error::{Error, Result};
 
 /// Up to this many input rows the streaming kernel beats candle's GEMM (`benches/matmul`: 2× at 16 rows,

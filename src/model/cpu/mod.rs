@@ -1,0 +1,8 @@
+//! CPU kernels, by job: `matmul` (few-row products `x · Wᵀ` with f32 activations and f32 / bf16 / f16
+//! weights widened in registers, and the panel-widening path for many rows), `experts` (the routed
+//! experts of a decode-sized batch in two parallel passes), `attention` (paged attention read in place
+//! from the cache, AVX2 tiles). The CUDA counterparts live in `src/cuda/`.
+
+pub mod attention;
+pub mod experts;
+pub mod matmul;
