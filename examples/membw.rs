@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use moeserve::model::cpu_matmul;
+use moeserve::model::cpu::matmul as cpu_matmul;
 use rayon::prelude::*;
 
 fn main() {
