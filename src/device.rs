@@ -94,10 +94,53 @@ fn new_cuda(n: usize) -> Result<Device> {
 
 /// The compute dtype for `device`.
 pub fn dtype_for(choice: DtypeChoice, device: &Device) -> DType {
-    match choice {
-        DtypeChoice::Fixed(d) => d,
-        DtypeChoice::Auto if device.is_cpu() => DType::F32,
-        DtypeChoice::Auto => DType::BF16,
+    precision_for(choice, device).compute
+}
+
+/// Which dtype a model's weight matrices (projections, experts, embeddings, lm head) are held in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixPrecision {
+    /// The compute dtype (GPUs; `--dtype f32` on the CPU).
+    Compute,
+    /// The checkpoint's own precision: bf16 and f16 stay as stored, block-FP8 becomes bf16, f32 stays f32.
+    Stored,
+    /// This dtype.
+    Fixed(DType),
+}
+
+/// How a model is held: activations, norms, attention, routing and the KV cache compute in `compute`;
+/// weight matrices are held as `matrices` says (the CPU kernels widen them in registers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    pub compute: DType,
+    pub matrices: MatrixPrecision,
+}
+
+impl From<DType> for Precision {
+    /// Everything in `dtype` (the reference configuration of the golden tests, and GPUs).
+    fn from(dtype: DType) -> Self {
+        Self {
+            compute: dtype,
+            matrices: MatrixPrecision::Compute,
+        }
+    }
+}
+
+/// `--dtype` on `device`. On the CPU compute is always f32 (bf16 arithmetic there is slow and lossy):
+/// `auto` keeps the checkpoint's weights as stored, `bf16` / `f16` hold the weights in that dtype, `f32`
+/// widens everything at load. On a GPU the dtype is the compute dtype (`auto`: bf16).
+pub fn precision_for(choice: DtypeChoice, device: &Device) -> Precision {
+    match (choice, device.is_cpu()) {
+        (DtypeChoice::Auto, true) => Precision {
+            compute: DType::F32,
+            matrices: MatrixPrecision::Stored,
+        },
+        (DtypeChoice::Fixed(d @ (DType::BF16 | DType::F16)), true) => Precision {
+            compute: DType::F32,
+            matrices: MatrixPrecision::Fixed(d),
+        },
+        (DtypeChoice::Fixed(d), _) => d.into(),
+        (DtypeChoice::Auto, false) => DType::BF16.into(),
     }
 }
 
@@ -128,11 +171,19 @@ mod tests {
     }
 
     #[test]
-    fn auto_dtype_is_f32_on_the_cpu() {
-        assert_eq!(dtype_for(DtypeChoice::Auto, &Device::Cpu), DType::F32);
+    fn cpu_computes_in_f32_with_weights_as_chosen() {
+        let cpu = &Device::Cpu;
+        assert_eq!(dtype_for(DtypeChoice::Auto, cpu), DType::F32);
         assert_eq!(
-            dtype_for(DtypeChoice::Fixed(DType::BF16), &Device::Cpu),
-            DType::BF16
+            precision_for(DtypeChoice::Auto, cpu).matrices,
+            MatrixPrecision::Stored
+        );
+        let bf16 = precision_for(DtypeChoice::Fixed(DType::BF16), cpu);
+        assert_eq!(bf16.compute, DType::F32);
+        assert_eq!(bf16.matrices, MatrixPrecision::Fixed(DType::BF16));
+        assert_eq!(
+            precision_for(DtypeChoice::Fixed(DType::F32), cpu),
+            Precision::from(DType::F32)
         );
     }
 

@@ -119,6 +119,7 @@ pub fn describe(loaded: &LoadedModel) -> String {
         .map(|(k, v)| format!("{k} ({v} tensors)"))
         .collect();
     let _ = writeln!(o, "stored dtype:  {}", dtypes.join(", "));
+    let _ = writeln!(o, "weight dtype:  {:?}", loaded.model.weight_dtype());
     let _ = writeln!(
         o,
         "compute dtype: {:?} on {:?}",

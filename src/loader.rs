@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device};
 
+use crate::device::Precision;
 use crate::error::Result;
 use crate::model::config::{model_spec, HubConfig};
 use crate::model::{Model, ModelSpec};
@@ -83,9 +84,23 @@ pub enum LoadFormat {
     Dummy,
 }
 
-/// Loads a checkpoint onto `device` in `dtype`.
-pub fn load(source: &ModelSource, device: &Device, dtype: DType) -> Result<LoadedModel> {
-    load_with(source, device, dtype, LoadFormat::Auto)
+/// Loads a checkpoint onto `device` in `precision` (a `DType`: everything in that dtype).
+pub fn load(
+    source: &ModelSource,
+    device: &Device,
+    precision: impl Into<Precision>,
+) -> Result<LoadedModel> {
+    load_with(source, device, precision, LoadFormat::Auto)
+}
+
+/// The precision config.json declares for the weights (`torch_dtype`, or `dtype` in newer exports).
+fn declared_dtype(cfg: &HubConfig) -> Option<DType> {
+    match cfg.str("torch_dtype").or_else(|| cfg.str("dtype"))? {
+        "bfloat16" => Some(DType::BF16),
+        "float16" => Some(DType::F16),
+        "float32" => Some(DType::F32),
+        _ => None,
+    }
 }
 
 /// Loads a checkpoint, or with `LoadFormat::Dummy` builds its architecture with random weights. A dummy
@@ -93,13 +108,14 @@ pub fn load(source: &ModelSource, device: &Device, dtype: DType) -> Result<Loade
 pub fn load_with(
     source: &ModelSource,
     device: &Device,
-    dtype: DType,
+    precision: impl Into<Precision>,
     format: LoadFormat,
 ) -> Result<LoadedModel> {
+    let precision = precision.into();
     let (cfg, spec) = read_spec(source)?;
     let mut store = match format {
-        LoadFormat::Auto => WeightStore::open(source, device, dtype)?,
-        LoadFormat::Dummy => WeightStore::dummy(device, dtype),
+        LoadFormat::Auto => WeightStore::open(source, device, precision)?,
+        LoadFormat::Dummy => WeightStore::dummy(device, precision, declared_dtype(&cfg)),
     };
     let model = Model::load(&spec, &mut store)?;
     let weights = store.summary();

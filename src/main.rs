@@ -129,7 +129,8 @@ struct ModelArgs {
     /// auto (first CUDA GPU if built with `cuda` and present, else the CPU), cpu, or cuda:N.
     #[arg(long, default_value = "auto")]
     device: moeserve::device::DeviceChoice,
-    /// Compute dtype: auto (bf16 on a GPU, f32 on the CPU), bf16, f16 or f32.
+    /// auto: on the CPU weights stay in the checkpoint's precision and compute is f32; on a GPU bf16.
+    /// On the CPU bf16 / f16 hold the weights in that dtype (compute stays f32); f32 widens everything.
     #[arg(long, default_value = "auto")]
     dtype: moeserve::device::DtypeChoice,
     /// auto: the checkpoint's weights; dummy: random weights from config.json alone (benchmarking shapes).
@@ -174,13 +175,13 @@ fn load(args: &ModelArgs) -> anyhow::Result<Arc<LoadedModel>> {
     let source = loader::source_for(args.model.as_deref());
     let started = std::time::Instant::now();
     let device = moeserve::device::open(args.device)?;
-    let dtype = moeserve::device::dtype_for(args.dtype, &device);
-    let loaded = loader::load_with(&source, &device, dtype, args.load_format)
+    let precision = moeserve::device::precision_for(args.dtype, &device);
+    let loaded = loader::load_with(&source, &device, precision, args.load_format)
         .with_context(|| format!("loading {}", source.describe()))?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         device = %moeserve::device::describe(&device),
-        dtype = ?dtype,
+        compute_dtype = ?precision.compute,
         load_format = ?args.load_format,
         "model loaded"
     );

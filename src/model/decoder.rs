@@ -49,6 +49,8 @@ pub struct Model {
     rope: Rope,
     device: Device,
     dtype: DType,
+    /// The dtype of the weight matrices (on the CPU by default the checkpoint's own precision).
+    weight_dtype: DType,
     /// Use the gathering attention path even where the in-place paths apply (tests compare both).
     gather_attention: bool,
 }
@@ -58,7 +60,7 @@ impl Model {
     pub fn load(spec: &ModelSpec, store: &mut WeightStore) -> Result<Self> {
         let h = spec.hidden_size;
         let eps = spec.rms_norm_eps;
-        let embed = store.get("model.embed_tokens.weight", &[spec.vocab_size, h])?;
+        let embed = store.get_matrix("model.embed_tokens.weight", &[spec.vocab_size, h])?;
         let mut layers = Vec::with_capacity(spec.num_layers());
         for (i, ffn) in spec.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
@@ -118,6 +120,7 @@ impl Model {
             rope: Rope::new(spec.attention.rope()),
             device: store.device().clone(),
             dtype: store.dtype(),
+            weight_dtype: store.matrix_dtype(),
             gather_attention: false,
         })
     }
@@ -157,8 +160,14 @@ impl Model {
         &self.device
     }
 
+    /// The compute dtype (activations, attention, KV cache).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype weight matrices are held in.
+    pub fn weight_dtype(&self) -> DType {
+        self.weight_dtype
     }
 
     /// A paged cache sized for this model.
@@ -262,7 +271,7 @@ impl Model {
         }
         let inputs = self.attention_inputs(batch)?;
         let ids = Tensor::from_slice(&batch.tokens, batch.tokens.len(), &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x)?;
             let a = match &layer.attention {

@@ -20,7 +20,7 @@ impl Linear {
         in_dim: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = store.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let weight = store.get_matrix(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
         let bias = if bias {
             Some(store.get(&format!("{prefix}.bias"), &[out_dim])?)
         } else {

@@ -1,5 +1,6 @@
 //! The checkpoint's tensors: a single `model.safetensors` or an index with shards, memory-mapped, looked up
-//! by name, shape-checked, converted to the compute dtype and placed on the device one tensor at a time.
+//! by name, shape-checked, converted to the compute dtype (weight matrices: to the matrix dtype, which on
+//! the CPU is by default the checkpoint's own precision) and placed on the device one tensor at a time.
 //! Every tensor the model takes is recorded, so that tensors nobody used are reported as an error.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -10,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
 use super::source::{FileBytes, ModelSource};
+use crate::device::{MatrixPrecision, Precision};
 use crate::error::{Error, Result};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -39,13 +41,51 @@ pub struct StoreSummary {
     pub dtypes: BTreeMap<String, usize>,
 }
 
+/// The dtype weight matrices are held in: what `precision` asks where the CPU kernels serve it (f32
+/// compute on the CPU, matrices in f32, bf16 or f16), else the compute dtype.
+fn matrix_dtype(precision: Precision, device: &Device, stored: Option<DType>) -> DType {
+    let compute = precision.compute;
+    if !device.is_cpu() || compute != DType::F32 {
+        return compute;
+    }
+    let wanted = match precision.matrices {
+        MatrixPrecision::Compute => compute,
+        MatrixPrecision::Fixed(d) => d,
+        MatrixPrecision::Stored => stored.unwrap_or(compute),
+    };
+    match wanted {
+        DType::F32 | DType::BF16 | DType::F16 => wanted,
+        _ => compute,
+    }
+}
+
+/// The precision most of a checkpoint's matrix elements are stored in (block-FP8 counts as bf16, what
+/// its dequantized weights are held in).
+fn dominant_matrix_dtype(entries: &HashMap<String, Entry>) -> Option<DType> {
+    let mut elems: BTreeMap<u8, usize> = BTreeMap::new();
+    for e in entries.values().filter(|e| e.shape.len() == 2) {
+        let key = match e.dtype {
+            Dtype::F32 => 0,
+            Dtype::BF16 | Dtype::F8_E4M3 => 1,
+            Dtype::F16 => 2,
+            _ => continue,
+        };
+        *elems.entry(key).or_default() += e.shape.iter().product::<usize>();
+    }
+    let (key, _) = elems.into_iter().max_by_key(|&(_, n)| n)?;
+    Some([DType::F32, DType::BF16, DType::F16][key as usize])
+}
+
 /// Name → tensor access over all shards of a checkpoint.
 pub struct WeightStore {
     shards: Vec<Shard>,
     entries: HashMap<String, Entry>,
     taken: HashSet<String>,
     device: Device,
+    /// The compute dtype (activations, norms, biases, attention, KV cache).
     dtype: DType,
+    /// The dtype weight matrices are held in (see [`Precision`]).
+    matrices: DType,
     progress: indicatif::ProgressBar,
     /// `--load-format dummy`: every requested tensor is made up on the device (no files).
     dummy: Option<DummyStats>,
@@ -60,7 +100,8 @@ struct DummyStats {
 
 impl WeightStore {
     /// Opens `model.safetensors` or `model.safetensors.index.json` and its shards; validates every header.
-    pub fn open(source: &ModelSource, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn open(source: &ModelSource, device: &Device, precision: Precision) -> Result<Self> {
+        let dtype = precision.compute;
         let files: Vec<(String, Option<Vec<String>>)> = if source.exists(INDEX_FILE) {
             let index = source
                 .read_json(INDEX_FILE)?
@@ -149,15 +190,27 @@ impl WeightStore {
         } else {
             indicatif::ProgressBar::hidden()
         };
+        let stored = dominant_matrix_dtype(&entries);
         Ok(Self {
             shards,
             entries,
             taken: HashSet::new(),
             device: device.clone(),
             dtype,
+            matrices: matrix_dtype(precision, device, stored),
             progress,
             dummy: None,
         })
+    }
+
+    /// The dtype weight matrices are held in.
+    pub fn matrix_dtype(&self) -> DType {
+        self.matrices
+    }
+
+    /// Takes a weight matrix (projection, expert, embedding, lm head) in the matrix dtype.
+    pub fn get_matrix(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_as(name, shape, self.matrices)
     }
 
     pub fn device(&self) -> &Device {
@@ -194,13 +247,15 @@ impl WeightStore {
     /// A store without files: each tensor the model asks for is random, made directly on `device` (like
     /// vLLM's `--load-format dummy`), so real shapes can be benchmarked from config.json alone. Norm
     /// weights are ones, biases zeros, matrices N(0, 1/fan_in) so activations keep their scale.
-    pub fn dummy(device: &Device, dtype: DType) -> Self {
+    /// `stored` is the checkpoint's declared precision (`torch_dtype`), which `Stored` matrices take.
+    pub fn dummy(device: &Device, precision: Precision, stored: Option<DType>) -> Self {
         Self {
             shards: Vec::new(),
             entries: HashMap::new(),
             taken: HashSet::new(),
             device: device.clone(),
-            dtype,
+            dtype: precision.compute,
+            matrices: matrix_dtype(precision, device, stored),
             progress: indicatif::ProgressBar::hidden(),
             dummy: Some(DummyStats::default()),
         }
@@ -395,7 +450,7 @@ mod tests {
         let mut store = WeightStore::open(
             &ModelSource::Dir(dir.path().to_path_buf()),
             &dev,
-            DType::F32,
+            DType::F32.into(),
         )?;
         let got = store.get("x.weight", &[3, 5])?.to_vec2::<f32>()?;
         // All values are exact in e4m3; each is multiplied by its block's scale.
@@ -406,5 +461,27 @@ mod tests {
         ];
         assert_eq!(got, expected);
         store.finish()
+    }
+
+    #[test]
+    fn matrices_keep_the_stored_precision_on_the_cpu_only_with_f32_compute() {
+        let stored = Precision {
+            compute: DType::F32,
+            matrices: MatrixPrecision::Stored,
+        };
+        let cpu = &Device::Cpu;
+        assert_eq!(matrix_dtype(stored, cpu, Some(DType::BF16)), DType::BF16);
+        assert_eq!(matrix_dtype(stored, cpu, Some(DType::F16)), DType::F16);
+        assert_eq!(matrix_dtype(stored, cpu, None), DType::F32);
+        assert_eq!(
+            matrix_dtype(DType::BF16.into(), cpu, Some(DType::F32)),
+            DType::BF16,
+            "bf16 compute: everything bf16"
+        );
+        let fixed = Precision {
+            compute: DType::F32,
+            matrices: MatrixPrecision::Fixed(DType::F16),
+        };
+        assert_eq!(matrix_dtype(fixed, cpu, Some(DType::BF16)), DType::F16);
     }
 }

@@ -33,6 +33,7 @@ pub fn forward(
         with_hosts(&all, |views| match views {
             HostSlices::F32(ws) => Ok(run(xs, t, hidden, groups, &ws)),
             HostSlices::Bf16(ws) => Ok(run(xs, t, hidden, groups, &ws)),
+            HostSlices::F16(ws) => Ok(run(xs, t, hidden, groups, &ws)),
         })
     })?;
     Ok(Tensor::from_vec(out, (t, hidden), x.device())?)

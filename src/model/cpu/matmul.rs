@@ -7,7 +7,7 @@
 //! accumulation. AVX2+FMA is chosen at run time; other CPUs get a portable loop the compiler vectorises.
 
 use candle_core::{CpuStorage, DType, Storage, Tensor};
-use half::bf16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::attention::with_f32;
@@ -38,7 +38,16 @@ pub fn matmul_wt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
         fast &= streamable(x, w)? && Some(w.dtype()) == dtype;
     }
     if !fast {
-        return ws.iter().map(|w| Ok(x.matmul(&w.t()?)?)).collect();
+        return ws
+            .iter()
+            .map(|w| {
+                if w.dtype() == x.dtype() {
+                    Ok(x.matmul(&w.t()?)?)
+                } else {
+                    super::widen::matmul_wt_widened(x, w)
+                }
+            })
+            .collect();
     }
     let x = x.contiguous()?;
     let (m, k) = x.dims2()?;
@@ -51,6 +60,11 @@ pub fn matmul_wt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
                         .collect::<Vec<_>>(),
                 ),
                 HostSlices::Bf16(ws) => run_products(
+                    &ws.iter()
+                        .map(|w| Product { x: xs, m, w, k })
+                        .collect::<Vec<_>>(),
+                ),
+                HostSlices::F16(ws) => run_products(
                     &ws.iter()
                         .map(|w| Product { x: xs, m, w, k })
                         .collect::<Vec<_>>(),
@@ -71,7 +85,7 @@ fn streamable(x: &Tensor, w: &Tensor) -> Result<bool> {
         && x.rank() == 2
         && w.rank() == 2
         && x.dtype() == DType::F32
-        && matches!(w.dtype(), DType::F32 | DType::BF16)
+        && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
         && (1..=MAX_ROWS).contains(&x.dim(0)?)
         && x.dim(1)? == w.dim(1)?
         && w.is_contiguous())
@@ -81,28 +95,32 @@ fn streamable(x: &Tensor, w: &Tensor) -> Result<bool> {
 pub enum HostSlices<'a> {
     F32(Vec<&'a [f32]>),
     Bf16(Vec<&'a [bf16]>),
+    F16(Vec<&'a [f16]>),
 }
 
-/// Runs `f` on the data of several contiguous CPU tensors of one dtype (f32 or bf16).
+/// Runs `f` on the data of several contiguous CPU tensors of one dtype (f32, bf16 or f16).
 pub fn with_hosts<R>(ts: &[&Tensor], f: impl FnOnce(HostSlices<'_>) -> Result<R>) -> Result<R> {
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
     let mut f32s = Vec::new();
     let mut bf16s = Vec::new();
+    let mut f16s = Vec::new();
     for (storage, layout) in &guards {
         match (&**storage, layout.contiguous_offsets()) {
             (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f32s.push(&v[a..b]),
             (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => bf16s.push(&v[a..b]),
+            (Storage::Cpu(CpuStorage::F16(v)), Some((a, b))) => f16s.push(&v[a..b]),
             _ => {
                 return Err(Error::Batch(
-                    "host kernel needs contiguous f32 or bf16 CPU tensors".into(),
+                    "host kernel needs contiguous f32, bf16 or f16 CPU tensors".into(),
                 ))
             }
         }
     }
-    match (f32s.is_empty(), bf16s.is_empty()) {
-        (false, true) | (true, true) => f(HostSlices::F32(f32s)),
-        (true, false) => f(HostSlices::Bf16(bf16s)),
-        (false, false) => Err(Error::Batch(
+    match (f32s.is_empty(), bf16s.is_empty(), f16s.is_empty()) {
+        (_, true, true) => f(HostSlices::F32(f32s)),
+        (true, false, true) => f(HostSlices::Bf16(bf16s)),
+        (true, true, false) => f(HostSlices::F16(f16s)),
+        _ => Err(Error::Batch(
             "host kernel needs weights of one dtype".into(),
         )),
     }
@@ -112,11 +130,11 @@ pub fn with_hosts<R>(ts: &[&Tensor], f: impl FnOnce(HostSlices<'_>) -> Result<R>
 pub trait WeightElem: Copy + Send + Sync {
     fn widen(self) -> f32;
     /// # Safety
-    /// AVX2 and FMA must be available and `x.len() == w.len()`.
+    /// AVX2, FMA and F16C must be available and `x.len() == w.len()`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot_avx2(x: &[f32], w: &[Self]) -> f32;
     /// # Safety
-    /// AVX2 and FMA must be available; `x` is `[m, k]`, `w` `[rows, k]`, `out` `[rows, m]`.
+    /// AVX2, FMA and F16C must be available; `x` is `[m, k]`, `w` `[rows, k]`, `out` `[rows, m]`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[Self], out: &mut [f32]);
 }
@@ -147,6 +165,21 @@ impl WeightElem for bf16 {
     }
     #[cfg(target_arch = "x86_64")]
     unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[bf16], out: &mut [f32]) {
+        avx2::tile(x, m, k, w, out)
+    }
+}
+
+impl WeightElem for f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_avx2(x: &[f32], w: &[f16]) -> f32 {
+        avx2::dot(x, w)
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[f16], out: &mut [f32]) {
         avx2::tile(x, m, k, w, out)
     }
 }
@@ -222,7 +255,10 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_fma() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    // Every AVX2 CPU has F16C too; the f16 weight loads need it.
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -276,7 +312,7 @@ pub(crate) fn dot_lanes<W: WeightElem>(x: &[f32], w: &[W]) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use half::bf16;
+    use half::{bf16, f16};
 
     /// Loads 8 weights as f32.
     pub trait Load8 {
@@ -300,11 +336,18 @@ mod avx2 {
         }
     }
 
+    impl Load8 for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+    }
+
     /// `out[r * m + i] = x[i] · w[r]` for `x` `[m, k]`, `w` `[rows, k]`, in 2×4 register tiles.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `x.len() == m * k`, `w.len() == rows * k`, `out.len() == rows * m`.
-    #[target_feature(enable = "avx2,fma")]
+    /// AVX2, FMA and F16C must be available; `x.len() == m * k`, `w.len() == rows * k`, `out.len() == rows * m`.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile<W: Load8 + super::WeightElem>(
         x: &[f32],
         m: usize,
@@ -392,8 +435,8 @@ mod avx2 {
     }
 
     /// # Safety
-    /// AVX2 and FMA must be available and `x.len() == w.len()`.
-    #[target_feature(enable = "avx2,fma")]
+    /// AVX2, FMA and F16C must be available and `x.len() == w.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot<W: Load8 + super::WeightElem>(x: &[f32], w: &[W]) -> f32 {
         let k = x.len().min(w.len());
         let (xp, wp) = (x.as_ptr(), w.as_ptr());

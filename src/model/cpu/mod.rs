@@ -6,3 +6,4 @@
 pub mod attention;
 pub mod experts;
 pub mod matmul;
+pub mod widen;

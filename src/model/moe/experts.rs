@@ -45,9 +45,9 @@ pub fn load_expert_weights(
     for e in 0..num_experts {
         let p = format!("{prefix}.experts.{e}");
         experts.push((
-            store.get(&format!("{p}.{}.weight", names[0]), &[intermediate, hidden])?,
-            store.get(&format!("{p}.{}.weight", names[1]), &[intermediate, hidden])?,
-            store.get(&format!("{p}.{}.weight", names[2]), &[hidden, intermediate])?,
+            store.get_matrix(&format!("{p}.{}.weight", names[0]), &[intermediate, hidden])?,
+            store.get_matrix(&format!("{p}.{}.weight", names[1]), &[intermediate, hidden])?,
+            store.get_matrix(&format!("{p}.{}.weight", names[2]), &[hidden, intermediate])?,
         ));
     }
     Ok(experts)

@@ -1,0 +1,123 @@
+//! Weights held in their stored precision on the CPU (bf16 / f16 widened in registers, f32 compute) give
+//! the golden logits: the bf16-stored fixtures (qwen3_moe, kimi_k2) equal transformers' f32 reference
+//! within the usual 2e-5 (widening bf16 to f32 is exact, so only summation order differs), and every
+//! family re-saved in bf16 and in f16 gives, held as stored, the logits of the same file widened to f32 at
+//! load — alone, batched across the streaming kernel's 32-row limit, and decoding.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use moeserve::device::{MatrixPrecision, Precision};
+use moeserve::loader::{self, LoadedModel};
+use moeserve::weights::ModelSource;
+
+const STORED: Precision = Precision {
+    compute: DType::F32,
+    matrices: MatrixPrecision::Stored,
+};
+
+fn load(dir: &std::path::Path, precision: Precision) -> LoadedModel {
+    loader::load(
+        &ModelSource::Dir(dir.to_path_buf()),
+        &Device::Cpu,
+        precision,
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+/// Each prompt alone, then all prompts in one batch (more than 32 rows: the widened-panel path), then
+/// one decode step of each: every logits row.
+fn logits(loaded: &LoadedModel, prompts: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let mut rows = Vec::new();
+    for p in prompts {
+        let mut runner = Runner::new(loaded, 1, 16, 4);
+        rows.extend(runner.step(&[(0, p.clone())]).remove(0));
+    }
+    let mut runner = Runner::new(loaded, prompts.len(), 96, 4);
+    let work: Vec<(usize, Vec<u32>)> = prompts.iter().cloned().enumerate().collect();
+    for seq in runner.step(&work) {
+        rows.extend(seq);
+    }
+    let decode: Vec<(usize, Vec<u32>)> = (0..prompts.len()).map(|i| (i, vec![3])).collect();
+    for seq in runner.step(&decode) {
+        rows.extend(seq);
+    }
+    rows
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn bf16_stored_fixtures_match_the_reference_held_in_bf16() {
+    for family in ["qwen3_moe", "kimi_k2"] {
+        let loaded = load(&fixture_dir(family), STORED);
+        assert_eq!(loaded.model.weight_dtype(), DType::BF16, "{family}");
+        assert_eq!(loaded.model.dtype(), DType::F32, "{family}");
+        let r = reference(family);
+        for (i, prompt) in r.prompts.iter().enumerate() {
+            let mut runner = Runner::new(&loaded, 1, 16, 4);
+            let ours = runner.step(&[(0, prompt.clone())]).remove(0);
+            let ours = Tensor::new(ours, &Device::Cpu).unwrap();
+            let diff = max_abs_diff(&ours, &r.tensors[&format!("logits.{i}")]);
+            assert!(diff < TOLERANCE, "{family} prompt {i}: {diff}");
+        }
+    }
+}
+
+/// A copy of a fixture with every floating-point tensor stored in `dtype`.
+fn resaved(family: &str, dtype: DType) -> tempfile::TempDir {
+    let src = fixture_dir(family);
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let target = dir.path().join(path.file_name().unwrap());
+        if path.extension().is_some_and(|e| e == "safetensors")
+            && !path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("reference")
+        {
+            let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+            let converted: HashMap<String, Tensor> = tensors
+                .into_iter()
+                .map(|(k, t)| {
+                    let t = if t.dtype().is_float() {
+                        t.to_dtype(dtype).unwrap()
+                    } else {
+                        t
+                    };
+                    (k, t)
+                })
+                .collect();
+            candle_core::safetensors::save(&converted, &target).unwrap();
+        } else if path.is_file() {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+    dir
+}
+
+#[test]
+fn every_family_held_as_stored_equals_widening_at_load() {
+    for dtype in [DType::BF16, DType::F16] {
+        for family in FAMILIES {
+            let dir = resaved(family, dtype);
+            let held = load(dir.path(), STORED);
+            assert_eq!(held.model.weight_dtype(), dtype, "{family}");
+            let widened = load(dir.path(), DType::F32.into());
+            let prompts = reference(family).prompts;
+            let diff = max_diff(&logits(&held, &prompts), &logits(&widened, &prompts));
+            assert!(diff < TOLERANCE, "{family} {dtype:?}: {diff}");
+        }
+    }
+}
