@@ -37,6 +37,9 @@ pub fn matmul_wt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
     for w in ws {
         fast &= streamable(x, w)? && Some(w.dtype()) == dtype;
     }
+    if !fast && chunkable(x, ws)? {
+        return chunked(x, ws);
+    }
     if !fast {
         return ws
             .iter()
@@ -78,6 +81,44 @@ pub fn matmul_wt_many(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
             Ok(Tensor::from_vec(y, (m, n), x.device())?)
         })
         .collect()
+}
+
+/// Up to this many rows, f32 activations against bf16 / f16 weights go through the streaming kernel in
+/// chunks of [`MAX_ROWS`] (each chunk reads the weights once, at their stored size); beyond it the weights
+/// are widened panel by panel for candle's GEMM (`super::widen`).
+pub const MAX_CHUNKED_ROWS: usize = 2 * MAX_ROWS;
+
+/// Whether `x` (more than [`MAX_ROWS`] rows) against `ws` can run as chunks of the streaming kernel.
+fn chunkable(x: &Tensor, ws: &[&Tensor]) -> Result<bool> {
+    let Some(first) = ws.first() else {
+        return Ok(false);
+    };
+    if x.rank() != 2 || !(MAX_ROWS + 1..=MAX_CHUNKED_ROWS).contains(&x.dim(0)?) {
+        return Ok(false);
+    }
+    let probe = x.narrow(0, 0, 1)?;
+    for w in ws {
+        if !streamable(&probe, w)? || w.dtype() != first.dtype() || w.dtype() == DType::F32 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// [`matmul_wt_many`] over chunks of [`MAX_ROWS`] rows, joined.
+fn chunked(x: &Tensor, ws: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let m = x.dim(0)?;
+    let mut parts: Vec<Vec<Tensor>> = vec![Vec::new(); ws.len()];
+    for first in (0..m).step_by(MAX_ROWS) {
+        let rows = MAX_ROWS.min(m - first);
+        for (part, y) in parts
+            .iter_mut()
+            .zip(matmul_wt_many(&x.narrow(0, first, rows)?, ws)?)
+        {
+            part.push(y);
+        }
+    }
+    parts.into_iter().map(|p| Ok(Tensor::cat(&p, 0)?)).collect()
 }
 
 fn streamable(x: &Tensor, w: &Tensor) -> Result<bool> {

@@ -72,19 +72,24 @@ impl GroupedExperts {
 }
 
 impl GroupedExperts {
-    /// The two-pass CPU path for decode-sized batches; `None` where it does not apply (other devices or
-    /// dtypes, or an expert with more tokens than the streaming kernel takes).
+    /// The two-pass CPU path for decode-sized batches and short prompts; `None` where it does not apply
+    /// (other devices or dtypes, or an expert with more tokens than the streaming kernel serves well:
+    /// [`cpu_matmul::MAX_ROWS`] with f32 weights, [`cpu_matmul::MAX_CHUNKED_ROWS`] with bf16 / f16 ones,
+    /// whose tokens go through in chunks of `MAX_ROWS`, each reading the expert's weights once).
     fn forward_host(
         &self,
         x: &Tensor,
         tokens: &[Vec<u32>],
         scales: &[Vec<f32>],
     ) -> Result<Option<Tensor>> {
-        let weight_dtype = self.experts.first().map(|e| e.gate.dtype());
+        let limit = match self.experts.first().map(|e| e.gate.dtype()) {
+            Some(DType::F32) => cpu_matmul::MAX_ROWS,
+            Some(DType::BF16 | DType::F16) => cpu_matmul::MAX_CHUNKED_ROWS,
+            _ => 0,
+        };
         let applies = x.device().is_cpu()
             && x.dtype() == DType::F32
-            && matches!(weight_dtype, Some(DType::F32 | DType::BF16))
-            && tokens.iter().all(|t| t.len() <= cpu_matmul::MAX_ROWS);
+            && tokens.iter().all(|t| t.len() <= limit);
         if !applies {
             return Ok(None);
         }
@@ -92,11 +97,15 @@ impl GroupedExperts {
             .iter()
             .zip(scales)
             .enumerate()
-            .filter(|(_, (t, _))| !t.is_empty())
-            .map(|(expert, (tokens, scales))| ExpertTokens {
-                expert,
-                tokens,
-                scales,
+            .flat_map(|(expert, (tokens, scales))| {
+                tokens
+                    .chunks(cpu_matmul::MAX_ROWS)
+                    .zip(scales.chunks(cpu_matmul::MAX_ROWS))
+                    .map(move |(tokens, scales)| ExpertTokens {
+                        expert,
+                        tokens,
+                        scales,
+                    })
             })
             .collect();
         let pick = |w: fn(&ExpertWeights) -> &Tensor| -> Vec<&Tensor> {
@@ -179,10 +188,10 @@ mod tests {
                 let mut acc = Tensor::zeros((1, experts.hidden), DType::F32, x.device()).unwrap();
                 for (&e, &s) in ids[t].iter().zip(&w[t]) {
                     let ex = &experts.experts[e as usize];
-                    let g =
-                        candle_nn::ops::silu(&xt.matmul(&ex.gate.t().unwrap()).unwrap()).unwrap();
-                    let u = xt.matmul(&ex.up.t().unwrap()).unwrap();
-                    let y = (g * u).unwrap().matmul(&ex.down.t().unwrap()).unwrap();
+                    let f32_t = |w: &Tensor| w.to_dtype(DType::F32).unwrap().t().unwrap();
+                    let g = candle_nn::ops::silu(&xt.matmul(&f32_t(&ex.gate)).unwrap()).unwrap();
+                    let u = xt.matmul(&f32_t(&ex.up)).unwrap();
+                    let y = (g * u).unwrap().matmul(&f32_t(&ex.down)).unwrap();
                     acc = (acc + (y * f64::from(s)).unwrap()).unwrap();
                 }
                 acc
@@ -192,8 +201,17 @@ mod tests {
     }
 
     fn experts(n: usize, hidden: usize, inter: usize) -> GroupedExperts {
+        experts_in(n, hidden, inter, DType::F32)
+    }
+
+    fn experts_in(n: usize, hidden: usize, inter: usize, dtype: DType) -> GroupedExperts {
         let dev = Device::Cpu;
-        let r = |a, b| Tensor::randn(0f32, 0.2, (a, b), &dev).unwrap();
+        let r = |a, b| {
+            Tensor::randn(0f32, 0.2, (a, b), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
         GroupedExperts {
             experts: (0..n)
                 .map(|_| ExpertWeights {
@@ -236,5 +254,18 @@ mod tests {
         // 12 tokens all on experts 2 and 4: more than the streaming kernel's rows, so the GEMM path runs.
         let ex = experts(5, 40, 24);
         check(&ex, vec![vec![2, 4]; cpu_matmul::MAX_ROWS + 4]);
+    }
+
+    #[test]
+    fn bf16_and_f16_experts_with_many_tokens_match_reference() {
+        for dtype in [DType::BF16, DType::F16] {
+            let ex = experts_in(5, 40, 24, dtype);
+            // Chunks of the streaming kernel (an expert with 36 tokens, others with few).
+            let mut ids = vec![vec![2, 4]; cpu_matmul::MAX_ROWS + 4];
+            ids.push(vec![0, 1]);
+            check(&ex, ids);
+            // Past the chunked limit: widened panels and candle's GEMM.
+            check(&ex, vec![vec![1, 3]; cpu_matmul::MAX_CHUNKED_ROWS + 1]);
+        }
     }
 }
