@@ -1,11 +1,29 @@
-//! `moeserve inspect`: a human-readable description of a loaded checkpoint (architecture, attention and
-//! cache layout, experts, parameter counts, dtypes, files).
+//! `moeserve inspect`: a human-readable description of a checkpoint from its headers alone (architecture,
+//! attention and cache layout, experts, parameter counts, dtypes, files, the memory plan) — no weight is
+//! read or allocated.
 
 use std::fmt::Write;
 
-use crate::loader::LoadedModel;
+use candle_core::DType;
+
 use crate::model::spec::{AttentionKind, FfnSpec, ModelSpec, QkNorm};
-use crate::weights::ModelSource;
+use crate::plan::MemoryPlan;
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{ModelSource, StoreSummary};
+
+/// Everything `inspect` describes.
+pub struct Inspection<'a> {
+    pub source: &'a ModelSource,
+    pub spec: &'a ModelSpec,
+    pub compute: DType,
+    pub weights: DType,
+    pub device: String,
+    pub summary: &'a StoreSummary,
+    pub tokenizer: &'a TextTokenizer,
+    pub eos_ids: &'a [u32],
+    pub chat_template: Option<(usize, &'a str)>,
+    pub plan: &'a MemoryPlan,
+}
 
 /// "1.23M"-style counts.
 pub fn human(n: u64) -> String {
@@ -53,12 +71,12 @@ pub fn kv_bytes_per_token(spec: &ModelSpec, elem: usize) -> (usize, usize) {
     )
 }
 
-pub fn describe(loaded: &LoadedModel) -> String {
-    let spec = loaded.model.spec();
+pub fn describe(i: &Inspection<'_>) -> String {
+    let spec = i.spec;
     let (total, active) = spec.parameter_counts();
     let mut o = String::new();
-    let _ = writeln!(o, "source:        {}", loaded.source.describe());
-    if matches!(loaded.source, ModelSource::Embedded(_)) {
+    let _ = writeln!(o, "source:        {}", i.source.describe());
+    if matches!(i.source, ModelSource::Embedded(_)) {
         let _ = writeln!(
             o,
             "note:          tiny random-weight demo model; its text output is meaningless"
@@ -78,16 +96,16 @@ pub fn describe(loaded: &LoadedModel) -> String {
     );
     let _ = writeln!(o, "hidden size:   {}", spec.hidden_size);
     let _ = writeln!(o, "attention:     {}", attention(spec));
-    let elem = loaded.model.dtype().size_in_bytes();
+    let elem = i.compute.size_in_bytes();
     let (cached, full) = kv_bytes_per_token(spec, elem);
     let _ = match &spec.attention {
         AttentionKind::Mla(_) => writeln!(
             o,
             "kv cache:      {cached} bytes/token (latent, {:?}); decompressed K/V would be {full} bytes/token ({:.1}x)",
-            loaded.model.dtype(),
+            i.compute,
             full as f64 / cached as f64
         ),
-        AttentionKind::Gqa(_) => writeln!(o, "kv cache:      {cached} bytes/token ({:?})", loaded.model.dtype()),
+        AttentionKind::Gqa(_) => writeln!(o, "kv cache:      {cached} bytes/token ({:?})", i.compute),
     };
     if let Some(m) = spec.moe() {
         let shared = m.shared.as_ref().map_or(0, |s| {
@@ -112,51 +130,46 @@ pub fn describe(loaded: &LoadedModel) -> String {
         spec.max_position_embeddings,
         spec.attention.rope().scaling
     );
-    let dtypes: Vec<String> = loaded
-        .weights
+    let dtypes: Vec<String> = i
+        .summary
         .dtypes
         .iter()
         .map(|(k, v)| format!("{k} ({v} tensors)"))
         .collect();
     let _ = writeln!(o, "stored dtype:  {}", dtypes.join(", "));
-    let _ = writeln!(o, "weight dtype:  {:?}", loaded.model.weight_dtype());
-    let _ = writeln!(
-        o,
-        "compute dtype: {:?} on {:?}",
-        loaded.model.dtype(),
-        loaded.model.device()
-    );
-    let _ = if loaded.weights.shards.is_empty() {
+    let _ = writeln!(o, "weight dtype:  {:?}", i.weights);
+    let _ = writeln!(o, "compute dtype: {:?} on {}", i.compute, i.device);
+    let _ = if i.summary.shards.is_empty() {
         writeln!(
             o,
             "weights:       {} tensors, {:.1} MB, random (--load-format dummy)",
-            loaded.weights.tensors,
-            loaded.weights.bytes as f64 / 1e6,
+            i.summary.tensors,
+            i.summary.bytes as f64 / 1e6,
         )
     } else {
         writeln!(
             o,
             "weights:       {} tensors, {:.1} MB in {} shard(s): {}",
-            loaded.weights.tensors,
-            loaded.weights.bytes as f64 / 1e6,
-            loaded.weights.shards.len(),
-            loaded.weights.shards.join(", ")
+            i.summary.tensors,
+            i.summary.bytes as f64 / 1e6,
+            i.summary.shards.len(),
+            i.summary.shards.join(", ")
         )
     };
     let _ = writeln!(
         o,
         "tokenizer:     {}, {} tokens",
-        loaded
-            .tokenizer
+        i.tokenizer
             .file()
             .file_name()
             .map_or_else(|| "?".into(), |f| f.to_string_lossy()),
-        loaded.tokenizer.vocab_size()
+        i.tokenizer.vocab_size()
     );
-    let _ = writeln!(o, "eos ids:       {:?}", loaded.generation.eos_token_ids);
-    let _ = match &loaded.chat_template {
-        Some((t, file)) => writeln!(o, "chat template: found in {file} ({} bytes)", t.len()),
+    let _ = writeln!(o, "eos ids:       {:?}", i.eos_ids);
+    let _ = match i.chat_template {
+        Some((len, file)) => writeln!(o, "chat template: found in {file} ({len} bytes)"),
         None => writeln!(o, "chat template: none"),
     };
+    let _ = writeln!(o, "{}", i.plan.describe());
     o
 }

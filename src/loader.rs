@@ -84,6 +84,52 @@ pub enum LoadFormat {
     Dummy,
 }
 
+/// What a checkpoint declares, from its headers alone (config.json, the safetensors headers): no weight
+/// is read or allocated.
+pub struct Headers {
+    pub cfg: HubConfig,
+    pub spec: ModelSpec,
+    pub summary: StoreSummary,
+    /// The dtype the weight matrices would be held in.
+    pub matrix_dtype: DType,
+    pub compute_dtype: DType,
+}
+
+/// Reads a checkpoint's headers (see [`Headers`]).
+pub fn read_headers(
+    source: &ModelSource,
+    device: &Device,
+    precision: impl Into<Precision>,
+    format: LoadFormat,
+) -> Result<Headers> {
+    let precision = precision.into();
+    let (cfg, spec) = read_spec(source)?;
+    let (summary, matrix_dtype) = match format {
+        LoadFormat::Auto => {
+            let store = WeightStore::open(source, device, precision)?;
+            (store.summary(), store.matrix_dtype())
+        }
+        LoadFormat::Dummy => {
+            let dtype = crate::weights::matrix_dtype(precision, device, declared_dtype(&cfg));
+            let (params, _) = spec.parameter_counts();
+            let summary = StoreSummary {
+                shards: Vec::new(),
+                tensors: 0,
+                bytes: params as usize * dtype.size_in_bytes(),
+                dtypes: [(format!("dummy {dtype:?}"), 0)].into_iter().collect(),
+            };
+            (summary, dtype)
+        }
+    };
+    Ok(Headers {
+        cfg,
+        spec,
+        summary,
+        matrix_dtype,
+        compute_dtype: precision.compute,
+    })
+}
+
 /// Loads a checkpoint onto `device` in `precision` (a `DType`: everything in that dtype).
 pub fn load(
     source: &ModelSource,

@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use moeserve::engine::{generate, RequestParams, SamplingParams};
 use moeserve::loader::{self, LoadedModel};
 
+#[path = "cli/inspect.rs"]
+mod inspect;
 #[path = "cli/serve.rs"]
 mod serve;
 
@@ -228,13 +230,6 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_inspect(args: ModelArgs) -> anyhow::Result<()> {
-    let loaded = load(&args)?;
-    let mut o = std::io::stdout().lock();
-    write!(o, "{}", moeserve::inspect::describe(&loaded))?;
-    Ok(())
-}
-
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     use moeserve::bench;
     let requests = match args.dataset.as_str() {
@@ -364,7 +359,7 @@ fn main() {
     moeserve::logging::init(cli.log_format, default);
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
-        Command::Inspect(args) => run_inspect(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => run_bench(args),
         Command::HashKey => {

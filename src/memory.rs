@@ -48,6 +48,21 @@ fn cgroup_headroom(root: &Path) -> Option<u64> {
     }
 }
 
+/// This process's resident memory (VmRSS), for the plan-vs-measured log line.
+pub fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| {
+        let kib: u64 = l
+            .strip_prefix("VmRSS:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    })
+}
+
 /// `n` bytes in MiB, for messages.
 pub fn mib(n: u64) -> u64 {
     n.div_ceil(1024 * 1024)

@@ -1,6 +1,7 @@
 //! `moeserve serve`: its flags, checked before anything is loaded or allocated (each problem is one line
-//! naming the flag), the KV pool checked against the host's memory before it is allocated, TLS files
-//! loaded (and named in errors) before "listening" is printed, then the HTTP server until a signal.
+//! naming the flag), the memory plan (weights at their held precision, KV pool, activations) made from
+//! the headers and checked against the device's memory before anything is allocated, TLS files loaded
+//! (and named in errors) before "listening" is printed, then the HTTP server until a signal.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use clap::Args;
 use moeserve::api::limits::{AllowedHosts, RequestLimits};
 use moeserve::api::server::ConnectionLimits;
 use moeserve::engine::{EngineHandle, SchedulerConfig};
+use moeserve::plan::{kv_blocks, MemoryPlan, PlanInputs};
 
 use super::{load, ModelArgs};
 
@@ -103,35 +105,6 @@ pub struct ServeArgs {
     max_messages: usize,
 }
 
-/// KV pool bytes against what the host can still give: refuses before allocating (CPU; on a GPU the
-/// allocation itself reports it).
-fn check_kv_fits(
-    device: &candle_core::Device,
-    blocks: usize,
-    block_bytes: usize,
-) -> anyhow::Result<()> {
-    if !device.is_cpu() {
-        return Ok(());
-    }
-    let Some(available) = moeserve::memory::host_available_bytes() else {
-        return Ok(());
-    };
-    let need = blocks as u64 * block_bytes as u64;
-    // Leave a tenth (and at least 256 MiB) for activations, buffers and the rest of the process.
-    let usable = available.saturating_sub((available / 10).max(256 << 20));
-    if need > usable {
-        let fit = usable / block_bytes.max(1) as u64;
-        anyhow::bail!(
-            "the KV cache of {blocks} blocks needs {} MiB but {} MiB of memory are available: use at \
-             most --kv-blocks {fit} (or --kv-cache-mib {})",
-            moeserve::memory::mib(need),
-            moeserve::memory::mib(available),
-            usable >> 20
-        );
-    }
-    Ok(())
-}
-
 fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
@@ -180,18 +153,45 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None if is_loopback(&args.host) => AllowedHosts::loopback(),
         None => AllowedHosts::Any,
     };
+    // The memory plan, from the headers alone, before any weight or KV block is allocated.
+    let source = moeserve::loader::source_for(args.model.model.as_deref());
+    let device = moeserve::device::open(args.model.device)?;
+    let precision = moeserve::device::precision_for(args.model.dtype, &device);
+    let headers =
+        moeserve::loader::read_headers(&source, &device, precision, args.model.load_format)
+            .with_context(|| format!("reading {}", source.describe()))?;
+    let block_size = args.block_size;
+    let num_blocks = kv_blocks(
+        &headers.spec,
+        headers.compute_dtype,
+        block_size,
+        args.kv_blocks,
+        args.kv_cache_mib,
+        args.max_running_seqs,
+    );
+    let plan = MemoryPlan::new(PlanInputs {
+        spec: &headers.spec,
+        matrix_dtype: headers.matrix_dtype,
+        compute_dtype: headers.compute_dtype,
+        kv_blocks: num_blocks,
+        block_size,
+        max_batch_tokens: args.max_batch_tokens,
+        max_running: args.max_running_seqs,
+        available: moeserve::plan::available_on(&device),
+    });
+    plan.check().map_err(|line| anyhow::anyhow!(line))?;
+    drop(headers);
     let loaded = load(&args.model)?;
+    let rss = moeserve::memory::process_rss_bytes();
+    tracing::info!(
+        planned_weights_mib = plan.weights >> 20,
+        planned_total_mib = plan.total() >> 20,
+        rss_after_load_mib = rss.map(|b| b >> 20),
+        "memory plan vs measured"
+    );
     let spec = loaded.model.spec();
     let (bytes_per_token, _) =
         moeserve::inspect::kv_bytes_per_token(spec, loaded.model.dtype().size_in_bytes());
-    let block_size = args.block_size;
-    let block_bytes = bytes_per_token * block_size;
-    // By default: the memory budget, but no more than every running sequence at full context needs.
-    let full = args.max_running_seqs * spec.max_position_embeddings.div_ceil(block_size);
-    let num_blocks = args.kv_blocks.unwrap_or_else(|| {
-        (args.kv_cache_mib * 1024 * 1024 / block_bytes.max(1)).clamp(1, full.max(1))
-    });
-    check_kv_fits(loaded.model.device(), num_blocks, block_bytes)?;
     let config = SchedulerConfig {
         max_running: args.max_running_seqs,
         max_batch_tokens: args.max_batch_tokens,

@@ -43,7 +43,7 @@ pub struct StoreSummary {
 
 /// The dtype weight matrices are held in: what `precision` asks where the CPU kernels serve it (f32
 /// compute on the CPU, matrices in f32, bf16 or f16), else the compute dtype.
-fn matrix_dtype(precision: Precision, device: &Device, stored: Option<DType>) -> DType {
+pub fn matrix_dtype(precision: Precision, device: &Device, stored: Option<DType>) -> DType {
     let compute = precision.compute;
     if !device.is_cpu() || compute != DType::F32 {
         return compute;
