@@ -33,19 +33,24 @@ impl TextTokenizer {
     /// A stand-in for dummy-weight models without tokenizer files: id `N` is the word `<tN>`
     /// (whitespace-separated), so token-id prompts and streamed output still work.
     pub fn placeholder(vocab_size: usize) -> Result<Self> {
+        Self::from_json(
+            Self::placeholder_json(vocab_size).as_bytes(),
+            "<placeholder tokenizer>".into(),
+        )
+    }
+
+    /// The `tokenizer.json` of [`Self::placeholder`] (written next to dummy checkpoints).
+    pub fn placeholder_json(vocab_size: usize) -> String {
         let vocab: serde_json::Map<String, serde_json::Value> = (0..vocab_size.max(1))
             .map(|i| (format!("<t{i}>"), serde_json::Value::from(i)))
             .collect();
-        let json = serde_json::json!({
+        serde_json::json!({
             "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
             "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
             "decoder": null,
             "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<t0>"}
-        });
-        Self::from_json(
-            json.to_string().as_bytes(),
-            "<placeholder tokenizer>".into(),
-        )
+        })
+        .to_string()
     }
 
     /// A `tokenizer.json` document; `path` names it in errors.

@@ -27,6 +27,26 @@ impl std::ops::Deref for FileBytes {
     }
 }
 
+impl FileBytes {
+    /// Drops `start..end` (bytes already copied out) from the process's resident set: a checkpoint is
+    /// then held once (its copy), not twice (copy + mapped pages) while it loads. The pages stay in the
+    /// page cache and are read back from the file if touched again. A no-op for static data.
+    pub fn release(&self, start: usize, end: usize) {
+        #[cfg(unix)]
+        if let FileBytes::Mmap(m) = self {
+            if start < end && end <= m.len() {
+                // SAFETY: the map is read-only and file-backed: after MADV_DONTNEED a read faults the
+                // same bytes back in from the file, so every slice of it keeps its contents.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (start, end);
+    }
+}
+
 /// A checkpoint's location.
 #[derive(Clone)]
 pub enum ModelSource {

@@ -96,6 +96,8 @@ pub struct WeightStore {
 struct DummyStats {
     tensors: usize,
     bytes: usize,
+    /// Every tensor handed out, by name, when asked to keep them (to write a dummy checkpoint).
+    kept: Option<Vec<(String, Tensor)>>,
 }
 
 impl WeightStore {
@@ -280,6 +282,9 @@ impl WeightStore {
         if let Some(stats) = &mut self.dummy {
             stats.tensors += 1;
             stats.bytes += t.elem_count() * dtype.size_in_bytes();
+            if let Some(kept) = &mut stats.kept {
+                kept.push((name.to_owned(), t.clone()));
+            }
         }
         Ok(t)
     }
@@ -318,9 +323,13 @@ impl WeightStore {
                 })
             }
         };
-        let bytes =
-            &shard.bytes[shard.data_start + entry.offsets.0..shard.data_start + entry.offsets.1];
-        let tensor = Tensor::from_raw_buffer(bytes, stored, shape, &self.device)?;
+        let (start, end) = (
+            shard.data_start + entry.offsets.0,
+            shard.data_start + entry.offsets.1,
+        );
+        let tensor =
+            Tensor::from_raw_buffer(&shard.bytes[start..end], stored, shape, &self.device)?;
+        shard.bytes.release(start, end);
         let tensor = if stored == DType::F8E4M3 {
             self.dequantize_fp8(name, tensor)?
         } else {
@@ -361,6 +370,23 @@ impl WeightStore {
             .narrow(0, 0, rows)?
             .narrow(1, 0, cols)?;
         Ok((w.to_dtype(DType::F32)? * scale)?)
+    }
+
+    /// A dummy store that also keeps every tensor it hands out (see [`Self::take_kept`]).
+    pub fn dummy_keeping(device: &Device, precision: Precision, stored: Option<DType>) -> Self {
+        let mut store = Self::dummy(device, precision, stored);
+        if let Some(stats) = &mut store.dummy {
+            stats.kept = Some(Vec::new());
+        }
+        store
+    }
+
+    /// The tensors a keeping dummy store handed out, by name.
+    pub fn take_kept(&mut self) -> Vec<(String, Tensor)> {
+        self.dummy
+            .as_mut()
+            .and_then(|s| s.kept.take())
+            .unwrap_or_default()
     }
 
     /// Marks tensors as deliberately skipped (e.g. multi-token-prediction layers).
