@@ -1,4 +1,5 @@
-//! The `moeserve` command line: `generate` and `inspect` (and, as the engine grows, `serve` and `bench`).
+//! The `moeserve` command line: `serve` (src/cli/serve.rs), `generate`, `inspect` (src/cli/inspect.rs),
+//! `bench`, `hash-key`, `upcycle` — thin; policy lives in the library.
 
 use std::io::Write;
 use std::path::PathBuf;
