@@ -225,6 +225,35 @@ impl WeightElem for f16 {
     }
 }
 
+/// An e4m3 FP8 weight byte, widened to its value ÷ 256: its exponent and mantissa bits placed in an f16
+/// (bias 15 instead of 7) give exactly that, normals and subnormals alike, in one conversion instruction.
+/// The FP8 kernel (`super::fp8`) folds the 256 into the block scales.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct E4m3(pub u8);
+
+impl E4m3 {
+    #[inline(always)]
+    fn f16_bits(self) -> u16 {
+        (u16::from(self.0 & 0x80) << 8) | (u16::from(self.0 & 0x7F) << 7)
+    }
+}
+
+impl WeightElem for E4m3 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f16::from_bits(self.f16_bits()).to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_avx2(x: &[f32], w: &[E4m3]) -> f32 {
+        avx2::dot(x, w)
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[E4m3], out: &mut [f32]) {
+        avx2::tile(x, m, k, w, out)
+    }
+}
+
 /// Computes `[m, n]` from `x` `[m, k]` and `w` `[n, k]` (both row-major slices).
 pub fn run<W: WeightElem>(x: &[f32], w: &[W], m: usize, n: usize, k: usize) -> Vec<f32> {
     debug_assert_eq!(w.len(), n * k);
@@ -374,6 +403,17 @@ mod avx2 {
         unsafe fn load8(p: *const bf16) -> __m256 {
             let h = _mm_loadu_si128(p.cast());
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+
+    impl Load8 for super::E4m3 {
+        #[inline(always)]
+        unsafe fn load8(p: *const super::E4m3) -> __m256 {
+            // 8 bytes → 8 u16 → f16 bits (sign << 8, exponent and mantissa << 7) → f32.
+            let b = _mm_cvtepu8_epi16(_mm_loadl_epi64(p.cast()));
+            let sign = _mm_slli_epi16::<8>(_mm_and_si128(b, _mm_set1_epi16(0x80)));
+            let mag = _mm_slli_epi16::<7>(_mm_and_si128(b, _mm_set1_epi16(0x7F)));
+            _mm256_cvtph_ps(_mm_or_si128(sign, mag))
         }
     }
 

@@ -5,5 +5,6 @@
 
 pub mod attention;
 pub mod experts;
+pub mod fp8;
 pub mod matmul;
 pub mod widen;
