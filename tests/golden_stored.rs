@@ -121,3 +121,113 @@ fn every_family_held_as_stored_equals_widening_at_load() {
         }
     }
 }
+
+/// Tensors that stay unquantized in a block-FP8 checkpoint.
+const NOT_FP8: [&str; 5] = [
+    "embed_tokens",
+    "lm_head",
+    "norm",
+    "gate.weight",
+    "shared_expert_gate",
+];
+
+fn is_fp8_linear(name: &str) -> bool {
+    name.ends_with(".weight") && !NOT_FP8.iter().any(|s| name.contains(s))
+}
+
+/// A copy of a fixture quantized as DeepSeek-V3 ships its checkpoints: every linear weight (not the
+/// embeddings, lm head, norms or routers) in e4m3 with one `weight_scale_inv` per 32 × 32 block, the rest in
+/// bf16. The scales are powers of two, so every dequantized weight is exact in bf16 and f32 alike.
+fn fp8_copy(family: &str) -> tempfile::TempDir {
+    let src = fixture_dir(family);
+    let dir = tempfile::tempdir().unwrap();
+    let block = 32;
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let target = dir.path().join(&file);
+        if file.ends_with(".safetensors") && !file.starts_with("reference") {
+            let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+            let mut out: HashMap<String, Tensor> = HashMap::new();
+            for (name, t) in tensors {
+                if t.rank() != 2 || !is_fp8_linear(&name) {
+                    let t = if t.dtype().is_float() {
+                        t.to_dtype(DType::BF16).unwrap()
+                    } else {
+                        t
+                    };
+                    out.insert(name, t);
+                    continue;
+                }
+                let w = t.to_dtype(DType::F32).unwrap();
+                let (r, c) = w.dims2().unwrap();
+                let (sr, sc) = (r.div_ceil(block), c.div_ceil(block));
+                let v = w.to_vec2::<f32>().unwrap();
+                let mut scales = vec![vec![0f32; sc]; sr];
+                for (i, row) in v.iter().enumerate() {
+                    for (j, x) in row.iter().enumerate() {
+                        let s = &mut scales[i / block][j / block];
+                        *s = s.max(x.abs());
+                    }
+                }
+                for s in scales.iter_mut().flatten() {
+                    // A power of two at or above max|w| / 448 (e4m3's largest value).
+                    *s = (s.max(1e-30) / 448.0).log2().ceil().exp2();
+                }
+                let q: Vec<Vec<f32>> = v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| {
+                        row.iter()
+                            .enumerate()
+                            .map(|(j, x)| x / scales[i / block][j / block])
+                            .collect()
+                    })
+                    .collect();
+                let q = Tensor::new(q, &Device::Cpu).unwrap();
+                out.insert(name.clone(), q.to_dtype(DType::F8E4M3).unwrap());
+                out.insert(
+                    format!("{name}_scale_inv"),
+                    Tensor::new(scales, &Device::Cpu).unwrap(),
+                );
+            }
+            candle_core::safetensors::save(&out, &target).unwrap();
+        } else if file == "model.safetensors.index.json" {
+            // The scales live in the same shard as their weights.
+            let mut index: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let map = index["weight_map"].as_object().unwrap().clone();
+            for (name, shard) in map {
+                if is_fp8_linear(&name) && !name.contains("bias") {
+                    index["weight_map"][format!("{name}_scale_inv")] = shard;
+                }
+            }
+            std::fs::write(&target, index.to_string()).unwrap();
+        } else if path.is_file() {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+    dir
+}
+
+/// Block-FP8 experts held as stored (one byte per weight, the FP8 kernel) give the logits of the same
+/// file dequantized to f32 at load, within 2e-5: the dequantized values are identical (power-of-two
+/// scales), only the summation order differs.
+#[test]
+fn fp8_experts_held_as_stored_equal_dequantizing_at_load() {
+    for family in ["qwen3_moe", "mixtral", "moonlight", "kimi_k2"] {
+        let dir = fp8_copy(family);
+        let held = load(dir.path(), STORED);
+        let widened = load(dir.path(), DType::F32.into());
+        let prompts = reference(family).prompts;
+        let diff = max_diff(&logits(&held, &prompts), &logits(&widened, &prompts));
+        assert!(diff < TOLERANCE, "{family}: {diff}");
+        // The experts really are FP8-held: a third the bytes of f32 + scales.
+        let moe = held.model.expert_bytes_per_expert();
+        let dense = widened.model.expert_bytes_per_expert();
+        assert!(
+            moe * 3 < dense,
+            "{family}: {moe} vs {dense} bytes per expert"
+        );
+    }
+}

@@ -134,6 +134,17 @@ impl Model {
         self.gather_attention = on;
     }
 
+    /// Bytes one routed expert's weights take as held (the first MoE layer's; 0 without experts).
+    pub fn expert_bytes_per_expert(&self) -> usize {
+        self.layers
+            .iter()
+            .find_map(|l| match &l.ffn {
+                Ffn::Moe(m) => Some(m.bytes_per_expert()),
+                Ffn::Dense(_) => None,
+            })
+            .unwrap_or(0)
+    }
+
     /// Routed-token counters of every MoE layer: (layer index, one counter per expert).
     pub fn expert_load(&self) -> Vec<(usize, std::sync::Arc<[std::sync::atomic::AtomicU64]>)> {
         self.layers

@@ -5,4 +5,4 @@ pub mod source;
 pub mod store;
 
 pub use source::{EmbeddedModel, FileBytes, ModelSource};
-pub use store::{matrix_dtype, StoreSummary, WeightStore};
+pub use store::{matrix_dtype, Fp8Blocks, StoreSummary, WeightStore};

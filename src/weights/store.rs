@@ -59,6 +59,23 @@ pub fn matrix_dtype(precision: Precision, device: &Device, stored: Option<DType>
     }
 }
 
+/// Whether block-FP8 matrices stay FP8: where the CPU kernels read them (f32 compute, weights as stored).
+fn keeps_fp8(precision: Precision, device: &Device) -> bool {
+    device.is_cpu()
+        && precision.compute == DType::F32
+        && precision.matrices == MatrixPrecision::Stored
+}
+
+/// A block-FP8 matrix as stored: e4m3 bytes `[rows, cols]` and one f32 scale per `block` (row-major
+/// `[⌈rows/block.0⌉, ⌈cols/block.1⌉]`, the checkpoint's `weight_scale_inv`).
+pub struct Fp8Blocks {
+    pub bytes: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+    pub block: (usize, usize),
+}
+
 /// The precision most of a checkpoint's matrix elements are stored in (block-FP8 counts as bf16, what
 /// its dequantized weights are held in).
 fn dominant_matrix_dtype(entries: &HashMap<String, Entry>) -> Option<DType> {
@@ -86,6 +103,8 @@ pub struct WeightStore {
     dtype: DType,
     /// The dtype weight matrices are held in (see [`Precision`]).
     matrices: DType,
+    /// Block-FP8 matrices may stay FP8 (CPU, f32 compute, weights as stored).
+    keep_fp8: bool,
     progress: indicatif::ProgressBar,
     /// `--load-format dummy`: every requested tensor is made up on the device (no files).
     dummy: Option<DummyStats>,
@@ -200,6 +219,7 @@ impl WeightStore {
             device: device.clone(),
             dtype,
             matrices: matrix_dtype(precision, device, stored),
+            keep_fp8: keeps_fp8(precision, device),
             progress,
             dummy: None,
         })
@@ -208,6 +228,56 @@ impl WeightStore {
     /// The dtype weight matrices are held in.
     pub fn matrix_dtype(&self) -> DType {
         self.matrices
+    }
+
+    /// Takes a block-FP8 matrix as stored, when this store keeps FP8 (see [`Precision`]) and `name` is one;
+    /// `None` otherwise (take it with [`Self::get_matrix`], dequantized).
+    pub fn get_fp8(&mut self, name: &str, shape: &[usize]) -> Result<Option<Fp8Blocks>> {
+        let scale_name = format!("{name}_scale_inv");
+        let is_fp8 = self
+            .entries
+            .get(name)
+            .is_some_and(|e| e.dtype == Dtype::F8_E4M3 && e.shape == shape && shape.len() == 2);
+        if !self.keep_fp8 || !is_fp8 || !self.entries.contains_key(&scale_name) {
+            return Ok(None);
+        }
+        let (rows, cols) = (shape[0], shape[1]);
+        let scale_shape = self.shape_of(&scale_name).map(<[usize]>::to_vec);
+        let Some([sr, sc]) = scale_shape
+            .as_deref()
+            .map(|s| [s[0], s.get(1).copied().unwrap_or(0)])
+        else {
+            return Ok(None);
+        };
+        if sr == 0 || sc == 0 {
+            return Err(Error::WrongShape {
+                path: self.where_missing(),
+                tensor: scale_name,
+                expected: vec![rows.div_ceil(128), cols.div_ceil(128)],
+                found: vec![sr, sc],
+            });
+        }
+        let scales = self
+            .get_as(&scale_name, &[sr, sc], DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let entry = &self.entries[name];
+        let shard = &self.shards[entry.shard];
+        let (start, end) = (
+            shard.data_start + entry.offsets.0,
+            shard.data_start + entry.offsets.1,
+        );
+        let bytes = shard.bytes[start..end].to_vec();
+        shard.bytes.release(start, end);
+        self.taken.insert(name.to_owned());
+        self.progress.inc(1);
+        Ok(Some(Fp8Blocks {
+            bytes,
+            scales,
+            rows,
+            cols,
+            block: (rows.div_ceil(sr), cols.div_ceil(sc)),
+        }))
     }
 
     /// Takes a weight matrix (projection, expert, embedding, lm head) in the matrix dtype.
@@ -258,6 +328,7 @@ impl WeightStore {
             device: device.clone(),
             dtype: precision.compute,
             matrices: matrix_dtype(precision, device, stored),
+            keep_fp8: false,
             progress: indicatif::ProgressBar::hidden(),
             dummy: Some(DummyStats::default()),
         }

@@ -8,8 +8,8 @@
 //! f16, one conversion instruction per 8 weights, the ×256 of the bias folded into the scale). Every row
 //! block of every weight is a task of one parallel pass.
 //!
-//! This is the kernel; the weight store still dequantizes FP8 checkpoints to bf16 at load (wiring it into
-//! the projections and experts is the next step of issue 14).
+//! Used by the routed experts of block-FP8 checkpoints on the CPU (`moe::fp8_experts`); the dense
+//! projections of such checkpoints are still dequantized to bf16 at load.
 
 use super::matmul::{run_products, E4m3, Product};
 
@@ -23,18 +23,42 @@ pub struct Fp8Weight<'a> {
     pub block: (usize, usize),
 }
 
+/// The bytes of a block-FP8 matrix as [`E4m3`] weights.
+pub fn e4m3(bytes: &[u8]) -> &[E4m3] {
+    // SAFETY: `E4m3` is `repr(transparent)` over `u8`: same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast(), bytes.len()) }
+}
+
+/// One product `x · Wᵀ` with `x` `[m, k]` f32.
+#[derive(Clone, Copy)]
+pub struct Fp8Product<'a> {
+    pub x: &'a [f32],
+    pub m: usize,
+    pub weight: Fp8Weight<'a>,
+}
+
 /// `[x · W₁ᵀ, x · W₂ᵀ, …]` for f32 `x` `[m, k]`; each result `[m, n]` row-major.
 pub fn matmul_fp8(x: &[f32], m: usize, weights: &[Fp8Weight<'_>]) -> Vec<Vec<f32>> {
-    // The scaled copies of x, one per row block of each weight (they must outlive the products).
+    let products: Vec<Fp8Product<'_>> = weights
+        .iter()
+        .map(|&weight| Fp8Product { x, m, weight })
+        .collect();
+    matmul_fp8_products(&products)
+}
+
+/// Several products, each with its own input rows, in one parallel pass; each result `[m, n]`.
+pub fn matmul_fp8_products(products: &[Fp8Product<'_>]) -> Vec<Vec<f32>> {
+    // The scaled copies of x, one per row block of each product (they must outlive the kernel's products).
     let mut scaled: Vec<Vec<f32>> = Vec::new();
-    let mut spans: Vec<(usize, usize, usize)> = Vec::new(); // (weight, first row, rows)
-    for (wi, w) in weights.iter().enumerate() {
+    let mut spans: Vec<(usize, usize, usize)> = Vec::new(); // (product, first row, rows)
+    for (pi, p) in products.iter().enumerate() {
+        let w = &p.weight;
         let (br, bc) = (w.block.0.max(1), w.block.1.max(1));
         let col_blocks = w.k.div_ceil(bc);
         for rb in 0..w.n.div_ceil(br) {
             let row_scales = &w.scales[rb * col_blocks..(rb + 1) * col_blocks];
-            let mut xs = Vec::with_capacity(m * w.k);
-            for row in x.chunks_exact(w.k).take(m) {
+            let mut xs = Vec::with_capacity(p.m * w.k);
+            for row in p.x.chunks_exact(w.k.max(1)).take(p.m) {
                 for (cb, cols) in row.chunks(bc).enumerate() {
                     // ×256: E4m3 widens to the weight's value ÷ 256.
                     let s = row_scales[cb] * 256.0;
@@ -43,29 +67,32 @@ pub fn matmul_fp8(x: &[f32], m: usize, weights: &[Fp8Weight<'_>]) -> Vec<Vec<f32
             }
             scaled.push(xs);
             let first = rb * br;
-            spans.push((wi, first, br.min(w.n - first)));
+            spans.push((pi, first, br.min(w.n - first)));
         }
     }
-    let products: Vec<Product<'_, E4m3>> = spans
+    let kernel_products: Vec<Product<'_, E4m3>> = spans
         .iter()
         .zip(&scaled)
-        .map(|(&(wi, first, rows), xs)| {
-            let w = &weights[wi];
+        .map(|(&(pi, first, rows), xs)| {
+            let (p, w) = (&products[pi], &products[pi].weight);
             Product {
                 x: xs,
-                m,
+                m: p.m,
                 w: &w.w[first * w.k..(first + rows) * w.k],
                 k: w.k,
             }
         })
         .collect();
-    let parts = run_products(&products);
-    // Each part is `[m, rows]`: place its columns into the weight's `[m, n]`.
-    let mut outs: Vec<Vec<f32>> = weights.iter().map(|w| vec![0f32; m * w.n]).collect();
-    for (&(wi, first, rows), part) in spans.iter().zip(parts) {
-        let n = weights[wi].n;
-        for i in 0..m {
-            outs[wi][i * n + first..i * n + first + rows]
+    let parts = run_products(&kernel_products);
+    // Each part is `[m, rows]`: place its columns into the product's `[m, n]`.
+    let mut outs: Vec<Vec<f32>> = products
+        .iter()
+        .map(|p| vec![0f32; p.m * p.weight.n])
+        .collect();
+    for (&(pi, first, rows), part) in spans.iter().zip(parts) {
+        let n = products[pi].weight.n;
+        for i in 0..products[pi].m {
+            outs[pi][i * n + first..i * n + first + rows]
                 .copy_from_slice(&part[i * rows..(i + 1) * rows]);
         }
     }

@@ -31,6 +31,27 @@ pub struct GroupedExperts {
     intermediate: usize,
 }
 
+/// Per expert: the tokens routed to it and their routing weights, in token order.
+pub type ExpertRoutes = (Vec<Vec<u32>>, Vec<Vec<f32>>);
+
+/// The tokens routed to each of `experts` experts and their routing weights, in token order.
+pub fn tokens_per_expert(routes: &Routes, experts: usize) -> Result<ExpertRoutes> {
+    let ids = routes.ids.to_vec2::<u32>()?;
+    let weights = routes.weights.to_vec2::<f32>()?;
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); experts];
+    let mut scales: Vec<Vec<f32>> = vec![Vec::new(); experts];
+    for (t, (row_ids, row_w)) in ids.iter().zip(&weights).enumerate() {
+        for (&e, &w) in row_ids.iter().zip(row_w) {
+            if let (Some(tok), Some(sc)) = (tokens.get_mut(e as usize), scales.get_mut(e as usize))
+            {
+                tok.push(t as u32);
+                sc.push(w);
+            }
+        }
+    }
+    Ok((tokens, scales))
+}
+
 /// Every expert's `(gate, up, down)` weights, `{prefix}.experts.{e}.{names}.weight`, as the checkpoint
 /// stores them (`[I, H]`, `[I, H]`, `[H, I]`).
 pub fn load_expert_weights(
@@ -119,21 +140,7 @@ impl GroupedExperts {
 impl ExpertsBackend for GroupedExperts {
     fn forward(&self, x: &Tensor, routes: &Routes) -> Result<Tensor> {
         let device: &Device = x.device();
-        let ids = routes.ids.to_vec2::<u32>()?;
-        let weights = routes.weights.to_vec2::<f32>()?;
-        // Tokens and weights of each expert, in token order.
-        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
-        let mut scales: Vec<Vec<f32>> = vec![Vec::new(); self.experts.len()];
-        for (t, (row_ids, row_w)) in ids.iter().zip(&weights).enumerate() {
-            for (&e, &w) in row_ids.iter().zip(row_w) {
-                if let (Some(tok), Some(sc)) =
-                    (tokens.get_mut(e as usize), scales.get_mut(e as usize))
-                {
-                    tok.push(t as u32);
-                    sc.push(w);
-                }
-            }
-        }
+        let (tokens, scales) = tokens_per_expert(routes, self.experts.len())?;
         if let Some(out) = self.forward_host(x, &tokens, &scales)? {
             return Ok(out);
         }

@@ -4,6 +4,7 @@
 #[cfg(feature = "cuda")]
 pub mod cuda_experts;
 pub mod experts;
+pub mod fp8_experts;
 pub mod router;
 
 use std::sync::atomic::AtomicU64;
@@ -163,6 +164,11 @@ impl MoeBlock {
     }
 
     /// Per-expert routed-token counters of this block.
+    /// Bytes one routed expert's weights take as held.
+    pub fn bytes_per_expert(&self) -> usize {
+        self.experts.bytes_per_expert()
+    }
+
     pub fn expert_load(&self) -> Arc<[AtomicU64]> {
         self.load.clone()
     }
@@ -181,6 +187,42 @@ impl MoeBlock {
     }
 }
 
+/// Block-FP8 experts kept as stored, when the store keeps FP8 (CPU, weights as stored) and the
+/// checkpoint's experts are FP8; `None` otherwise.
+fn load_fp8_experts(
+    store: &mut WeightStore,
+    block: &str,
+    names: &TensorNames,
+    spec: &MoeSpec,
+    hidden: usize,
+) -> Result<Option<fp8_experts::Fp8Experts>> {
+    let inter = spec.expert_intermediate_size;
+    let shapes = [[inter, hidden], [inter, hidden], [hidden, inter]];
+    let mut experts = Vec::with_capacity(spec.num_experts);
+    for e in 0..spec.num_experts {
+        let mut three = Vec::with_capacity(3);
+        for (name, shape) in names.expert_proj.iter().zip(&shapes) {
+            let full = format!("{block}.experts.{e}.{name}.weight");
+            match store.get_fp8(&full, shape)? {
+                Some(b) => three.push(b),
+                // Not FP8 (or not kept): all experts go through the dense path. Only the first
+                // expert's first weight can get here with nothing taken yet.
+                None if e == 0 && three.is_empty() => return Ok(None),
+                None => {
+                    return Err(crate::Error::Batch(format!(
+                        "{full}: every routed expert weight must be block-FP8 when the first is"
+                    )))
+                }
+            }
+        }
+        let [g, u, d]: [crate::weights::Fp8Blocks; 3] = three
+            .try_into()
+            .map_err(|_| crate::Error::Batch("three expert projections".into()))?;
+        experts.push([g, u, d]);
+    }
+    Ok(Some(fp8_experts::Fp8Experts::new(experts, hidden)))
+}
+
 /// The experts backend for the store's device: stacked weights and grouped kernels on a GPU, per-expert
 /// weights on the CPU.
 fn load_experts(
@@ -190,6 +232,9 @@ fn load_experts(
     spec: &MoeSpec,
     hidden: usize,
 ) -> Result<Box<dyn ExpertsBackend>> {
+    if let Some(fp8) = load_fp8_experts(store, block, names, spec, hidden)? {
+        return Ok(Box::new(fp8));
+    }
     let weights = experts::load_expert_weights(
         store,
         block,
