@@ -83,11 +83,8 @@ fn quantize_fp8(name: String, t: candle_core::Tensor) -> Vec<(String, candle_cor
         let pad = w
             .pad_with_zeros(0, 0, sr * 128 - r)?
             .pad_with_zeros(1, 0, sc * 128 - c)?;
-        let max = pad
-            .reshape((sr, 128, sc, 128))?
-            .abs()?
-            .max(3)?
-            .max(1)?; // [sr, sc]
+        // The largest magnitude of each block: [sr, sc].
+        let max = pad.reshape((sr, 128, sc, 128))?.abs()?.max(3)?.max(1)?;
         // A power of two at or above max / 448 (e4m3's largest value).
         let scale = ((max.clamp(1e-30f32, f32::MAX)? / 448.0)?.log()? / std::f64::consts::LN_2)?
             .ceil()?
