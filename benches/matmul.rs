@@ -1,7 +1,9 @@
 //! Projections `x · Wᵀ` of decode-sized batches on the CPU: candle's GEMM against the streaming kernel
 //! (`moeserve::model::cpu::matmul`), f32 weights, for the bench-shaped model's expert, attention and
 //! lm-head shapes. Also the machine's read bandwidth (a parallel sum over 1 GiB), the yardstick for a
-//! memory-bound projection. Run: `cargo bench --bench matmul`.
+//! memory-bound projection. `stored_precision`: one 16,384 × 1,024 weight (beyond the caches) held in f32,
+//! bf16, f16 and block-FP8, 1 and 4 input rows — the kernels that read weights as stored.
+//! Run: `cargo bench --bench matmul`.
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -38,6 +40,42 @@ fn projections(c: &mut Criterion) {
     group.finish();
 }
 
+fn stored_precision(c: &mut Criterion) {
+    use candle_core::DType;
+    use moeserve::model::cpu::fp8::{e4m3, matmul_fp8, Fp8Weight};
+    let (n, k) = (16384, 1024);
+    let w = tensor(n, k);
+    let mut group = c.benchmark_group("stored_precision_16384x1024");
+    group.sample_size(20);
+    // Random e4m3 bytes (finite values) and unit block scales.
+    let bytes: Vec<u8> = (0..n * k)
+        .map(|i| ((i * 2_654_435_761usize) >> 7) as u8 & 0xF7)
+        .collect();
+    let scales = vec![1f32; n.div_ceil(128) * k.div_ceil(128)];
+    for m in [1usize, 4] {
+        let x = tensor(m, k);
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let wd = w.to_dtype(dtype).unwrap();
+            group.throughput(Throughput::Elements((n * k) as u64));
+            group.bench_with_input(BenchmarkId::new(format!("{dtype:?}"), m), &m, |b, _| {
+                b.iter(|| cpu_matmul::matmul_wt(&x, &wd).unwrap())
+            });
+        }
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let fw = Fp8Weight {
+            w: e4m3(&bytes),
+            scales: &scales,
+            n,
+            k,
+            block: (128, 128),
+        };
+        group.bench_with_input(BenchmarkId::new("FP8", m), &m, |b, _| {
+            b.iter(|| matmul_fp8(&xs, m, &[fw]))
+        });
+    }
+    group.finish();
+}
+
 fn read_bandwidth(c: &mut Criterion) {
     let data = vec![1f32; 256 << 20];
     let mut group = c.benchmark_group("memory");
@@ -63,5 +101,5 @@ fn read_bandwidth(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, projections, read_bandwidth);
+criterion_group!(benches, projections, stored_precision, read_bandwidth);
 criterion_main!(benches);

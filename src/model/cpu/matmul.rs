@@ -409,11 +409,11 @@ mod avx2 {
     impl Load8 for super::E4m3 {
         #[inline(always)]
         unsafe fn load8(p: *const super::E4m3) -> __m256 {
-            // 8 bytes → 8 u16 → f16 bits (sign << 8, exponent and mantissa << 7) → f32.
-            let b = _mm_cvtepu8_epi16(_mm_loadl_epi64(p.cast()));
-            let sign = _mm_slli_epi16::<8>(_mm_and_si128(b, _mm_set1_epi16(0x80)));
-            let mag = _mm_slli_epi16::<7>(_mm_and_si128(b, _mm_set1_epi16(0x7F)));
-            _mm256_cvtph_ps(_mm_or_si128(sign, mag))
+            // 8 bytes into the high byte of 8 u16 (b << 8), arithmetic shift right by one (sign to bits
+            // 15 and 14, exponent and mantissa to 13..7), clear bit 14: the f16 bits → f32.
+            let hi = _mm_unpacklo_epi8(_mm_setzero_si128(), _mm_loadl_epi64(p.cast()));
+            let h = _mm_and_si128(_mm_srai_epi16::<1>(hi), _mm_set1_epi16(!0x4000));
+            _mm256_cvtph_ps(h)
         }
     }
 
