@@ -99,6 +99,45 @@ pub fn matmul_fp8_products(products: &[Fp8Product<'_>]) -> Vec<Vec<f32>> {
     outs
 }
 
+/// Whether the AVX-512 row kernel applies (F and BW; F16C and FMA come with them).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+}
+
+/// One row: `Σ x_j · w_j` (w widened ÷ 256, as [`E4m3`]), 32 weights per step: the bytes become 32 f16
+/// in one zmm (zero-extend, shift into the high byte, arithmetic shift, clear bit 14), two 16-wide
+/// conversions, two FMAs — a third of the AVX2 path's instructions per weight, which is compute-bound.
+///
+/// # Safety
+/// AVX-512 F and BW must be available; `x.len() == w.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+pub unsafe fn dot_e4m3_avx512(x: &[f32], w: &[E4m3]) -> f32 {
+    use std::arch::x86_64::*;
+    let k = x.len().min(w.len());
+    let (xp, wp) = (x.as_ptr(), w.as_ptr().cast::<u8>());
+    let mask = _mm512_set1_epi16(!0x4000);
+    let mut a0 = _mm512_setzero_ps();
+    let mut a1 = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 32 <= k {
+        let b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(wp.add(i).cast()));
+        let h = _mm512_and_si512(_mm512_srai_epi16::<1>(_mm512_slli_epi16::<8>(b)), mask);
+        let lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+        let hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(h));
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i)), lo, a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i + 16)), hi, a1);
+        i += 32;
+    }
+    let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    while i < k {
+        total += x[i] * super::matmul::WeightElem::widen(w[i]);
+        i += 1;
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +179,7 @@ mod tests {
         let table = e4m3_table();
         for &(m, n, k, br, bc) in &[
             (1usize, 7usize, 5usize, 2usize, 2usize),
+            (1, 5, 1000, 128, 128),
             (3, 130, 300, 128, 128),
             (8, 33, 64, 16, 32),
             (40, 9, 129, 4, 128),

@@ -246,6 +246,10 @@ impl WeightElem for E4m3 {
     }
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot_avx2(x: &[f32], w: &[E4m3]) -> f32 {
+        if super::fp8::has_avx512() {
+            // SAFETY: AVX-512 F/BW checked just above; the caller guarantees the rest.
+            return super::fp8::dot_e4m3_avx512(x, w);
+        }
         avx2::dot(x, w)
     }
     #[cfg(target_arch = "x86_64")]
