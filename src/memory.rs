@@ -15,13 +15,18 @@ pub fn host_available_bytes() -> Option<u64> {
     }
 }
 
-/// `MemAvailable` of a /proc/meminfo text, in bytes.
-fn mem_available(meminfo: &str) -> Option<u64> {
-    meminfo.lines().find_map(|l| {
-        let rest = l.strip_prefix("MemAvailable:")?;
+/// A `Key:   123 kB` line of a /proc text (meminfo, status), in bytes.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
         let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
         Some(kib * 1024)
     })
+}
+
+/// `MemAvailable` of a /proc/meminfo text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    kib_field(meminfo, "MemAvailable")
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -50,17 +55,7 @@ fn cgroup_headroom(root: &Path) -> Option<u64> {
 
 /// This process's resident memory (VmRSS), for the plan-vs-measured log line.
 pub fn process_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| {
-        let kib: u64 = l
-            .strip_prefix("VmRSS:")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    })
+    kib_field(&std::fs::read_to_string("/proc/self/status").ok()?, "VmRSS")
 }
 
 /// `n` bytes in MiB, for messages.

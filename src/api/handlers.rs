@@ -93,7 +93,7 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
         model,
         messages,
         validated: mut v,
-    } = types::with_parse_limits(parse_limits(state), || parse_chat(body, vocab))?;
+    } = types::with_parse_limits(state.parse_limits(), || parse_chat(body, vocab))?;
     check_model(state, &model)?;
     let template = state.chat.as_ref().ok_or_else(|| {
         ApiError::bad_request("This model has no chat template; use /v1/completions")
@@ -115,13 +115,6 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
         prompts: vec![prompt],
         validated: v,
     })
-}
-
-fn parse_limits(state: &AppState) -> types::ParseLimits {
-    types::ParseLimits {
-        max_messages: state.limits.max_messages,
-        max_prompts: types::MAX_PROMPTS.min(state.engine.config.max_waiting),
-    }
 }
 
 /// A prompt text longer than the context can hold whatever it tokenizes to: refused before tokenizing.
@@ -146,7 +139,7 @@ fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiErro
         model,
         prompt,
         validated: mut v,
-    } = types::with_parse_limits(parse_limits(state), || parse_completion(body, vocab))?;
+    } = types::with_parse_limits(state.parse_limits(), || parse_completion(body, vocab))?;
     check_model(state, &model)?;
     let tok = &state.engine.loaded.tokenizer;
     let encode = |t: &str| {
@@ -160,7 +153,7 @@ fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiErro
         PromptField::Ids(ids) => vec![ids],
         PromptField::IdLists(lists) => lists,
     };
-    let max = types::MAX_PROMPTS.min(state.engine.config.max_waiting);
+    let max = state.parse_limits().max_prompts;
     if prompts.is_empty() || prompts.len() > max {
         return Err(ApiError::invalid(
             "prompt",
@@ -186,33 +179,23 @@ pub async fn chat_completions(
     key: Option<Extension<KeyId>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let received = std::time::Instant::now();
-    let key = key.map(|Extension(KeyId(id))| id);
-    let body = body_bytes(&state, body)?;
-    let Prepared {
-        prompts,
-        validated: v,
-    } = state.blocking(move |s| prepare_chat(s, &body)).await?;
-    generation::run(
-        state,
-        Job {
-            kind: Kind::Chat,
-            prompts,
-            params: v.params,
-            stream: v.stream,
-            include_usage: v.include_usage,
-            received,
-            key,
-            max_tokens_explicit: v.max_tokens.is_some(),
-        },
-    )
-    .await
+    answer(state, key, body, Kind::Chat).await
 }
 
 pub async fn completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyId>>,
     body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    answer(state, key, body, Kind::Completion).await
+}
+
+/// Prepares a request of `kind` on the blocking pool, then runs it through the engine.
+async fn answer(
+    state: AppState,
+    key: Option<Extension<KeyId>>,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
 ) -> Result<Response, ApiError> {
     let received = std::time::Instant::now();
     let key = key.map(|Extension(KeyId(id))| id);
@@ -221,12 +204,15 @@ pub async fn completions(
         prompts,
         validated: v,
     } = state
-        .blocking(move |s| prepare_completion(s, &body))
+        .blocking(move |s| match kind {
+            Kind::Chat => prepare_chat(s, &body),
+            Kind::Completion => prepare_completion(s, &body),
+        })
         .await?;
     generation::run(
         state,
         Job {
-            kind: Kind::Completion,
+            kind,
             prompts,
             params: v.params,
             stream: v.stream,

@@ -100,13 +100,18 @@ impl AppState {
             .map_err(|_| ApiError::internal("internal error"))?
     }
 
-    /// Parses a body with this server's list limits (messages; prompts, bounded by the queue too).
-    pub fn parse<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, ApiError> {
-        let limits = types::ParseLimits {
+    /// This server's list limits: messages per chat request, prompts per completions request (bounded
+    /// by the queue too: more prompts than it holds could never be admitted).
+    pub fn parse_limits(&self) -> types::ParseLimits {
+        types::ParseLimits {
             max_messages: self.limits.max_messages,
             max_prompts: types::MAX_PROMPTS.min(self.engine.config.max_waiting),
-        };
-        types::with_parse_limits(limits, || types::parse_body(body))
+        }
+    }
+
+    /// Parses a body with this server's list limits.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, ApiError> {
+        types::with_parse_limits(self.parse_limits(), || types::parse_body(body))
     }
 
     /// Sets the request limits (allowed hosts, body deadline, message count).

@@ -289,6 +289,34 @@ enum PromptItem {
     Ids(Vec<u32>),
 }
 
+/// A list of prompts of one kind, `first` already read: the rest, refused past the prompt limit or when
+/// an element is of another kind (`pick` returns `None`).
+fn rest_of_prompts<'de, A, T>(
+    seq: &mut A,
+    first: T,
+    pick: fn(PromptItem) -> Option<T>,
+) -> Result<Vec<T>, A::Error>
+where
+    A: serde::de::SeqAccess<'de>,
+{
+    let max = parse_limits().max_prompts;
+    let mut all = vec![first];
+    while let Some(item) = seq.next_element::<PromptItem>()? {
+        let Some(next) = pick(item) else {
+            return Err(serde::de::Error::custom(format!(
+                "{LIMIT_PREFIX}mixed prompt kinds"
+            )));
+        };
+        if all.len() == max {
+            return Err(serde::de::Error::custom(format!(
+                "{LIMIT_PREFIX}more than {max} prompts"
+            )));
+        }
+        all.push(next);
+    }
+    Ok(all)
+}
+
 impl<'de> Deserialize<'de> for PromptField {
     /// Reads the prompt element by element (never buffering the whole list), refusing lists of texts or
     /// of id lists longer than the request's prompt limit and lists that mix kinds.
@@ -309,11 +337,6 @@ impl<'de> Deserialize<'de> for PromptField {
                 self,
                 mut seq: A,
             ) -> Result<PromptField, A::Error> {
-                let max = parse_limits().max_prompts;
-                let mixed =
-                    || serde::de::Error::custom(format!("{LIMIT_PREFIX}mixed prompt kinds"));
-                let too_many =
-                    || serde::de::Error::custom(format!("{LIMIT_PREFIX}more than {max} prompts"));
                 let Some(first) = seq.next_element::<PromptItem>()? else {
                     return Ok(PromptField::Texts(Vec::new()));
                 };
@@ -325,32 +348,16 @@ impl<'de> Deserialize<'de> for PromptField {
                         }
                         Ok(PromptField::Ids(ids))
                     }
-                    PromptItem::Text(t) => {
-                        let mut texts = vec![t];
-                        while let Some(item) = seq.next_element::<PromptItem>()? {
-                            let PromptItem::Text(t) = item else {
-                                return Err(mixed());
-                            };
-                            if texts.len() == max {
-                                return Err(too_many());
-                            }
-                            texts.push(t);
-                        }
-                        Ok(PromptField::Texts(texts))
-                    }
-                    PromptItem::Ids(ids) => {
-                        let mut lists = vec![ids];
-                        while let Some(item) = seq.next_element::<PromptItem>()? {
-                            let PromptItem::Ids(ids) = item else {
-                                return Err(mixed());
-                            };
-                            if lists.len() == max {
-                                return Err(too_many());
-                            }
-                            lists.push(ids);
-                        }
-                        Ok(PromptField::IdLists(lists))
-                    }
+                    PromptItem::Text(t) => rest_of_prompts(&mut seq, t, |item| match item {
+                        PromptItem::Text(t) => Some(t),
+                        _ => None,
+                    })
+                    .map(PromptField::Texts),
+                    PromptItem::Ids(ids) => rest_of_prompts(&mut seq, ids, |item| match item {
+                        PromptItem::Ids(ids) => Some(ids),
+                        _ => None,
+                    })
+                    .map(PromptField::IdLists),
                 }
             }
         }

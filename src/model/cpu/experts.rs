@@ -49,16 +49,7 @@ fn run<W: WeightElem>(
 ) -> Vec<f32> {
     let n = groups.len();
     // Each expert's tokens, gathered into a contiguous `[n_e, hidden]`.
-    let inputs: Vec<Vec<f32>> = groups
-        .iter()
-        .map(|g| {
-            g.tokens
-                .iter()
-                .flat_map(|&tok| &x[tok as usize * hidden..(tok as usize + 1) * hidden])
-                .copied()
-                .collect()
-        })
-        .collect();
+    let inputs: Vec<Vec<f32>> = groups.iter().map(|g| gather(x, hidden, g.tokens)).collect();
     let gate_up: Vec<Product<'_, W>> = (0..2 * n)
         .map(|i| Product {
             x: &inputs[i % n],
@@ -69,11 +60,8 @@ fn run<W: WeightElem>(
         .collect();
     let mut gu = run_products(&gate_up);
     let ups = gu.split_off(n);
-    // SwiGLU in place in the gate outputs: h = silu(g) ⊙ u.
     for (g, u) in gu.iter_mut().zip(&ups) {
-        for (a, &b) in g.iter_mut().zip(u) {
-            *a = *a / (1.0 + (-*a).exp()) * b;
-        }
+        swiglu(g, u);
     }
     let down: Vec<Product<'_, W>> = (0..n)
         .map(|i| Product {
@@ -86,12 +74,33 @@ fn run<W: WeightElem>(
     let ys = run_products(&down);
     let mut out = vec![0f32; t * hidden];
     for (g, y) in groups.iter().zip(&ys) {
-        for (j, (&tok, &scale)) in g.tokens.iter().zip(g.scales).enumerate() {
-            let dst = &mut out[tok as usize * hidden..(tok as usize + 1) * hidden];
-            for (o, &v) in dst.iter_mut().zip(&y[j * hidden..(j + 1) * hidden]) {
-                *o += scale * v;
-            }
-        }
+        scatter_add(&mut out, hidden, g.tokens, g.scales, y);
     }
     out
+}
+
+/// The rows `tokens` of `x` (`[T, hidden]`), gathered into one contiguous `[n, hidden]`.
+pub fn gather(x: &[f32], hidden: usize, tokens: &[u32]) -> Vec<f32> {
+    tokens
+        .iter()
+        .flat_map(|&tok| &x[tok as usize * hidden..(tok as usize + 1) * hidden])
+        .copied()
+        .collect()
+}
+
+/// SwiGLU in place in the gate outputs: `g = silu(g) ⊙ u`.
+pub fn swiglu(g: &mut [f32], u: &[f32]) {
+    for (a, &b) in g.iter_mut().zip(u) {
+        *a = *a / (1.0 + (-*a).exp()) * b;
+    }
+}
+
+/// `out[tokens[j]] += scales[j] · y[j]` for an expert's output rows `y` (`[n, hidden]`).
+pub fn scatter_add(out: &mut [f32], hidden: usize, tokens: &[u32], scales: &[f32], y: &[f32]) {
+    for (j, (&tok, &scale)) in tokens.iter().zip(scales).enumerate() {
+        let dst = &mut out[tok as usize * hidden..(tok as usize + 1) * hidden];
+        for (o, &v) in dst.iter_mut().zip(&y[j * hidden..(j + 1) * hidden]) {
+            *o += scale * v;
+        }
+    }
 }

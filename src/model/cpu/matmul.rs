@@ -180,19 +180,26 @@ pub trait WeightElem: Copy + Send + Sync {
     unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[Self], out: &mut [f32]);
 }
 
+/// A weight type's AVX2 methods: the generic kernels over its `avx2::Load8`.
+macro_rules! avx2_methods {
+    ($t:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn dot_avx2(x: &[f32], w: &[$t]) -> f32 {
+            avx2::dot(x, w)
+        }
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[$t], out: &mut [f32]) {
+            avx2::tile(x, m, k, w, out)
+        }
+    };
+}
+
 impl WeightElem for f32 {
     #[inline(always)]
     fn widen(self) -> f32 {
         self
     }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn dot_avx2(x: &[f32], w: &[f32]) -> f32 {
-        avx2::dot(x, w)
-    }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
-        avx2::tile(x, m, k, w, out)
-    }
+    avx2_methods!(f32);
 }
 
 impl WeightElem for bf16 {
@@ -200,14 +207,7 @@ impl WeightElem for bf16 {
     fn widen(self) -> f32 {
         f32::from_bits(u32::from(self.to_bits()) << 16)
     }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn dot_avx2(x: &[f32], w: &[bf16]) -> f32 {
-        avx2::dot(x, w)
-    }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[bf16], out: &mut [f32]) {
-        avx2::tile(x, m, k, w, out)
-    }
+    avx2_methods!(bf16);
 }
 
 impl WeightElem for f16 {
@@ -215,14 +215,7 @@ impl WeightElem for f16 {
     fn widen(self) -> f32 {
         self.to_f32()
     }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn dot_avx2(x: &[f32], w: &[f16]) -> f32 {
-        avx2::dot(x, w)
-    }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[f16], out: &mut [f32]) {
-        avx2::tile(x, m, k, w, out)
-    }
+    avx2_methods!(f16);
 }
 
 /// An e4m3 FP8 weight byte, widened to its value ÷ 256: its exponent and mantissa bits placed in an f16

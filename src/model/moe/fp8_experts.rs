@@ -10,6 +10,7 @@ use super::experts::{tokens_per_expert, ExpertsBackend};
 use super::router::Routes;
 use crate::error::Result;
 use crate::model::cpu::attention::with_f32;
+use crate::model::cpu::experts::{gather, scatter_add, swiglu};
 use crate::model::cpu::fp8::{e4m3, matmul_fp8_products, Fp8Product, Fp8Weight};
 use crate::weights::Fp8Blocks;
 
@@ -46,13 +47,7 @@ impl ExpertsBackend for Fp8Experts {
         let out = with_f32(&x, |xs| {
             let inputs: Vec<Vec<f32>> = active
                 .iter()
-                .map(|&e| {
-                    tokens[e]
-                        .iter()
-                        .flat_map(|&tok| &xs[tok as usize * hidden..(tok as usize + 1) * hidden])
-                        .copied()
-                        .collect()
-                })
+                .map(|&e| gather(xs, hidden, &tokens[e]))
                 .collect();
             let gate_up: Vec<Fp8Product<'_>> = (0..2 * active.len())
                 .map(|i| {
@@ -67,9 +62,7 @@ impl ExpertsBackend for Fp8Experts {
             let mut gu = matmul_fp8_products(&gate_up);
             let ups = gu.split_off(active.len());
             for (g, u) in gu.iter_mut().zip(&ups) {
-                for (a, &b) in g.iter_mut().zip(u) {
-                    *a = *a / (1.0 + (-*a).exp()) * b;
-                }
+                swiglu(g, u);
             }
             let down: Vec<Fp8Product<'_>> = active
                 .iter()
@@ -83,12 +76,7 @@ impl ExpertsBackend for Fp8Experts {
             let ys = matmul_fp8_products(&down);
             let mut out = vec![0f32; t * hidden];
             for (&e, y) in active.iter().zip(&ys) {
-                for (j, (&tok, &s)) in tokens[e].iter().zip(&scales[e]).enumerate() {
-                    let dst = &mut out[tok as usize * hidden..(tok as usize + 1) * hidden];
-                    for (o, &v) in dst.iter_mut().zip(&y[j * hidden..(j + 1) * hidden]) {
-                        *o += s * v;
-                    }
-                }
+                scatter_add(&mut out, hidden, &tokens[e], &scales[e], y);
             }
             Ok(out)
         })?;
