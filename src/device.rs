@@ -4,6 +4,7 @@
 
 use std::str::FromStr;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 
 use crate::error::{Error, Result};
@@ -97,6 +98,119 @@ pub fn dtype_for(choice: DtypeChoice, device: &Device) -> DType {
     precision_for(choice, device).compute
 }
 
+/// The block-quantized types held as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum QuantType {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+}
+
+impl QuantType {
+    pub const ALL: [QuantType; 10] = [
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q8_0,
+        QuantType::Q2_K,
+        QuantType::Q3_K,
+        QuantType::Q4_K,
+        QuantType::Q5_K,
+        QuantType::Q6_K,
+    ];
+
+    /// From a GGUF tensor type id; `None` for the float types and the ones not held.
+    pub fn from_ggml_id(id: u32) -> Option<Self> {
+        Some(match id {
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            7 => Self::Q5_1,
+            8 => Self::Q8_0,
+            10 => Self::Q2_K,
+            11 => Self::Q3_K,
+            12 => Self::Q4_K,
+            13 => Self::Q5_K,
+            14 => Self::Q6_K,
+            _ => return None,
+        })
+    }
+
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4_1 => GgmlDType::Q4_1,
+            Self::Q5_0 => GgmlDType::Q5_0,
+            Self::Q5_1 => GgmlDType::Q5_1,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q2_K => GgmlDType::Q2K,
+            Self::Q3_K => GgmlDType::Q3K,
+            Self::Q4_K => GgmlDType::Q4K,
+            Self::Q5_K => GgmlDType::Q5K,
+            Self::Q6_K => GgmlDType::Q6K,
+        }
+    }
+
+    /// llama.cpp's name (`Q4_K`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q2_K => "Q2_K",
+            Self::Q3_K => "Q3_K",
+            Self::Q4_K => "Q4_K",
+            Self::Q5_K => "Q5_K",
+            Self::Q6_K => "Q6_K",
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_elems(self) -> usize {
+        self.ggml().block_size()
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        self.ggml().type_size()
+    }
+
+    /// Bytes of one row of `cols` elements; `None` when `cols` is not a whole number of blocks.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        cols.is_multiple_of(self.block_elems())
+            .then(|| cols / self.block_elems() * self.block_bytes())
+    }
+}
+
+impl std::str::FromStr for QuantType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown quantization type {s}"))
+    }
+}
+
+/// `--quantize`: weight matrices quantized at load (block by block, ggml's reference quantizer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quantize {
+    pub ty: QuantType,
+    /// Every linear projection, not only the experts' (embeddings, lm head and routers stay).
+    pub all_linear: bool,
+}
+
 /// Which dtype a model's weight matrices (projections, experts, embeddings, lm head) are held in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatrixPrecision {
@@ -114,6 +228,8 @@ pub enum MatrixPrecision {
 pub struct Precision {
     pub compute: DType,
     pub matrices: MatrixPrecision,
+    /// Quantize matrices at load (CPU, f32 compute only).
+    pub quantize: Option<Quantize>,
 }
 
 impl From<DType> for Precision {
@@ -122,6 +238,7 @@ impl From<DType> for Precision {
         Self {
             compute: dtype,
             matrices: MatrixPrecision::Compute,
+            quantize: None,
         }
     }
 }
@@ -134,10 +251,12 @@ pub fn precision_for(choice: DtypeChoice, device: &Device) -> Precision {
         (DtypeChoice::Auto, true) => Precision {
             compute: DType::F32,
             matrices: MatrixPrecision::Stored,
+            quantize: None,
         },
         (DtypeChoice::Fixed(d @ (DType::BF16 | DType::F16)), true) => Precision {
             compute: DType::F32,
             matrices: MatrixPrecision::Fixed(d),
+            quantize: None,
         },
         (DtypeChoice::Fixed(d), _) => d.into(),
         (DtypeChoice::Auto, false) => DType::BF16.into(),

@@ -6,8 +6,10 @@ use candle_core::{DType, Device};
 use crate::device::Precision;
 use crate::error::Result;
 use crate::model::config::{model_spec, HubConfig};
+use crate::model::gguf_config::gguf_spec;
 use crate::model::{Model, ModelSpec};
 use crate::tokenizer::{find_chat_template, GenerationConfig, TextTokenizer};
+use crate::weights::gguf::GgufModel;
 use crate::weights::{EmbeddedModel, ModelSource, StoreSummary, WeightStore};
 
 /// The tiny random-weight model compiled into the binary (used when no `--model` is given).
@@ -49,9 +51,11 @@ pub static DEFAULT_MODEL: EmbeddedModel = EmbeddedModel {
     ],
 };
 
-/// `--model DIR`, or the embedded default model.
+/// `--model DIR` (a hub checkpoint, or a directory holding one GGUF model), `--model FILE.gguf`, or
+/// the embedded default model.
 pub fn source_for(model: Option<&std::path::Path>) -> ModelSource {
     match model {
+        Some(file) if file.is_file() => ModelSource::File(file.to_path_buf()),
         Some(dir) => ModelSource::Dir(dir.to_path_buf()),
         None => ModelSource::Embedded(&DEFAULT_MODEL),
     }
@@ -67,12 +71,27 @@ pub struct LoadedModel {
     pub weights: StoreSummary,
 }
 
-/// Reads config.json and maps it to a spec, without touching the weights.
+/// Reads config.json (or a GGUF file's metadata) and maps it to a spec, without touching the weights.
 pub fn read_spec(source: &ModelSource) -> Result<(HubConfig, ModelSpec)> {
+    if let Some(model) = open_gguf(source)? {
+        let (cfg, spec, _) = gguf_spec(&model)?;
+        return Ok((cfg, spec));
+    }
     let cfg = HubConfig::load(source)?;
     let spec = model_spec(&cfg)?;
     Ok((cfg, spec))
 }
+
+/// The source's GGUF model, when it is one.
+pub fn open_gguf(source: &ModelSource) -> Result<Option<GgufModel>> {
+    match source.gguf_files()? {
+        Some(files) => Ok(Some(GgufModel::open(source, &files)?)),
+        None => Ok(None),
+    }
+}
+
+/// Where a GGUF model's chat template is reported as coming from.
+pub const GGUF_TEMPLATE: &str = "tokenizer.chat_template (GGUF)";
 
 /// How weights are obtained (`--load-format`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -90,8 +109,11 @@ pub struct Headers {
     pub cfg: HubConfig,
     pub spec: ModelSpec,
     pub summary: StoreSummary,
-    /// The dtype the weight matrices would be held in.
+    /// The dtype the weight matrices would be held in (dense ones, for a quantized GGUF).
     pub matrix_dtype: DType,
+    /// Bytes the weights are held in, where that is not parameters × matrix dtype (a GGUF whose
+    /// block-quantized tensors stay as stored).
+    pub weight_bytes: Option<u64>,
     pub compute_dtype: DType,
 }
 
@@ -104,7 +126,17 @@ pub fn read_headers(
 ) -> Result<Headers> {
     let precision = precision.into();
     let (cfg, spec) = read_spec(source)?;
+    let mut weight_bytes = None;
     let (summary, matrix_dtype) = match format {
+        LoadFormat::Auto if source.gguf_files()?.is_some() => {
+            let model = open_gguf(source)?.ok_or_else(|| crate::Error::MissingShard {
+                path: source.path_of("*.gguf"),
+            })?;
+            let (_, _, names) = gguf_spec(&model)?;
+            let store = WeightStore::open_gguf(&model, names, device, precision)?;
+            weight_bytes = store.held_bytes_estimate();
+            (store.summary(), store.matrix_dtype())
+        }
         LoadFormat::Auto => {
             let store = WeightStore::open(source, device, precision)?;
             (store.summary(), store.matrix_dtype())
@@ -126,6 +158,7 @@ pub fn read_headers(
         spec,
         summary,
         matrix_dtype,
+        weight_bytes,
         compute_dtype: precision.compute,
     })
 }
@@ -158,6 +191,9 @@ pub fn load_with(
     format: LoadFormat,
 ) -> Result<LoadedModel> {
     let precision = precision.into();
+    if let (LoadFormat::Auto, Some(model)) = (format, open_gguf(source)?) {
+        return load_gguf(source, &model, device, precision);
+    }
     let (cfg, spec) = read_spec(source)?;
     let mut store = match format {
         LoadFormat::Auto => WeightStore::open(source, device, precision)?,
@@ -180,6 +216,29 @@ pub fn load_with(
         tokenizer,
         generation,
         chat_template,
+        weights,
+    })
+}
+
+/// Loads a GGUF model: spec from its metadata, weights (block-quantized ones in place on the CPU),
+/// tokenizer, generation ids and chat template from the same file.
+fn load_gguf(
+    source: &ModelSource,
+    model: &GgufModel,
+    device: &Device,
+    precision: Precision,
+) -> Result<LoadedModel> {
+    let (_, spec, names) = gguf_spec(model)?;
+    let mut store = WeightStore::open_gguf(model, names, device, precision)?;
+    let decoder = Model::load(&spec, &mut store)?;
+    let weights = store.summary();
+    store.finish()?;
+    Ok(LoadedModel {
+        source: source.clone(),
+        model: decoder,
+        tokenizer: crate::tokenizer::gguf::load(model)?,
+        generation: crate::tokenizer::gguf::generation_config(model)?,
+        chat_template: crate::tokenizer::gguf::chat_template(model).map(|t| (t, GGUF_TEMPLATE)),
         weights,
     })
 }

@@ -126,7 +126,8 @@ struct UpcycleArgs {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Checkpoint directory (hub layout). Without it, the embedded tiny random model.
+    /// Checkpoint directory (hub layout, or holding one GGUF model) or a GGUF file (the first part of a
+    /// split set). Without it, the embedded tiny random model.
     #[arg(long)]
     model: Option<PathBuf>,
     /// auto (first CUDA GPU if built with `cuda` and present, else the CPU), cpu, or cuda:N.
@@ -139,6 +140,25 @@ struct ModelArgs {
     /// auto: the checkpoint's weights; dummy: random weights from config.json alone (benchmarking shapes).
     #[arg(long, value_enum, default_value = "auto")]
     load_format: loader::LoadFormat,
+    /// Quantize the experts' weights at load (CPU): q8_0, q4_k, q6_k, … (llama.cpp's block formats,
+    /// its reference quantizer). With --quantize-all-linear every projection but the embeddings and
+    /// lm head.
+    #[arg(long)]
+    quantize: Option<moeserve::device::QuantType>,
+    #[arg(long, requires = "quantize")]
+    quantize_all_linear: bool,
+}
+
+impl ModelArgs {
+    /// `--dtype` and `--quantize` on `device`.
+    fn precision(&self, device: &candle_core::Device) -> moeserve::device::Precision {
+        let mut p = moeserve::device::precision_for(self.dtype, device);
+        p.quantize = self.quantize.map(|ty| moeserve::device::Quantize {
+            ty,
+            all_linear: self.quantize_all_linear,
+        });
+        p
+    }
 }
 
 #[derive(Args)]
@@ -178,7 +198,7 @@ fn load(args: &ModelArgs) -> anyhow::Result<Arc<LoadedModel>> {
     let source = loader::source_for(args.model.as_deref());
     let started = std::time::Instant::now();
     let device = moeserve::device::open(args.device)?;
-    let precision = moeserve::device::precision_for(args.dtype, &device);
+    let precision = args.precision(&device);
     let loaded = loader::load_with(&source, &device, precision, args.load_format)
         .with_context(|| format!("loading {}", source.describe()))?;
     tracing::info!(

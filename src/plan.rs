@@ -29,6 +29,9 @@ pub struct MemoryPlan {
 pub struct PlanInputs<'a> {
     pub spec: &'a ModelSpec,
     pub matrix_dtype: DType,
+    /// Bytes the weights are held in when the store knows them (block-quantized GGUF tensors held in
+    /// place); otherwise parameters × the matrix dtype.
+    pub weight_bytes: Option<u64>,
     pub compute_dtype: DType,
     pub kv_blocks: usize,
     pub block_size: usize,
@@ -55,7 +58,9 @@ impl MemoryPlan {
     pub fn new(p: PlanInputs<'_>) -> Self {
         let spec = p.spec;
         let (params, _) = spec.parameter_counts();
-        let weights = params * p.matrix_dtype.size_in_bytes() as u64;
+        let weights = p
+            .weight_bytes
+            .unwrap_or(params * p.matrix_dtype.size_in_bytes() as u64);
         let (per_token, _) =
             crate::inspect::kv_bytes_per_token(spec, p.compute_dtype.size_in_bytes());
         let block_bytes = (per_token * p.block_size) as u64;
@@ -190,6 +195,7 @@ mod tests {
         MemoryPlan::new(PlanInputs {
             spec: &spec(),
             matrix_dtype: dtype,
+            weight_bytes: None,
             compute_dtype: DType::F32,
             kv_blocks: blocks,
             block_size: 16,

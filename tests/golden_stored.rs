@@ -17,6 +17,7 @@ use moeserve::weights::ModelSource;
 const STORED: Precision = Precision {
     compute: DType::F32,
     matrices: MatrixPrecision::Stored,
+    quantize: None,
 };
 
 fn load(dir: &std::path::Path, precision: Precision) -> LoadedModel {

@@ -45,6 +45,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     let plan = MemoryPlan::new(PlanInputs {
         spec,
         matrix_dtype: headers.matrix_dtype,
+        weight_bytes: headers.weight_bytes,
         compute_dtype: headers.compute_dtype,
         kv_blocks: blocks,
         block_size: BLOCK_SIZE,

@@ -156,7 +156,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The memory plan, from the headers alone, before any weight or KV block is allocated.
     let source = moeserve::loader::source_for(args.model.model.as_deref());
     let device = moeserve::device::open(args.model.device)?;
-    let precision = moeserve::device::precision_for(args.model.dtype, &device);
+    let precision = args.model.precision(&device);
     let headers =
         moeserve::loader::read_headers(&source, &device, precision, args.model.load_format)
             .with_context(|| format!("reading {}", source.describe()))?;
@@ -172,6 +172,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let plan = MemoryPlan::new(PlanInputs {
         spec: &headers.spec,
         matrix_dtype: headers.matrix_dtype,
+        weight_bytes: headers.weight_bytes,
         compute_dtype: headers.compute_dtype,
         kv_blocks: num_blocks,
         block_size,

@@ -12,7 +12,7 @@ use super::rope::Rope;
 use super::spec::{AttentionKind, FfnSpec, ModelSpec};
 use crate::error::{Error, Result};
 use crate::kv::KvCache;
-use crate::weights::WeightStore;
+use crate::weights::{Matrix, WeightStore};
 
 enum Ffn {
     Dense(Mlp),
@@ -42,7 +42,7 @@ pub enum LogitsOutput {
 
 pub struct Model {
     spec: ModelSpec,
-    embed: Tensor,
+    embed: Matrix,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -281,8 +281,15 @@ impl Model {
             )));
         }
         let inputs = self.attention_inputs(batch)?;
-        let ids = Tensor::from_slice(&batch.tokens, batch.tokens.len(), &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(self.dtype)?;
+        let mut x = match &self.embed {
+            Matrix::Dense(embed) => {
+                let ids = Tensor::from_slice(&batch.tokens, batch.tokens.len(), &self.device)?;
+                embed.index_select(&ids, 0)?.to_dtype(self.dtype)?
+            }
+            quant => quant
+                .rows_f32(&batch.tokens, &self.device)?
+                .to_dtype(self.dtype)?,
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x)?;
             let a = match &layer.attention {

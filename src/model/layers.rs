@@ -3,12 +3,12 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::Result;
-use crate::weights::WeightStore;
+use crate::weights::{Matrix, QuantMatrix, WeightStore};
 
-/// `y = x Wᵀ (+ b)` over `[T, in]`.
+/// `y = x Wᵀ (+ b)` over `[T, in]`; W dense or block-quantized.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Matrix,
     bias: Option<Tensor>,
 }
 
@@ -38,21 +38,37 @@ impl Linear {
         dtype: DType,
     ) -> Result<Self> {
         let weight = store.get_as(&format!("{name}.weight"), &[out_dim, in_dim], dtype)?;
-        Ok(Self { weight, bias: None })
+        Ok(Self {
+            weight: Matrix::Dense(weight),
+            bias: None,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = super::cpu::matmul::matmul_wt(x, &self.weight)?;
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        let mut ys = Self::forward_many(x, &[self])?;
+        ys.pop()
+            .ok_or_else(|| crate::error::Error::Batch("projection failed".into()))
     }
 
     /// Several projections of the same input in one pass (q/k/v, gate/up).
     pub fn forward_many(x: &Tensor, linears: &[&Linear]) -> Result<Vec<Tensor>> {
-        let weights: Vec<&Tensor> = linears.iter().map(|l| &l.weight).collect();
-        let ys = super::cpu::matmul::matmul_wt_many(x, &weights)?;
+        let dense: Option<Vec<&Tensor>> = linears.iter().map(|l| l.weight.as_dense()).collect();
+        let quant: Option<Vec<&QuantMatrix>> = linears
+            .iter()
+            .map(|l| match &l.weight {
+                Matrix::Quant(q) => Some(&**q),
+                Matrix::Dense(_) => None,
+            })
+            .collect();
+        let ys = match (dense, quant) {
+            (Some(ws), _) => super::cpu::matmul::matmul_wt_many(x, &ws)?,
+            (None, Some(ws)) => super::cpu::quant::matmul_wt_quant(x, &ws)?,
+            // Mixed precisions: one at a time.
+            (None, None) => linears
+                .iter()
+                .map(|l| Ok(Self::forward_many(x, &[l])?.remove(0)))
+                .collect::<Result<Vec<_>>>()?,
+        };
         ys.into_iter()
             .zip(linears)
             .map(|(y, l)| {
@@ -64,7 +80,7 @@ impl Linear {
             .collect()
     }
 
-    pub fn weight(&self) -> &Tensor {
+    pub fn weight(&self) -> &Matrix {
         &self.weight
     }
 }
@@ -149,7 +165,7 @@ impl Mlp {
 
 impl Linear {
     /// A projection over an existing weight (tied embeddings).
-    pub fn from_weight(weight: Tensor) -> Self {
+    pub fn from_weight(weight: Matrix) -> Self {
         Self { weight, bias: None }
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpu;
 pub mod decoder;
 pub mod families;
+pub mod gguf_config;
 pub mod layers;
 pub mod mla;
 pub mod moe;

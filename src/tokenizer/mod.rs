@@ -2,6 +2,7 @@
 //! `generation_config.json` (eos/bos), and where the chat template lives (`tokenizer_config.json` or
 //! `chat_template.jinja`).
 
+pub mod gguf;
 pub mod tiktoken;
 
 use crate::error::{Error, Result};
@@ -54,7 +55,7 @@ impl TextTokenizer {
     }
 
     /// A `tokenizer.json` document; `path` names it in errors.
-    fn from_json(bytes: &[u8], path: std::path::PathBuf) -> Result<Self> {
+    pub(crate) fn from_json(bytes: &[u8], path: std::path::PathBuf) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             path: path.clone(),
             message: e.to_string(),

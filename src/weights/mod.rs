@@ -1,8 +1,13 @@
-//! Checkpoint files: where they come from (disk or embedded) and the safetensors weight store.
+//! Checkpoint files: where they come from (disk or embedded), the safetensors and GGUF weight store, and
+//! the forms a weight matrix is held in (dense, or block-quantized in place).
 
 pub mod gguf;
+pub mod matrix;
+pub mod quant;
 pub mod source;
 pub mod store;
 
+pub use matrix::Matrix;
+pub use quant::{QuantMatrix, QuantType};
 pub use source::{EmbeddedModel, FileBytes, ModelSource};
 pub use store::{matrix_dtype, Fp8Blocks, StoreSummary, WeightStore};

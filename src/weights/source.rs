@@ -50,16 +50,29 @@ impl FileBytes {
 /// A checkpoint's location.
 #[derive(Clone)]
 pub enum ModelSource {
+    /// A hub-style directory (or one holding a GGUF file).
     Dir(PathBuf),
+    /// One GGUF file (the first of a split set); other files are looked up beside it.
+    File(PathBuf),
     Embedded(&'static EmbeddedModel),
 }
 
 impl ModelSource {
+    /// The directory files are read from (none for an embedded model).
+    fn dir(&self) -> Option<&Path> {
+        match self {
+            ModelSource::Dir(dir) => Some(dir),
+            ModelSource::File(f) => Some(f.parent().unwrap_or(Path::new("."))),
+            ModelSource::Embedded(_) => None,
+        }
+    }
+
     /// The path under which a file is reported in messages.
     pub fn path_of(&self, file: &str) -> PathBuf {
-        match self {
-            ModelSource::Dir(dir) => dir.join(file),
-            ModelSource::Embedded(m) => Path::new("<embedded>").join(m.name).join(file),
+        match (self, self.dir()) {
+            (ModelSource::Embedded(m), _) => Path::new("<embedded>").join(m.name).join(file),
+            (_, Some(dir)) => dir.join(file),
+            (_, None) => PathBuf::from(file),
         }
     }
 
@@ -67,21 +80,86 @@ impl ModelSource {
     pub fn describe(&self) -> String {
         match self {
             ModelSource::Dir(dir) => dir.display().to_string(),
+            ModelSource::File(f) => f.display().to_string(),
             ModelSource::Embedded(m) => format!("<embedded:{}>", m.name),
         }
     }
 
     pub fn exists(&self, file: &str) -> bool {
-        match self {
-            ModelSource::Dir(dir) => dir.join(file).is_file(),
-            ModelSource::Embedded(m) => m.files.iter().any(|(n, _)| *n == file),
+        match (self, self.dir()) {
+            (ModelSource::Embedded(m), _) => m.files.iter().any(|(n, _)| *n == file),
+            (_, Some(dir)) => dir.join(file).is_file(),
+            (_, None) => false,
         }
+    }
+
+    /// The GGUF files of this source, in order: the named file (and the rest of its split set
+    /// `*-00001-of-0000N.gguf`), or the one GGUF of a directory that has no `config.json`. `Ok(None)` for
+    /// a hub checkpoint; an error for a directory holding several GGUF models (name one with its file).
+    pub fn gguf_files(&self) -> Result<Option<Vec<String>>> {
+        let first = match self {
+            ModelSource::Embedded(_) => return Ok(None),
+            ModelSource::File(f) => f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ModelSource::Dir(dir) => {
+                if dir.join("config.json").is_file() {
+                    return Ok(None);
+                }
+                let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let mut ggufs: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".gguf"))
+                    .collect();
+                ggufs.sort();
+                let firsts: Vec<&String> = ggufs
+                    .iter()
+                    .filter(|n| split_part(n).is_none_or(|(i, _, _)| i == 1))
+                    .collect();
+                match firsts.as_slice() {
+                    [] => return Ok(None),
+                    [one] => (*one).clone(),
+                    _ => {
+                        return Err(Error::Config {
+                            path: dir.clone(),
+                            message: format!(
+                                "{} GGUF models in one directory: pass the file to --model",
+                                firsts.len()
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        let Some((index, count, stem)) = split_part(&first) else {
+            return Ok(Some(vec![first]));
+        };
+        if index != 1 {
+            return Err(Error::Config {
+                path: self.path_of(&first),
+                message: "not the first file of a split GGUF set (-00001-of-…)".into(),
+            });
+        }
+        let files: Vec<String> = (1..=count)
+            .map(|i| format!("{stem}-{i:05}-of-{count:05}.gguf"))
+            .collect();
+        if let Some(missing) = files.iter().find(|f| !self.exists(f)) {
+            return Err(Error::MissingShard {
+                path: self.path_of(missing),
+            });
+        }
+        Ok(Some(files))
     }
 
     /// Opens a file as bytes (memory-mapped on disk). `Ok(None)` when it does not exist.
     pub fn open(&self, file: &str) -> Result<Option<FileBytes>> {
-        match self {
-            ModelSource::Dir(dir) => {
+        match (self, self.dir()) {
+            (_, Some(dir)) => {
                 let path = dir.join(file);
                 let handle = match std::fs::File::open(&path) {
                     Ok(f) => f,
@@ -94,11 +172,12 @@ impl ModelSource {
                     .map_err(|source| Error::Io { path, source })?;
                 Ok(Some(FileBytes::Mmap(map)))
             }
-            ModelSource::Embedded(m) => Ok(m
+            (ModelSource::Embedded(m), _) => Ok(m
                 .files
                 .iter()
                 .find(|(n, _)| *n == file)
                 .map(|(_, bytes)| FileBytes::Static(bytes))),
+            (_, None) => Ok(None),
         }
     }
 
@@ -125,5 +204,58 @@ impl ModelSource {
                 path: self.path_of(file),
                 message: e.to_string(),
             })
+    }
+}
+
+/// `name-00002-of-00005.gguf` → `(2, 5, "name")`.
+fn split_part(file: &str) -> Option<(usize, usize, &str)> {
+    let stem = file.strip_suffix(".gguf")?;
+    let (rest, count) = stem.rsplit_once("-of-")?;
+    let (name, index) = rest.rsplit_once('-')?;
+    let ok = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if !ok(index) || !ok(count) {
+        return None;
+    }
+    Some((index.parse().ok()?, count.parse().ok()?, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_gguf_names_are_recognised() {
+        assert_eq!(
+            split_part("Qwen3-30B-Q4_K_M-00001-of-00003.gguf"),
+            Some((1, 3, "Qwen3-30B-Q4_K_M"))
+        );
+        assert_eq!(split_part("model-q8_0.gguf"), None);
+        assert_eq!(split_part("x-1-of-3.gguf"), None);
+    }
+
+    #[test]
+    fn a_directory_with_one_gguf_and_no_config_is_a_gguf_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = ModelSource::Dir(dir.path().to_path_buf());
+        assert_eq!(src.gguf_files().expect("reads"), None);
+        std::fs::write(dir.path().join("m-00001-of-00002.gguf"), b"").expect("write");
+        assert!(src.gguf_files().is_err(), "second part missing");
+        std::fs::write(dir.path().join("m-00002-of-00002.gguf"), b"").expect("write");
+        assert_eq!(
+            src.gguf_files().expect("reads"),
+            Some(vec![
+                "m-00001-of-00002.gguf".into(),
+                "m-00002-of-00002.gguf".into()
+            ])
+        );
+        std::fs::write(dir.path().join("other.gguf"), b"").expect("write");
+        assert!(src.gguf_files().is_err(), "two models");
+        let file = ModelSource::File(dir.path().join("other.gguf"));
+        assert_eq!(
+            file.gguf_files().expect("reads"),
+            Some(vec!["other.gguf".into()])
+        );
+        std::fs::write(dir.path().join("config.json"), b"{}").expect("write");
+        assert_eq!(src.gguf_files().expect("reads"), None, "hub checkpoint");
     }
 }

@@ -10,8 +10,12 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
+use super::gguf::tensors::{GgufTensors, NameMap};
+use super::gguf::GgufModel;
+use super::matrix::Matrix;
+use super::quant::QuantMatrix;
 use super::source::{FileBytes, ModelSource};
-use crate::device::{MatrixPrecision, Precision};
+use crate::device::{MatrixPrecision, Precision, Quantize};
 use crate::error::{Error, Result};
 
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -66,6 +70,23 @@ fn keeps_fp8(precision: Precision, device: &Device) -> bool {
         && precision.matrices == MatrixPrecision::Stored
 }
 
+/// `--quantize` where it applies: the CPU with f32 compute (the quantized kernels' home).
+fn quantize_on(precision: Precision, device: &Device) -> Option<Quantize> {
+    precision
+        .quantize
+        .filter(|_| device.is_cpu() && precision.compute == DType::F32)
+}
+
+/// Whether `--quantize` covers a matrix, by its decoder name: routed and shared experts always, other
+/// projections with `all_linear`; never the embeddings or the lm head (llama.cpp's quantizer keeps those
+/// at a higher precision in its mixes; here they stay as held).
+fn quantize_covers(q: &Quantize, name: &str) -> bool {
+    if name.contains("embed_tokens") || name.starts_with("lm_head") {
+        return false;
+    }
+    q.all_linear || name.contains(".experts.") || name.contains(".shared_expert")
+}
+
 /// A block-FP8 matrix as stored: e4m3 bytes `[rows, cols]` and one f32 scale per `block` (row-major
 /// `[⌈rows/block.0⌉, ⌈cols/block.1⌉]`, the checkpoint's `weight_scale_inv`).
 pub struct Fp8Blocks {
@@ -108,6 +129,10 @@ pub struct WeightStore {
     progress: indicatif::ProgressBar,
     /// `--load-format dummy`: every requested tensor is made up on the device (no files).
     dummy: Option<DummyStats>,
+    /// A GGUF model's tensors (then `shards` and `entries` are empty).
+    gguf: Option<GgufTensors>,
+    /// `--quantize`, where the CPU kernels read quantized matrices (CPU, f32 compute).
+    quantize: Option<Quantize>,
 }
 
 /// What a dummy store handed out (for `inspect` and the load log).
@@ -222,7 +247,39 @@ impl WeightStore {
             keep_fp8: keeps_fp8(precision, device),
             progress,
             dummy: None,
+            gguf: None,
+            quantize: quantize_on(precision, device),
         })
+    }
+
+    /// The tensors of a GGUF model, under the decoder's names (`names`). Block-quantized matrices stay
+    /// in the mapped file where the CPU kernels read them (CPU, f32 compute); elsewhere they are
+    /// dequantized to the matrix dtype.
+    pub fn open_gguf(
+        model: &GgufModel,
+        names: NameMap,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let tensors = GgufTensors::new(model, names)?;
+        let mut store = Self::dummy(device, precision, tensors.dominant_float());
+        store.dummy = None;
+        store.matrices = matrix_dtype(precision, device, tensors.dominant_float());
+        store.keep_fp8 = keeps_fp8(precision, device);
+        store.gguf = Some(tensors);
+        Ok(store)
+    }
+
+    /// Bytes a GGUF model's weights will be held in: quantized tensors as stored (where kept), float
+    /// ones at the matrix dtype or compute dtype. `None` for safetensors checkpoints.
+    pub fn held_bytes_estimate(&self) -> Option<u64> {
+        let g = self.gguf.as_ref()?;
+        Some(g.held_bytes(self.keeps_quant(), self.matrices, self.dtype) as u64)
+    }
+
+    /// Whether quantized matrices are handed out as they are stored.
+    fn keeps_quant(&self) -> bool {
+        self.keep_fp8
     }
 
     /// The dtype weight matrices are held in.
@@ -233,6 +290,9 @@ impl WeightStore {
     /// Takes a block-FP8 matrix as stored, when this store keeps FP8 (see [`Precision`]) and `name` is one;
     /// `None` otherwise (take it with [`Self::get_matrix`], dequantized).
     pub fn get_fp8(&mut self, name: &str, shape: &[usize]) -> Result<Option<Fp8Blocks>> {
+        if self.gguf.is_some() {
+            return Ok(None);
+        }
         let scale_name = format!("{name}_scale_inv");
         let is_fp8 = self
             .entries
@@ -280,9 +340,37 @@ impl WeightStore {
         }))
     }
 
-    /// Takes a weight matrix (projection, expert, embedding, lm head) in the matrix dtype.
-    pub fn get_matrix(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.get_as(name, shape, self.matrices)
+    /// Takes a weight matrix (projection, expert, embedding, lm head): block-quantized as stored where
+    /// the CPU kernels read it, else dense in the matrix dtype.
+    pub fn get_matrix(&mut self, name: &str, shape: &[usize]) -> Result<Matrix> {
+        if let (Some(g), true) = (&self.gguf, self.keeps_quant()) {
+            if let Some(q) = g.quant(name, shape)? {
+                self.taken.insert(name.to_owned());
+                self.progress.inc(1);
+                return Ok(Matrix::Quant(std::sync::Arc::new(q)));
+            }
+        }
+        if let Some(q) = self
+            .quantize
+            .filter(|q| shape.len() == 2 && quantize_covers(q, name))
+        {
+            let (rows, cols) = (shape[0], shape[1]);
+            if q.ty.row_bytes(cols).is_some() {
+                let values = self
+                    .get_as(name, shape, DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let m = QuantMatrix::quantize(q.ty, rows, cols, &values).map_err(|message| {
+                    Error::BadShard {
+                        path: self.where_missing(),
+                        message: format!("quantizing {name}: {message}"),
+                    }
+                })?;
+                return Ok(Matrix::Quant(std::sync::Arc::new(m)));
+            }
+            // Rows that are not whole blocks stay as held (llama.cpp falls back the same way).
+        }
+        Ok(Matrix::Dense(self.get_as(name, shape, self.matrices)?))
     }
 
     pub fn device(&self) -> &Device {
@@ -294,11 +382,17 @@ impl WeightStore {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.contains_key(name)
+        match &self.gguf {
+            Some(g) => g.contains(name),
+            None => self.entries.contains_key(name),
+        }
     }
 
     /// Where a tensor would be reported as missing: the index when there is one, else the single file.
     fn where_missing(&self) -> PathBuf {
+        if let Some(g) = &self.gguf {
+            return g.path_of("");
+        }
         match self.shards.first() {
             Some(s) if self.shards.len() == 1 && s.file == SINGLE_FILE => s.path.clone(),
             Some(s) => s.path.with_file_name(INDEX_FILE),
@@ -331,6 +425,8 @@ impl WeightStore {
             keep_fp8: false,
             progress: indicatif::ProgressBar::hidden(),
             dummy: Some(DummyStats::default()),
+            gguf: None,
+            quantize: quantize_on(precision, device),
         }
     }
 
@@ -364,6 +460,12 @@ impl WeightStore {
     pub fn get_as(&mut self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         if self.dummy.is_some() {
             return self.make_dummy(name, shape, dtype);
+        }
+        if let Some(g) = &self.gguf {
+            let t = g.dense(name, shape, dtype, &self.device)?;
+            self.taken.insert(name.to_owned());
+            self.progress.inc(1);
+            return Ok(t);
         }
         let entry = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             path: self.where_missing(),
@@ -462,7 +564,15 @@ impl WeightStore {
 
     /// Marks tensors as deliberately skipped (e.g. multi-token-prediction layers).
     pub fn skip_where(&mut self, skip: impl Fn(&str) -> bool) {
-        let names: Vec<String> = self.entries.keys().filter(|n| skip(n)).cloned().collect();
+        let names: Vec<String> = match &self.gguf {
+            Some(g) => g
+                .names()
+                .chain(g.unmapped())
+                .filter(|n| skip(n))
+                .cloned()
+                .collect(),
+            None => self.entries.keys().filter(|n| skip(n)).cloned().collect(),
+        };
         self.progress.inc(names.len() as u64);
         self.taken.extend(names);
     }
@@ -473,11 +583,18 @@ impl WeightStore {
         if self.dummy.is_some() {
             return Ok(());
         }
-        let mut unused: Vec<&String> = self
-            .entries
-            .keys()
-            .filter(|n| !self.taken.contains(*n))
-            .collect();
+        let mut unused: Vec<&String> = match &self.gguf {
+            Some(g) => g
+                .names()
+                .chain(g.unmapped())
+                .filter(|n| !self.taken.contains(*n))
+                .collect(),
+            None => self
+                .entries
+                .keys()
+                .filter(|n| !self.taken.contains(*n))
+                .collect(),
+        };
         if unused.is_empty() {
             return Ok(());
         }
@@ -501,6 +618,15 @@ impl WeightStore {
                 tensors: stats.tensors,
                 bytes: stats.bytes,
                 dtypes: BTreeMap::from([(format!("dummy {:?}", self.dtype), stats.tensors)]),
+            };
+        }
+        if let Some(g) = &self.gguf {
+            let mix = g.type_mix();
+            return StoreSummary {
+                shards: g.files(),
+                tensors: mix.values().map(|(n, _)| n).sum(),
+                bytes: g.total_bytes(),
+                dtypes: mix.into_iter().map(|(t, (n, _))| (t, n)).collect(),
             };
         }
         let mut dtypes = BTreeMap::new();
@@ -565,6 +691,7 @@ mod tests {
         let stored = Precision {
             compute: DType::F32,
             matrices: MatrixPrecision::Stored,
+            quantize: None,
         };
         let cpu = &Device::Cpu;
         assert_eq!(matrix_dtype(stored, cpu, Some(DType::BF16)), DType::BF16);
@@ -578,6 +705,7 @@ mod tests {
         let fixed = Precision {
             compute: DType::F32,
             matrices: MatrixPrecision::Fixed(DType::F16),
+            quantize: None,
         };
         assert_eq!(matrix_dtype(fixed, cpu, Some(DType::BF16)), DType::F16);
     }

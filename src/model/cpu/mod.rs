@@ -7,4 +7,5 @@ pub mod attention;
 pub mod experts;
 pub mod fp8;
 pub mod matmul;
+pub mod quant;
 pub mod widen;

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::model::cpu::matmul::{self as cpu_matmul, matmul_wt};
 
 use crate::model::cpu::experts::{self as cpu_experts, ExpertTokens};
-use crate::weights::WeightStore;
+use crate::weights::{Matrix, WeightStore};
 
 /// Runs the routed experts of a batch: `x` `[T, hidden]` → `[T, hidden]`.
 pub trait ExpertsBackend: Send + Sync {
@@ -61,7 +61,7 @@ pub fn load_expert_weights(
     num_experts: usize,
     hidden: usize,
     intermediate: usize,
-) -> Result<Vec<(Tensor, Tensor, Tensor)>> {
+) -> Result<Vec<(Matrix, Matrix, Matrix)>> {
     let mut experts = Vec::with_capacity(num_experts);
     for e in 0..num_experts {
         let p = format!("{prefix}.experts.{e}");

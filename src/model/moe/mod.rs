@@ -5,6 +5,7 @@
 pub mod cuda_experts;
 pub mod experts;
 pub mod fp8_experts;
+pub mod quant_experts;
 pub mod router;
 
 use std::sync::atomic::AtomicU64;
@@ -15,7 +16,7 @@ use candle_core::{DType, Tensor};
 use super::layers::{Linear, Mlp};
 use super::spec::{MoeSpec, RouterSpec, TensorNames};
 use crate::error::Result;
-use crate::weights::WeightStore;
+use crate::weights::{Matrix, QuantMatrix, WeightStore};
 pub use experts::{ExpertsBackend, GroupedExperts};
 pub use router::Routes;
 
@@ -243,6 +244,31 @@ fn load_experts(
         hidden,
         spec.expert_intermediate_size,
     )?;
+    let quant: Option<Vec<[Arc<QuantMatrix>; 3]>> = weights
+        .iter()
+        .map(|(g, u, d)| match (g, u, d) {
+            (Matrix::Quant(g), Matrix::Quant(u), Matrix::Quant(d)) => {
+                Some([g.clone(), u.clone(), d.clone()])
+            }
+            _ => None,
+        })
+        .collect();
+    if let Some(quant) = quant.filter(|q| !q.is_empty()) {
+        return Ok(Box::new(quant_experts::QuantExperts::new(quant, hidden)));
+    }
+    // Dense (or mixed: a quantized expert matrix among dense ones is widened to f32).
+    let weights = weights
+        .into_iter()
+        .map(|(g, u, d)| {
+            let dense = |m: Matrix| -> Result<Tensor> {
+                match m {
+                    Matrix::Dense(t) => Ok(t),
+                    q => q.to_f32(store.device()),
+                }
+            };
+            Ok((dense(g)?, dense(u)?, dense(d)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
     #[cfg(feature = "cuda")]
     if store.device().is_cuda() && cuda_experts::CudaExperts::supports(store.dtype()) {
         return Ok(Box::new(cuda_experts::CudaExperts::from_weights(weights)?));

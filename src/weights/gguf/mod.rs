@@ -1,0 +1,166 @@
+//! GGUF model files as llama.cpp writes them: the container ([`format`]), its metadata, and its tensors
+//! under the names the generic decoder asks for ([`tensors`]). `demo_reader` is the older reader that
+//! dequantizes through candle, used only by `demo.rs` (upcycling a dense GGUF).
+
+pub mod demo_reader;
+pub mod format;
+pub mod tensors;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use demo_reader::GgufFile;
+pub use format::{type_name, Value};
+pub use tensors::GgufTensors;
+
+use super::source::{FileBytes, ModelSource};
+use crate::error::{Error, Result};
+
+/// One file of a (possibly split) GGUF model.
+pub struct GgufPart {
+    pub file: String,
+    pub path: PathBuf,
+    pub bytes: Arc<FileBytes>,
+    pub header: format::Header,
+}
+
+/// A GGUF model: its files, and the metadata of the first.
+pub struct GgufModel {
+    pub parts: Vec<GgufPart>,
+}
+
+impl GgufModel {
+    /// Opens and parses the headers of `files` (from [`ModelSource::gguf_files`]).
+    pub fn open(source: &ModelSource, files: &[String]) -> Result<Self> {
+        let mut parts = Vec::with_capacity(files.len());
+        for file in files {
+            let path = source.path_of(file);
+            let bytes = source
+                .open(file)?
+                .ok_or_else(|| Error::MissingShard { path: path.clone() })?;
+            let header = format::parse(&bytes).map_err(|message| Error::BadShard {
+                path: path.clone(),
+                message,
+            })?;
+            parts.push(GgufPart {
+                file: file.clone(),
+                path,
+                bytes: Arc::new(bytes),
+                header,
+            });
+        }
+        if parts.is_empty() {
+            return Err(Error::MissingShard {
+                path: source.path_of("*.gguf"),
+            });
+        }
+        Ok(Self { parts })
+    }
+
+    /// The first file's metadata (where llama.cpp writes all of it).
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.parts[0].header.metadata
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.parts[0].path
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata().get(key)
+    }
+
+    fn err(&self, message: String) -> Error {
+        Error::Config {
+            path: self.path().to_path_buf(),
+            message,
+        }
+    }
+
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Result<&str> {
+        self.get("general.architecture")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.err("missing metadata general.architecture".into()))
+    }
+
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Value::as_str)
+    }
+
+    pub fn u64(&self, key: &str) -> Result<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("metadata {key} is not a non-negative integer"))),
+        }
+    }
+
+    pub fn f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("metadata {key} is not a number"))),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("metadata {key} is not a boolean"))),
+        }
+    }
+
+    /// An array of strings (vocabulary, merges).
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+                .map(Some)
+                .ok_or_else(|| self.err(format!("metadata {key} is not a list of strings"))),
+        }
+    }
+
+    /// An array of integers (token types).
+    pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>())
+                .map(Some)
+                .ok_or_else(|| self.err(format!("metadata {key} is not a list of integers"))),
+        }
+    }
+
+    /// Every tensor: (part index, name, info).
+    pub fn tensors(&self) -> impl Iterator<Item = (usize, &str, &format::TensorInfo)> {
+        self.parts.iter().enumerate().flat_map(|(i, p)| {
+            p.header
+                .tensors
+                .iter()
+                .map(move |(name, info)| (i, name.as_str(), info))
+        })
+    }
+
+    /// The quantization mix: ggml type name → (tensors, bytes).
+    pub fn type_mix(&self) -> std::collections::BTreeMap<String, (usize, usize)> {
+        let mut mix = std::collections::BTreeMap::new();
+        for (_, _, info) in self.tensors() {
+            let e = mix.entry(type_name(info.type_id)).or_insert((0, 0));
+            e.0 += 1;
+            e.1 += tensors::data_bytes(info).unwrap_or(0);
+        }
+        mix
+    }
+}

@@ -1,0 +1,393 @@
+//! Block-quantized weight matrices as llama.cpp stores them (Q4_0 … Q8_0, Q2_K … Q6_K), held where they
+//! lie: a range of a memory-mapped GGUF file (no copy), or bytes we own (rows reordered at load, or a
+//! safetensors matrix quantized in place with `--quantize`). The block layouts and the reference
+//! quantize / dequantize / dot routines are candle's `quantized::k_quants` (ports of ggml's); this module
+//! only views bytes as those blocks, checking size and alignment first.
+
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0,
+};
+use candle_core::quantized::GgmlType;
+
+use super::source::FileBytes;
+pub use crate::device::QuantType;
+
+/// Runs `$body` with `$B` bound to the candle block type of `$ty`.
+#[macro_export]
+macro_rules! with_block_type {
+    ($ty:expr, $B:ident => $body:expr) => {{
+        use candle_core::quantized::k_quants as kq;
+        use $crate::weights::QuantType as Q;
+        match $ty {
+            Q::Q4_0 => {
+                type $B = kq::BlockQ4_0;
+                $body
+            }
+            Q::Q4_1 => {
+                type $B = kq::BlockQ4_1;
+                $body
+            }
+            Q::Q5_0 => {
+                type $B = kq::BlockQ5_0;
+                $body
+            }
+            Q::Q5_1 => {
+                type $B = kq::BlockQ5_1;
+                $body
+            }
+            Q::Q8_0 => {
+                type $B = kq::BlockQ8_0;
+                $body
+            }
+            Q::Q2_K => {
+                type $B = kq::BlockQ2K;
+                $body
+            }
+            Q::Q3_K => {
+                type $B = kq::BlockQ3K;
+                $body
+            }
+            Q::Q4_K => {
+                type $B = kq::BlockQ4K;
+                $body
+            }
+            Q::Q5_K => {
+                type $B = kq::BlockQ5K;
+                $body
+            }
+            Q::Q6_K => {
+                type $B = kq::BlockQ6K;
+                $body
+            }
+        }
+    }};
+}
+
+/// Where the bytes are.
+enum Storage {
+    /// `len` bytes at `start` of a mapped file.
+    Mapped {
+        file: Arc<FileBytes>,
+        start: usize,
+        len: usize,
+    },
+    /// Owned, 8-byte aligned (every block type needs at most 4).
+    Owned { words: Vec<u64>, len: usize },
+}
+
+/// A `[rows, cols]` block-quantized matrix, row-major, each row a whole number of blocks.
+pub struct QuantMatrix {
+    ty: QuantType,
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+}
+
+impl std::fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "QuantMatrix({} {}x{})",
+            self.ty.name(),
+            self.rows,
+            self.cols
+        )
+    }
+}
+
+/// Why bytes cannot be viewed as a quantized matrix.
+pub fn layout_error(ty: QuantType, rows: usize, cols: usize, len: usize) -> Option<String> {
+    match ty.row_bytes(cols) {
+        None => Some(format!(
+            "{} rows of {cols} elements are not whole blocks of {}",
+            ty.name(),
+            ty.block_elems()
+        )),
+        Some(rb) if rb.checked_mul(rows) != Some(len) => Some(format!(
+            "{} [{rows}, {cols}] needs {} bytes, found {len}",
+            ty.name(),
+            rb.saturating_mul(rows)
+        )),
+        Some(_) => None,
+    }
+}
+
+fn owned(bytes: &[u8]) -> Storage {
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    // SAFETY: `words` holds at least `bytes.len()` bytes; u64 has no invalid bit patterns.
+    let dst =
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
+    dst.copy_from_slice(bytes);
+    Storage::Owned {
+        words,
+        len: bytes.len(),
+    }
+}
+
+impl QuantMatrix {
+    /// A view of `len` bytes at `start` of a mapped file (copied once if the range is misaligned for
+    /// the block type). The caller has checked the layout with [`layout_error`].
+    pub fn mapped(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        file: Arc<FileBytes>,
+        start: usize,
+    ) -> Result<Self, String> {
+        let len = ty.row_bytes(cols).unwrap_or(0) * rows;
+        if let Some(e) = layout_error(ty, rows, cols, len) {
+            return Err(e);
+        }
+        let end = start.checked_add(len).filter(|&e| e <= file.len());
+        let Some(end) = end else {
+            return Err(format!(
+                "data runs past the end of the file ({len} bytes at {start})"
+            ));
+        };
+        let storage = if (file.as_ptr() as usize + start).is_multiple_of(4) {
+            Storage::Mapped { file, start, len }
+        } else {
+            owned(&file[start..end])
+        };
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            storage,
+        })
+    }
+
+    /// Owns a copy of `bytes` (row-major rows of whole blocks).
+    pub fn from_bytes(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Self, String> {
+        if let Some(e) = layout_error(ty, rows, cols, bytes.len()) {
+            return Err(e);
+        }
+        Ok(Self {
+            ty,
+            rows,
+            cols,
+            storage: owned(bytes),
+        })
+    }
+
+    /// Quantizes `[rows, cols]` f32 values row by row with ggml's reference quantizer for `ty`.
+    pub fn quantize(
+        ty: QuantType,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+    ) -> Result<Self, String> {
+        let row_bytes = ty
+            .row_bytes(cols)
+            .ok_or_else(|| layout_error(ty, rows, cols, 0).unwrap_or_default())?;
+        if values.len() != rows * cols {
+            return Err(format!("{} values for [{rows}, {cols}]", values.len()));
+        }
+        let mut bytes = vec![0u8; rows * row_bytes];
+        with_block_type!(ty, B => {
+            use rayon::prelude::*;
+            values
+                .par_chunks(cols.max(1))
+                .zip(bytes.par_chunks_mut(row_bytes.max(1)))
+                .for_each(|(src, dst)| {
+                    let mut blocks = vec![B::zeros(); cols / B::BLCK_SIZE];
+                    B::from_float(src, &mut blocks);
+                    // SAFETY: the blocks are plain `repr(C)` data of `row_bytes` bytes in all.
+                    let raw = unsafe {
+                        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), row_bytes)
+                    };
+                    dst.copy_from_slice(raw);
+                });
+        });
+        Self::from_bytes(ty, rows, cols, &bytes)
+    }
+
+    pub fn ty(&self) -> QuantType {
+        self.ty
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// All bytes, row-major.
+    pub fn data(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Mapped { file, start, len } => &file[*start..*start + *len],
+            Storage::Owned { words, len } => {
+                // SAFETY: `words` holds at least `len` initialised bytes.
+                unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), *len) }
+            }
+        }
+    }
+
+    /// Bytes held (for memory accounting).
+    pub fn byte_len(&self) -> usize {
+        self.data().len()
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.cols).unwrap_or(0)
+    }
+
+    /// The rows `start..start + n` as their own matrix (sharing a mapped file; a stacked expert tensor
+    /// is one matrix per expert this way).
+    pub fn slice_rows(&self, start: usize, n: usize) -> Result<Self, String> {
+        if start + n > self.rows {
+            return Err(format!("rows {start}..{} of {}", start + n, self.rows));
+        }
+        let rb = self.row_bytes();
+        let storage = match &self.storage {
+            Storage::Mapped { file, start: s, .. } => Storage::Mapped {
+                file: file.clone(),
+                start: s + start * rb,
+                len: n * rb,
+            },
+            Storage::Owned { .. } => owned(&self.data()[start * rb..(start + n) * rb]),
+        };
+        Ok(Self {
+            ty: self.ty,
+            rows: n,
+            cols: self.cols,
+            storage,
+        })
+    }
+
+    /// A copy with rows in the order `order` (each an index into `self`).
+    pub fn select_rows(&self, order: &[usize]) -> Result<Self, String> {
+        let rb = self.row_bytes();
+        let data = self.data();
+        let mut bytes = Vec::with_capacity(order.len() * rb);
+        for &r in order {
+            if r >= self.rows {
+                return Err(format!("row {r} of {}", self.rows));
+            }
+            bytes.extend_from_slice(&data[r * rb..(r + 1) * rb]);
+        }
+        Self::from_bytes(self.ty, order.len(), self.cols, &bytes)
+    }
+
+    /// Dequantizes rows `start..start + out.len() / cols` into `out`.
+    pub fn dequantize_rows(&self, start: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        let n = out.len() / self.cols.max(1);
+        let data = &self.data()[start * rb..(start + n) * rb];
+        with_block_type!(self.ty, B => {
+            B::to_float(blocks::<B>(data), out);
+        });
+    }
+
+    /// The whole matrix in f32, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.dequantize_rows(0, &mut out);
+        out
+    }
+}
+
+/// Views bytes as blocks of `B`. Panics only on a broken internal invariant (every `QuantMatrix` is
+/// checked for whole blocks and 4-byte alignment when made).
+pub fn blocks<B: GgmlType>(bytes: &[u8]) -> &[B] {
+    let size = std::mem::size_of::<B>();
+    assert!(
+        bytes.len().is_multiple_of(size)
+            && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>()),
+        "quantized bytes are whole, aligned blocks"
+    );
+    // SAFETY: length and alignment checked above; the block types are `repr(C)` structs of integers
+    // and f16 values, valid for any bit pattern.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / size) }
+}
+
+/// Block sizes as the types declare them (a test checks they equal llama.cpp's).
+pub const fn block_sizes() -> [(usize, usize); 10] {
+    [
+        (32, std::mem::size_of::<BlockQ4_0>()),
+        (32, std::mem::size_of::<BlockQ4_1>()),
+        (32, std::mem::size_of::<BlockQ5_0>()),
+        (32, std::mem::size_of::<BlockQ5_1>()),
+        (32, std::mem::size_of::<BlockQ8_0>()),
+        (256, std::mem::size_of::<BlockQ2K>()),
+        (256, std::mem::size_of::<BlockQ3K>()),
+        (256, std::mem::size_of::<BlockQ4K>()),
+        (256, std::mem::size_of::<BlockQ5K>()),
+        (256, std::mem::size_of::<BlockQ6K>()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_layouts_are_llama_cpps() {
+        // ggml's type_traits: block sizes and bytes.
+        let expected = [
+            (32, 18),
+            (32, 20),
+            (32, 22),
+            (32, 24),
+            (32, 34),
+            (256, 84),
+            (256, 110),
+            (256, 144),
+            (256, 176),
+            (256, 210),
+        ];
+        assert_eq!(block_sizes(), expected);
+        for (ty, (elems, bytes)) in QuantType::ALL.into_iter().zip(expected) {
+            assert_eq!(
+                (ty.block_elems(), ty.block_bytes()),
+                (elems, bytes),
+                "{ty:?}"
+            );
+            assert!(std::mem::align_of::<BlockQ6K>() <= 4);
+        }
+    }
+
+    #[test]
+    fn quantize_dequantize_round_trip_is_close_and_rows_slice() {
+        let (rows, cols) = (3, 256);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        for ty in QuantType::ALL {
+            let q = QuantMatrix::quantize(ty, rows, cols, &values).expect("quantizes");
+            assert_eq!(q.byte_len(), rows * ty.row_bytes(cols).unwrap_or(0));
+            let back = q.dequantize();
+            let max_err = back
+                .iter()
+                .zip(&values)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            // Values span [-2, 2]: half a step of each type's grid, plus the scale's own rounding.
+            let bound = match ty {
+                QuantType::Q8_0 => 0.02,
+                QuantType::Q5_0 | QuantType::Q5_1 | QuantType::Q5_K | QuantType::Q6_K => 0.13,
+                QuantType::Q3_K => 0.5,
+                QuantType::Q2_K => 0.7,
+                _ => 0.26,
+            };
+            assert!(max_err < bound, "{ty:?}: {max_err}");
+            let last = q.slice_rows(2, 1).expect("slice");
+            let mut row = vec![0f32; cols];
+            last.dequantize_rows(0, &mut row);
+            assert_eq!(row, back[2 * cols..]);
+            let swapped = q.select_rows(&[2, 0]).expect("select");
+            assert_eq!(swapped.dequantize()[..cols], back[2 * cols..]);
+        }
+        assert!(QuantMatrix::quantize(QuantType::Q4_K, 1, 32, &[0.0; 32]).is_err());
+    }
+}
