@@ -133,21 +133,51 @@ pub fn load(model: &GgufModel) -> Result<TextTokenizer> {
     TextTokenizer::from_json(doc.to_string().as_bytes(), model.path().to_path_buf())
 }
 
-/// End-of-sequence ids (eos, eot, eom) and bos.
+/// Token texts that end generation wherever they are in a vocabulary (llama.cpp's end-of-generation
+/// list in `llama-vocab.cpp`: GGUF files carry one eos id, while the hub's generation_config.json
+/// often lists several, e.g. Qwen's `<|im_end|>` and `<|endoftext|>`).
+const END_OF_GENERATION: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<｜end▁of▁sentence｜>",
+];
+
+/// End-of-generation ids — eos, eot, eom, then control tokens named in [`END_OF_GENERATION`] — and bos.
 pub fn generation_config(model: &GgufModel) -> Result<GenerationConfig> {
-    let mut eos = Vec::new();
+    let mut eos: Vec<u32> = Vec::new();
+    let mut add = |id: u32| {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
+    };
     for key in ["eos_token_id", "eot_token_id", "eom_token_id"] {
         if let Some(id) = model.u64(&format!("tokenizer.ggml.{key}"))? {
-            if !eos.contains(&(id as u32)) {
-                eos.push(id as u32);
-            }
+            add(id as u32);
+        }
+    }
+    let tokens = model.strings("tokenizer.ggml.tokens")?.unwrap_or_default();
+    let types = model.ints("tokenizer.ggml.token_type")?.unwrap_or_default();
+    for (id, tok) in tokens.iter().enumerate() {
+        let control = matches!(types.get(id), Some(3) | Some(4));
+        if control && END_OF_GENERATION.contains(tok) {
+            add(id as u32);
         }
     }
     Ok(GenerationConfig {
         eos_token_ids: eos,
-        bos_token_id: model
-            .u64("tokenizer.ggml.bos_token_id")?
-            .map(|id| id as u32),
+        bos_token_id: model.u64("tokenizer.ggml.bos_token_id")?.map(|id| id as u32),
     })
 }
 
