@@ -101,5 +101,42 @@ fn read_bandwidth(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, projections, stored_precision, read_bandwidth);
+/// Block-quantized weights read in place (`moeserve::model::cpu::quant`): one 65,536 × 1,024 matrix
+/// (beyond the 32 MiB L3 in every type) in Q8_0, Q4_K and Q6_K, 1 and 4 input rows, throughput in
+/// weight bytes (compare with `read_bandwidth`).
+fn quantized(c: &mut Criterion) {
+    use moeserve::model::cpu::quant::{quant_products, QuantProduct};
+    use moeserve::weights::{QuantMatrix, QuantType};
+    let n: usize = std::env::var("QUANT_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(65536);
+    let k = 1024;
+    let values: Vec<f32> = (0..n * k)
+        .map(|i| (((i * 2_654_435_761usize) >> 11) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let mut group = c.benchmark_group("quantized_65536x1024");
+    group.sample_size(10);
+    for ty in [QuantType::Q8_0, QuantType::Q4_K, QuantType::Q6_K] {
+        let w = QuantMatrix::quantize(ty, n, k, &values)
+            .unwrap()
+            .into_kernel_layout();
+        group.throughput(Throughput::Bytes(w.byte_len() as u64));
+        for m in [1usize, 4] {
+            let x: Vec<f32> = values[..m * k].to_vec();
+            group.bench_with_input(BenchmarkId::new(ty.name(), m), &m, |b, _| {
+                b.iter(|| quant_products(&[QuantProduct { x: &x, m, w: &w }]))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    projections,
+    stored_precision,
+    quantized,
+    read_bandwidth
+);
 criterion_main!(benches);

@@ -30,19 +30,17 @@ BIN=$SRC/build/bin
 
 log() { echo "== $*" >&2; }
 
-# 1. llama.cpp from the sdist (downloaded straight from PyPI's JSON API: `pip download` would build it).
+# 1. llama.cpp from the sdist, fetched with pip's own client. `--no-binary llama-cpp-python` keeps the sdist and
+#    lets pip take its build backend as wheels: pip only prepares metadata (seconds), it compiles nothing.
+#    (`--no-binary :all:` would also force the backend's cmake to build from source.)
 if [ ! -x "$BIN/llama-bench" ]; then
     mkdir -p "$CACHE"
     log "downloading llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (sdist)"
-    url=$("$PYTHON" - "$LLAMA_CPP_PYTHON_VERSION" <<'EOF'
-import json, sys, urllib.request
-v = sys.argv[1]
-d = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{v}/json"))
-print(next(u["url"] for u in d["urls"] if u["packagetype"] == "sdist"))
-EOF
-)
-    case $url in http*) ;; *) url="https://pypi.org/${url#../../}" ;; esac
-    curl -sSfL "$url" | tar xz -C "$CACHE"
+    dl=$(mktemp -d)
+    "$PYTHON" -m pip download --quiet --no-deps --no-binary llama-cpp-python \
+        "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$dl" >&2
+    tar xzf "$dl/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" -C "$CACHE"
+    rm -rf "$dl"
     command -v cmake >/dev/null || "$PYTHON" -m pip install --quiet cmake ninja
     PATH=$(dirname "$PYTHON"):$PATH
     log "building llama.cpp CPU tools (~5 min on 2 cores)"

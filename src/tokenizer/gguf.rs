@@ -177,7 +177,9 @@ pub fn generation_config(model: &GgufModel) -> Result<GenerationConfig> {
     }
     Ok(GenerationConfig {
         eos_token_ids: eos,
-        bos_token_id: model.u64("tokenizer.ggml.bos_token_id")?.map(|id| id as u32),
+        bos_token_id: model
+            .u64("tokenizer.ggml.bos_token_id")?
+            .map(|id| id as u32),
     })
 }
 

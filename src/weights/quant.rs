@@ -76,14 +76,20 @@ enum Storage {
     },
     /// Owned, 8-byte aligned (every block type needs at most 4).
     Owned { words: Vec<u64>, len: usize },
+    /// Owned in anonymous memory advised for transparent huge pages (large matrices: the quantized
+    /// kernels stream them, and 4 KiB pages cost a TLB miss every 4 KiB).
+    Anon { map: memmap2::MmapMut, len: usize },
 }
 
-/// A `[rows, cols]` block-quantized matrix, row-major, each row a whole number of blocks.
+/// A `[rows, cols]` block-quantized matrix, each row a whole number of blocks: row-major, or (Q8_0 with
+/// a multiple of four rows, once [`QuantMatrix::into_kernel_layout`] ran) four rows interleaved per
+/// block for the Q8_0 kernel (`model::cpu::q8_0`).
 pub struct QuantMatrix {
     ty: QuantType,
     rows: usize,
     cols: usize,
     storage: Storage,
+    interleaved: bool,
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -115,7 +121,21 @@ pub fn layout_error(ty: QuantType, rows: usize, cols: usize, len: usize) -> Opti
     }
 }
 
+/// Matrices from this size on are held in huge-page-advised anonymous memory.
+const HUGE_PAGE_MIN: usize = 1 << 20;
+
 fn owned(bytes: &[u8]) -> Storage {
+    if bytes.len() >= HUGE_PAGE_MIN {
+        if let Ok(mut map) = memmap2::MmapMut::map_anon(bytes.len()) {
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
+            map.copy_from_slice(bytes);
+            return Storage::Anon {
+                map,
+                len: bytes.len(),
+            };
+        }
+    }
     let mut words = vec![0u64; bytes.len().div_ceil(8)];
     // SAFETY: `words` holds at least `bytes.len()` bytes; u64 has no invalid bit patterns.
     let dst =
@@ -157,6 +177,7 @@ impl QuantMatrix {
             rows,
             cols,
             storage,
+            interleaved: false,
         })
     }
 
@@ -175,7 +196,55 @@ impl QuantMatrix {
             rows,
             cols,
             storage: owned(bytes),
+            interleaved: false,
         })
+    }
+
+    /// The layout the kernels read fastest, in memory of our own (huge-page advised): Q8_0 with a
+    /// multiple of four rows interleaved four rows per block; every type copied out of a mapped file,
+    /// whose pages are then dropped from the resident set (the file is held once, in the copy).
+    pub fn into_kernel_layout(self) -> Self {
+        let interleave =
+            self.ty == QuantType::Q8_0 && self.rows.is_multiple_of(4) && !self.interleaved;
+        if !interleave && !matches!(self.storage, Storage::Mapped { .. }) {
+            return self;
+        }
+        let storage = if interleave {
+            let nb = self.cols / self.ty.block_elems();
+            owned(&crate::model::cpu::q8_0::interleave4(
+                self.data(),
+                self.rows,
+                nb,
+            ))
+        } else {
+            owned(self.data())
+        };
+        if let Storage::Mapped { file, start, len } = &self.storage {
+            file.release(*start, start + len);
+        }
+        Self {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            storage,
+            interleaved: self.interleaved || interleave,
+        }
+    }
+
+    /// Whether rows are interleaved four per block (see [`QuantMatrix::into_kernel_layout`]).
+    pub fn interleaved(&self) -> bool {
+        self.interleaved
+    }
+
+    /// Row `r` in the plain block layout.
+    pub fn plain_row(&self, r: usize) -> Vec<u8> {
+        let rb = self.row_bytes();
+        if self.interleaved {
+            let nb = self.cols / self.ty.block_elems();
+            crate::model::cpu::q8_0::deinterleave_row(self.data(), r, nb)
+        } else {
+            self.data()[r * rb..(r + 1) * rb].to_vec()
+        }
     }
 
     /// Quantizes `[rows, cols]` f32 values row by row with ggml's reference quantizer for `ty`.
@@ -230,6 +299,7 @@ impl QuantMatrix {
                 // SAFETY: `words` holds at least `len` initialised bytes.
                 unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), *len) }
             }
+            Storage::Anon { map, len } => &map[..*len],
         }
     }
 
@@ -249,32 +319,38 @@ impl QuantMatrix {
             return Err(format!("rows {start}..{} of {}", start + n, self.rows));
         }
         let rb = self.row_bytes();
+        if self.interleaved {
+            let bytes: Vec<u8> = (start..start + n).flat_map(|r| self.plain_row(r)).collect();
+            return Self::from_bytes(self.ty, n, self.cols, &bytes);
+        }
         let storage = match &self.storage {
             Storage::Mapped { file, start: s, .. } => Storage::Mapped {
                 file: file.clone(),
                 start: s + start * rb,
                 len: n * rb,
             },
-            Storage::Owned { .. } => owned(&self.data()[start * rb..(start + n) * rb]),
+            Storage::Owned { .. } | Storage::Anon { .. } => {
+                owned(&self.data()[start * rb..(start + n) * rb])
+            }
         };
         Ok(Self {
             ty: self.ty,
             rows: n,
             cols: self.cols,
             storage,
+            interleaved: false,
         })
     }
 
     /// A copy with rows in the order `order` (each an index into `self`).
     pub fn select_rows(&self, order: &[usize]) -> Result<Self, String> {
         let rb = self.row_bytes();
-        let data = self.data();
         let mut bytes = Vec::with_capacity(order.len() * rb);
         for &r in order {
             if r >= self.rows {
                 return Err(format!("row {r} of {}", self.rows));
             }
-            bytes.extend_from_slice(&data[r * rb..(r + 1) * rb]);
+            bytes.extend_from_slice(&self.plain_row(r));
         }
         Self::from_bytes(self.ty, order.len(), self.cols, &bytes)
     }
@@ -283,6 +359,16 @@ impl QuantMatrix {
     pub fn dequantize_rows(&self, start: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
         let n = out.len() / self.cols.max(1);
+        if self.interleaved {
+            for (i, row) in out.chunks_mut(self.cols.max(1)).enumerate() {
+                let bytes = self.plain_row(start + i);
+                let fresh = owned_words(&bytes);
+                with_block_type!(self.ty, B => {
+                    B::to_float(blocks::<B>(&words_bytes(&fresh)[..bytes.len()]), row);
+                });
+            }
+            return;
+        }
         let data = &self.data()[start * rb..(start + n) * rb];
         with_block_type!(self.ty, B => {
             B::to_float(blocks::<B>(data), out);
@@ -295,6 +381,23 @@ impl QuantMatrix {
         self.dequantize_rows(0, &mut out);
         out
     }
+}
+
+/// `bytes` copied into 8-byte aligned words.
+fn owned_words(bytes: &[u8]) -> Vec<u64> {
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    words_bytes_mut(&mut words)[..bytes.len()].copy_from_slice(bytes);
+    words
+}
+
+fn words_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: any u64 slice is a valid byte slice of 8× the length.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) }
+}
+
+fn words_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as above; u8 has no invalid bit patterns.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 /// Views bytes as blocks of `B`. Panics only on a broken internal invariant (every `QuantMatrix` is
@@ -387,6 +490,19 @@ mod tests {
             assert_eq!(row, back[2 * cols..]);
             let swapped = q.select_rows(&[2, 0]).expect("select");
             assert_eq!(swapped.dequantize()[..cols], back[2 * cols..]);
+            let four = QuantMatrix::quantize(ty, 4, cols, &values[..cols].repeat(4))
+                .expect("quantize")
+                .into_kernel_layout();
+            assert_eq!(four.interleaved(), ty == QuantType::Q8_0);
+            assert_eq!(
+                four.dequantize(),
+                back[..cols].repeat(4),
+                "{ty:?} kernel layout"
+            );
+            assert_eq!(
+                four.slice_rows(3, 1).expect("slice").dequantize(),
+                back[..cols]
+            );
         }
         assert!(QuantMatrix::quantize(QuantType::Q4_K, 1, 32, &[0.0; 32]).is_err());
     }

@@ -77,13 +77,10 @@ fn quantize_on(precision: Precision, device: &Device) -> Option<Quantize> {
         .filter(|_| device.is_cpu() && precision.compute == DType::F32)
 }
 
-/// Whether `--quantize` covers a matrix, by its decoder name: routed and shared experts always, other
-/// projections with `all_linear`; never the embeddings or the lm head (llama.cpp's quantizer keeps those
-/// at a higher precision in its mixes; here they stay as held).
+/// Whether `--quantize` covers a matrix, by its decoder name: routed and shared experts always; with
+/// `all_linear` every other matrix too — attention, dense MLPs, the lm head and the embeddings, as
+/// llama.cpp's quantizer does (routers are read in f32 and never come here).
 fn quantize_covers(q: &Quantize, name: &str) -> bool {
-    if name.contains("embed_tokens") || name.starts_with("lm_head") {
-        return false;
-    }
     q.all_linear || name.contains(".experts.") || name.contains(".shared_expert")
 }
 
@@ -347,7 +344,7 @@ impl WeightStore {
             if let Some(q) = g.quant(name, shape)? {
                 self.taken.insert(name.to_owned());
                 self.progress.inc(1);
-                return Ok(Matrix::Quant(std::sync::Arc::new(q)));
+                return Ok(Matrix::Quant(std::sync::Arc::new(q.into_kernel_layout())));
             }
         }
         if let Some(q) = self
@@ -366,7 +363,7 @@ impl WeightStore {
                         message: format!("quantizing {name}: {message}"),
                     }
                 })?;
-                return Ok(Matrix::Quant(std::sync::Arc::new(m)));
+                return Ok(Matrix::Quant(std::sync::Arc::new(m.into_kernel_layout())));
             }
             // Rows that are not whole blocks stay as held (llama.cpp falls back the same way).
         }

@@ -7,5 +7,6 @@ pub mod attention;
 pub mod experts;
 pub mod fp8;
 pub mod matmul;
+pub mod q8_0;
 pub mod quant;
 pub mod widen;

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::cpu::attention::with_f32;
+use crate::model::cpu::q8_0;
 use crate::weights::quant::blocks;
 use crate::weights::{QuantMatrix, QuantType};
 
@@ -111,17 +112,32 @@ fn run_rows_f32(p: &QuantProduct<'_>, rows: std::ops::Range<usize>, out: &mut [f
     }
 }
 
+/// A product's activations, quantized for its weight type's kernel.
+enum Activations {
+    /// Our Q8_0 kernel (`model::cpu::q8_0`).
+    Q8(q8_0::Q8Rows),
+    /// candle's block dot product, activations in its `VecDotType` blocks.
+    Blocks(Vec<u64>),
+    /// Dequantize-and-dot (layouts the block dot does not take).
+    F32,
+}
+
 /// Every product's `[m, n]` result.
 pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
+    let kernel = q8_0::kernel();
     // 1. Activations quantized once per product (products sharing an input still quantize it each:
     //    an activation row is ~1% of a weight matrix).
-    let xqs: Vec<Option<Vec<u64>>> = products
+    let acts: Vec<Activations> = products
         .iter()
         .map(|p| {
             let k = p.w.cols();
-            block_dot_applies(p.w.ty(), k).then(|| {
-                crate::with_block_type!(p.w.ty(), B => quantize_rows::<<B as GgmlType>::VecDotType>(p.x, p.m, k))
-            })
+            if p.w.ty() == QuantType::Q8_0 {
+                Activations::Q8(q8_0::Q8Rows::quantize(p.x, p.m, k))
+            } else if block_dot_applies(p.w.ty(), k) {
+                Activations::Blocks(crate::with_block_type!(p.w.ty(), B => quantize_rows::<<B as GgmlType>::VecDotType>(p.x, p.m, k)))
+            } else {
+                Activations::F32
+            }
         })
         .collect();
     // 2. Results weight-row major (`[n, m]`), split into work items of whole weight rows.
@@ -132,7 +148,8 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
     let total_rows: usize = products.iter().map(|p| p.w.rows()).sum();
     let mut items: Vec<(usize, std::ops::Range<usize>, &mut [f32])> = Vec::new();
     for (i, (p, out)) in products.iter().zip(outs.iter_mut()).enumerate() {
-        let chunk = chunk_rows(total_rows, p.w.row_bytes() * p.m.max(1));
+        // Whole groups of four rows (the Q8_0 kernel's step).
+        let chunk = chunk_rows(total_rows, p.w.row_bytes() * p.m.max(1)).next_multiple_of(4);
         for (c, dst) in out.chunks_mut((chunk * p.m).max(1)).enumerate() {
             let start = c * chunk;
             items.push((i, start..start + dst.len() / p.m.max(1), dst));
@@ -140,9 +157,20 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
     }
     items.into_par_iter().for_each(|(i, rows, dst)| {
         let p = &products[i];
-        match &xqs[i] {
-            Some(xq) => crate::with_block_type!(p.w.ty(), B => run_rows::<B>(p, xq, rows, dst)),
-            None => run_rows_f32(p, rows, dst),
+        match &acts[i] {
+            Activations::Q8(x) => {
+                let rb = p.w.row_bytes();
+                let w = &p.w.data()[rows.start * rb..rows.end * rb];
+                if p.w.interleaved() {
+                    q8_0::groups_times(kernel, w, x.blocks_per_row, x, p.m, dst);
+                } else {
+                    q8_0::rows_times(w, rb, x, p.m, dst);
+                }
+            }
+            Activations::Blocks(xq) => {
+                crate::with_block_type!(p.w.ty(), B => run_rows::<B>(p, xq, rows, dst))
+            }
+            Activations::F32 => run_rows_f32(p, rows, dst),
         }
     });
     // 3. To `[m, n]`.
@@ -196,11 +224,24 @@ mod tests {
             } else {
                 k + ty.block_elems()
             };
-            for (n, m) in [(7, 1), (33, 3), (5, 64), (300, 2)] {
+            for (n, m) in [(7, 1), (33, 3), (5, 64), (300, 2), (64, 5)] {
                 let wv = lcg(n as u64 * 31 + k as u64, n * k);
-                let w = QuantMatrix::quantize(ty, n, k, &wv).expect("quantize");
+                let plain = QuantMatrix::quantize(ty, n, k, &wv).expect("quantize");
                 let x = lcg(m as u64 + 7, m * k);
-                let got = quant_products(&[QuantProduct { x: &x, m, w: &w }]).remove(0);
+                let got = quant_products(&[QuantProduct {
+                    x: &x,
+                    m,
+                    w: &plain,
+                }])
+                .remove(0);
+                let w = plain.into_kernel_layout();
+                let fast = quant_products(&[QuantProduct { x: &x, m, w: &w }]).remove(0);
+                for (a, b) in fast.iter().zip(&got) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{ty:?} kernel layout"
+                    );
+                }
                 let wd = w.dequantize();
                 for i in 0..m {
                     for j in 0..n {
