@@ -37,11 +37,13 @@ impl Q8Rows {
             .zip(scales.iter_mut())
             .zip(sums.iter_mut())
         {
+            // As ggml's AVX2 `quantize_row_q8_0` (what llama.cpp runs on x86): `id = 127 / max|x|`,
+            // round half to even.
             let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
             let dv = amax / 127.0;
-            let id = if dv != 0.0 { 1.0 / dv } else { 0.0 };
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             for (o, v) in q.iter_mut().zip(src) {
-                *o = (v * id).round() as i8;
+                *o = (v * id).round_ties_even() as i8;
             }
             *sum = q.iter().map(|&v| i32::from(v)).sum();
             *d = f16::from_f32(dv).to_f32();
