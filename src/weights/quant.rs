@@ -204,17 +204,25 @@ impl QuantMatrix {
     /// multiple of four rows interleaved four rows per block; every type copied out of a mapped file,
     /// whose pages are then dropped from the resident set (the file is held once, in the copy).
     pub fn into_kernel_layout(self) -> Self {
-        let interleave =
-            self.ty == QuantType::Q8_0 && self.rows.is_multiple_of(4) && !self.interleaved;
+        let interleave = matches!(self.ty, QuantType::Q8_0 | QuantType::Q4_K | QuantType::Q6_K)
+            && self.rows.is_multiple_of(4)
+            && !self.interleaved;
         if !interleave && !matches!(self.storage, Storage::Mapped { .. }) {
             return self;
         }
-        let storage = if interleave {
-            let nb = self.cols / self.ty.block_elems();
+        let nb = self.cols / self.ty.block_elems();
+        let storage = if interleave && self.ty == QuantType::Q8_0 {
             owned(&crate::model::cpu::q8_0::interleave4(
                 self.data(),
                 self.rows,
                 nb,
+            ))
+        } else if interleave {
+            owned(&interleave_blocks(
+                self.data(),
+                self.rows,
+                nb,
+                self.ty.block_bytes(),
             ))
         } else {
             owned(self.data())
@@ -239,9 +247,16 @@ impl QuantMatrix {
     /// Row `r` in the plain block layout.
     pub fn plain_row(&self, r: usize) -> Vec<u8> {
         let rb = self.row_bytes();
-        if self.interleaved {
-            let nb = self.cols / self.ty.block_elems();
+        let nb = self.cols / self.ty.block_elems();
+        if self.interleaved && self.ty == QuantType::Q8_0 {
             crate::model::cpu::q8_0::deinterleave_row(self.data(), r, nb)
+        } else if self.interleaved {
+            let bb = self.ty.block_bytes();
+            let (g, j) = (r / 4, r % 4);
+            (0..nb)
+                .flat_map(|b| &self.data()[((g * nb + b) * 4 + j) * bb..][..bb])
+                .copied()
+                .collect()
         } else {
             self.data()[r * rb..(r + 1) * rb].to_vec()
         }
@@ -383,6 +398,21 @@ impl QuantMatrix {
     }
 }
 
+/// Rows `4g..4g+4` interleaved block by block: `[row 4g block b][row 4g+1 block b]…` (the K-quant
+/// kernels then read one sequential stream).
+fn interleave_blocks(bytes: &[u8], rows: usize, nb: usize, block: usize) -> Vec<u8> {
+    let rb = nb * block;
+    let mut out = Vec::with_capacity(bytes.len());
+    for g in 0..rows / 4 {
+        for b in 0..nb {
+            for j in 0..4 {
+                out.extend_from_slice(&bytes[(4 * g + j) * rb + b * block..][..block]);
+            }
+        }
+    }
+    out
+}
+
 /// `bytes` copied into 8-byte aligned words.
 fn owned_words(bytes: &[u8]) -> Vec<u64> {
     let mut words = vec![0u64; bytes.len().div_ceil(8)];
@@ -493,7 +523,10 @@ mod tests {
             let four = QuantMatrix::quantize(ty, 4, cols, &values[..cols].repeat(4))
                 .expect("quantize")
                 .into_kernel_layout();
-            assert_eq!(four.interleaved(), ty == QuantType::Q8_0);
+            assert_eq!(
+                four.interleaved(),
+                matches!(ty, QuantType::Q8_0 | QuantType::Q4_K | QuantType::Q6_K)
+            );
             assert_eq!(
                 four.dequantize(),
                 back[..cols].repeat(4),

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::cpu::attention::with_f32;
-use crate::model::cpu::q8_0;
+use crate::model::cpu::{kquants, q8_0};
 use crate::weights::quant::blocks;
 use crate::weights::{QuantMatrix, QuantType};
 
@@ -116,6 +116,8 @@ fn run_rows_f32(p: &QuantProduct<'_>, rows: std::ops::Range<usize>, out: &mut [f
 enum Activations {
     /// Our Q8_0 kernel (`model::cpu::q8_0`).
     Q8(q8_0::Q8Rows),
+    /// Our Q4_K / Q6_K kernels (`model::cpu::kquants`).
+    K(kquants::Q8KRows),
     /// candle's block dot product, activations in its `VecDotType` blocks.
     Blocks(Vec<u64>),
     /// Dequantize-and-dot (layouts the block dot does not take).
@@ -133,6 +135,8 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
             let k = p.w.cols();
             if p.w.ty() == QuantType::Q8_0 {
                 Activations::Q8(q8_0::Q8Rows::quantize(p.x, p.m, k))
+            } else if kquants::serves(p.w.ty(), kernel) {
+                Activations::K(kquants::Q8KRows::quantize(p.x, p.m, k))
             } else if block_dot_applies(p.w.ty(), k) {
                 Activations::Blocks(crate::with_block_type!(p.w.ty(), B => quantize_rows::<<B as GgmlType>::VecDotType>(p.x, p.m, k)))
             } else {
@@ -166,6 +170,11 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
                 } else {
                     q8_0::rows_times(w, rb, x, p.m, dst);
                 }
+            }
+            Activations::K(x) => {
+                let rb = p.w.row_bytes();
+                let w = &p.w.data()[rows.start * rb..rows.end * rb];
+                kquants::rows_times(p.w.ty(), kernel, w, rb, p.w.interleaved(), x, p.m, dst);
             }
             Activations::Blocks(xq) => {
                 crate::with_block_type!(p.w.ty(), B => run_rows::<B>(p, xq, rows, dst))

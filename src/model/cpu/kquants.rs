@@ -1,0 +1,445 @@
+//! Q4_K and Q6_K weights (super-blocks of 256) against Q8_K-quantized activations, our own x86 kernels
+//! (the types of llama.cpp's Q4_K_M / Q5_K_M / Q6_K mixes; Q5_K and the rest go through candle's
+//! `vec_dot`). Four weight rows share each activation load; f16 scales are widened in-line (F16C). Q4_K
+//! follows ggml's AVX2 scheme (nibbles × int8 by `pmaddubsw`, 6-bit sub-block scales by `pmaddwd`,
+//! the mins through the activation's per-32 sums); Q6_K takes its `-32` offset out through the
+//! activation's per-16 sums once per block instead of once per 32 elements. With AVX512-VNNI the scale
+//! multiply and the accumulation fuse into one `vpdpwssd`.
+
+/// Elements per super-block.
+pub const QK_K: usize = 256;
+pub const Q4K_BYTES: usize = 144;
+pub const Q6K_BYTES: usize = 210;
+
+/// Activation rows as ggml's `quantize_row_q8_K`: per 256, `d = max / -127` (max: the signed value of
+/// largest magnitude), `q = round(x / d)`, and the sums of every 16 quants.
+pub struct Q8KRows {
+    pub quants: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub bsums: Vec<i16>,
+    pub blocks_per_row: usize,
+}
+
+impl Q8KRows {
+    pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
+        let nb = k / QK_K;
+        let mut quants = vec![0i8; m * nb * QK_K];
+        let mut scales = vec![0f32; m * nb];
+        let mut bsums = vec![0i16; m * nb * 16];
+        for (((src, q), d), sums) in x
+            .chunks_exact(QK_K)
+            .zip(quants.chunks_exact_mut(QK_K))
+            .zip(scales.iter_mut())
+            .zip(bsums.chunks_exact_mut(16))
+        {
+            let (mut max, mut amax) = (0f32, 0f32);
+            for &v in src {
+                if amax < v.abs() {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            if amax == 0.0 {
+                continue;
+            }
+            let iscale = -127.0 / max;
+            for (o, &v) in q.iter_mut().zip(src) {
+                *o = (iscale * v).round().clamp(-128.0, 127.0) as i8;
+            }
+            for (s, chunk) in sums.iter_mut().zip(q.chunks_exact(16)) {
+                *s = chunk.iter().map(|&v| i16::from(v)).sum();
+            }
+            *d = 1.0 / iscale;
+        }
+        Self {
+            quants,
+            scales,
+            bsums,
+            blocks_per_row: nb,
+        }
+    }
+
+    pub fn row(&self, i: usize) -> (&[i8], &[f32], &[i16]) {
+        let nb = self.blocks_per_row;
+        (
+            &self.quants[i * nb * QK_K..(i + 1) * nb * QK_K],
+            &self.scales[i * nb..(i + 1) * nb],
+            &self.bsums[i * nb * 16..(i + 1) * nb * 16],
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Q4K_BYTES, Q6K_BYTES, QK_K};
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn f16(p: *const u8) -> f32 {
+        let bits = i32::from(u16::from_le_bytes([*p, *p.add(1)]));
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(x: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// 32 activation quants `c` (of 32) of a block.
+    #[inline(always)]
+    unsafe fn load(x: *const i8, c: usize) -> __m256i {
+        _mm256_loadu_si256(x.add(32 * c) as *const __m256i)
+    }
+
+    /// Q6_K's two high bits at `shift`, moved above the four low ones.
+    #[inline(always)]
+    unsafe fn high2(bh: __m256i, m3: __m256i, shift: i32) -> __m256i {
+        let v = match shift {
+            0 => bh,
+            2 => _mm256_srli_epi16(bh, 2),
+            4 => _mm256_srli_epi16(bh, 4),
+            _ => _mm256_srli_epi16(bh, 6),
+        };
+        _mm256_slli_epi16(_mm256_and_si256(v, m3), 4)
+    }
+
+    /// `pmaddwd` of 16-bit products by 16-bit scales, added to `acc`.
+    macro_rules! scaled_add {
+        (true, $acc:expr, $p16:expr, $scale:expr) => {
+            _mm256_dpwssd_epi32($acc, $p16, $scale)
+        };
+        (false, $acc:expr, $p16:expr, $scale:expr) => {
+            _mm256_add_epi32($acc, _mm256_madd_epi16($p16, $scale))
+        };
+    }
+
+    /// Q4_K's 12 scale bytes → `[8 scales, 8 mins]` as u8 (ggml's `utmp` unpacking).
+    #[inline(always)]
+    unsafe fn q4k_scales_mins(p: *const u8) -> __m256i {
+        let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+        let (u0, u1, u2) = (
+            (p as *const u32).read_unaligned(),
+            (p.add(4) as *const u32).read_unaligned(),
+            (p.add(8) as *const u32).read_unaligned(),
+        );
+        let m3 = ((u2 >> 4) & k2) | (((u1 >> 6) & k3) << 4);
+        let s1 = (u2 & k2) | (((u0 >> 6) & k3) << 4);
+        let m2 = u1 & k1;
+        let s0 = u0 & k1;
+        _mm256_cvtepu8_epi16(_mm_set_epi32(m3 as i32, m2 as i32, s1 as i32, s0 as i32))
+    }
+
+    macro_rules! q4k_rows4 {
+        ($name:ident, $features:literal, $vnni:tt) => {
+            /// Four Q4_K rows · one Q8_K activation row: block `b` of row `r` at
+            /// `w[rows[r] + b · stride]` (plain rows: stride = block bytes; interleaved: 4 ×).
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(
+                w: &[u8],
+                rows: [usize; 4],
+                stride: usize,
+                xq: &[i8],
+                xd: &[f32],
+                bsums: &[i16],
+            ) -> [f32; 4] {
+                let last = rows.iter().copied().max().unwrap_or(0);
+                let nb = xd
+                    .len()
+                    .min(xq.len() / QK_K)
+                    .min(bsums.len() / 16)
+                    .min(w.len().saturating_sub(last + Q4K_BYTES) / stride.max(1) + 1);
+                let m4 = _mm256_set1_epi8(0xF);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut acc_m = [_mm_setzero_ps(); 4];
+                // Shuffles broadcasting i16 scale `s` (of the 8 in each lane) to all 16 lanes.
+                let mut shufs = [_mm256_setzero_si256(); 8];
+                for (s, v) in shufs.iter_mut().enumerate() {
+                    let pair = _mm_set1_epi16((2 * s as i16) | ((2 * s as i16 + 1) << 8));
+                    *v = _mm256_set_m128i(pair, pair);
+                }
+                for blk in 0..nb {
+                    // SAFETY (whole function): blk < nb keeps every load inside its slice.
+                    let dx = *xd.get_unchecked(blk);
+                    let x = xq.as_ptr().add(blk * QK_K);
+                    // Σx per 32 for the mins: pairs of per-16 sums.
+                    let bs = _mm256_loadu_si256(bsums.as_ptr().add(blk * 16) as *const __m256i);
+                    let q8s =
+                        _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+                    for r in 0..4 {
+                        let p = w.as_ptr().add(rows[r] + blk * stride);
+                        let d = f16(p) * dx;
+                        let dmin = f16(p.add(2)) * dx;
+                        let sm = q4k_scales_mins(p.add(4));
+                        let mins = _mm256_extracti128_si256(sm, 1);
+                        let prod = _mm_madd_epi16(mins, q8s);
+                        acc_m[r] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m[r]);
+                        let sc128 = _mm256_castsi256_si128(sm);
+                        let scales = _mm256_set_m128i(sc128, sc128);
+                        let q = p.add(16);
+                        let mut sumi = _mm256_setzero_si256();
+                        for j in 0..4 {
+                            let bits = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+                            let lo = _mm256_and_si256(bits, m4);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                            let sl = _mm256_shuffle_epi8(scales, shufs[2 * j]);
+                            let sh = _mm256_shuffle_epi8(scales, shufs[2 * j + 1]);
+                            sumi = scaled_add!(
+                                $vnni,
+                                sumi,
+                                _mm256_maddubs_epi16(lo, load(x, 2 * j)),
+                                sl
+                            );
+                            sumi = scaled_add!(
+                                $vnni,
+                                sumi,
+                                _mm256_maddubs_epi16(hi, load(x, 2 * j + 1)),
+                                sh
+                            );
+                        }
+                        acc[r] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r]);
+                    }
+                }
+                let mut out = [0f32; 4];
+                for r in 0..4 {
+                    let m = acc_m[r];
+                    let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+                    let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+                    out[r] = hsum(acc[r]) - _mm_cvtss_f32(m);
+                }
+                out
+            }
+        };
+    }
+
+    macro_rules! q6k_rows4 {
+        ($name:ident, $features:literal, $vnni:tt) => {
+            /// Four Q6_K rows · one Q8_K activation row (block addressing as in the Q4_K kernel).
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(
+                w: &[u8],
+                rows: [usize; 4],
+                stride: usize,
+                xq: &[i8],
+                xd: &[f32],
+                bsums: &[i16],
+            ) -> [f32; 4] {
+                let last = rows.iter().copied().max().unwrap_or(0);
+                let nb = xd
+                    .len()
+                    .min(xq.len() / QK_K)
+                    .min(bsums.len() / 16)
+                    .min(w.len().saturating_sub(last + Q6K_BYTES) / stride.max(1) + 1);
+                let m4 = _mm256_set1_epi8(0xF);
+                let m3 = _mm256_set1_epi8(3);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                // i8 scale 2i (low 8 lanes) and 2i+1 (high 8), widened to i16.
+                let mut shufs = [_mm_setzero_si128(); 8];
+                for (i, v) in shufs.iter_mut().enumerate() {
+                    let (a, b) = (_mm_set1_epi8(2 * i as i8), _mm_set1_epi8(2 * i as i8 + 1));
+                    *v = _mm_unpacklo_epi64(a, b);
+                }
+                for blk in 0..nb {
+                    // SAFETY (whole function): blk < nb keeps every load inside its slice.
+                    let dx = *xd.get_unchecked(blk);
+                    let x = xq.as_ptr().add(blk * QK_K);
+                    let bs = _mm256_loadu_si256(bsums.as_ptr().add(blk * 16) as *const __m256i);
+                    for r in 0..4 {
+                        let p = w.as_ptr().add(rows[r] + blk * stride);
+                        let (ql, qh, sc) = (p, p.add(128), p.add(192));
+                        let d = f16(p.add(208)) * dx;
+                        let scales = _mm_loadu_si128(sc as *const __m128i);
+                        // The -32 offset: 32 · Σ_s sc_s · Σx_s over the 16 sub-blocks.
+                        let sc16 = _mm256_cvtepi8_epi16(scales);
+                        let offset = _mm256_madd_epi16(sc16, bs);
+                        let mut sumi = _mm256_setzero_si256();
+                        for half in 0..2 {
+                            let b1 = _mm256_loadu_si256(ql.add(64 * half) as *const __m256i);
+                            let b2 = _mm256_loadu_si256(ql.add(64 * half + 32) as *const __m256i);
+                            let bh = _mm256_loadu_si256(qh.add(32 * half) as *const __m256i);
+                            let q = [
+                                _mm256_or_si256(_mm256_and_si256(b1, m4), high2(bh, m3, 0)),
+                                _mm256_or_si256(_mm256_and_si256(b2, m4), high2(bh, m3, 2)),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                                    high2(bh, m3, 4),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                                    high2(bh, m3, 6),
+                                ),
+                            ];
+                            for c in 0..4 {
+                                let s = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+                                    scales,
+                                    shufs[4 * half + c],
+                                ));
+                                let p16 = _mm256_maddubs_epi16(q[c], load(x, 4 * half + c));
+                                sumi = scaled_add!($vnni, sumi, p16, s);
+                            }
+                        }
+                        let total = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
+                        acc[r] =
+                            _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(total), acc[r]);
+                    }
+                }
+                [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+            }
+        };
+    }
+
+    q4k_rows4!(q4k_avx2, "avx2,fma,f16c", false);
+    q4k_rows4!(q4k_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
+    q6k_rows4!(q6k_avx2, "avx2,fma,f16c", false);
+    q6k_rows4!(q6k_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
+}
+
+use super::q8_0::Kernel;
+use crate::weights::QuantType;
+
+/// Whether this module has a kernel for `ty` on a CPU with `kernel`.
+pub fn serves(ty: QuantType, kernel: Kernel) -> bool {
+    cfg!(target_arch = "x86_64")
+        && kernel != Kernel::Scalar
+        && matches!(ty, QuantType::Q4_K | QuantType::Q6_K)
+}
+
+/// Rows `w` of `ty` (`row_bytes` each; four rows interleaved block by block when `interleaved`) times
+/// every activation row: `out` is `[rows, m]`. Only where [`serves`] said so.
+#[allow(clippy::too_many_arguments)]
+pub fn rows_times(
+    ty: QuantType,
+    kernel: Kernel,
+    w: &[u8],
+    row_bytes: usize,
+    interleaved: bool,
+    x: &Q8KRows,
+    m: usize,
+    out: &mut [f32],
+) {
+    let rows = w.len() / row_bytes.max(1);
+    let block = ty.block_bytes();
+    let mut r = 0;
+    while r < rows {
+        // Four rows at a time; a last group of fewer repeats its last row and keeps the real ones.
+        let (offsets, stride) = if interleaved {
+            ([0, 1, 2, 3].map(|j| r * row_bytes + j * block), 4 * block)
+        } else {
+            (
+                [0, 1, 2, 3].map(|j| (r + j).min(rows - 1) * row_bytes),
+                block,
+            )
+        };
+        for i in 0..m {
+            let d = four_rows(ty, kernel, w, offsets, stride, x, i);
+            for (j, v) in d.into_iter().enumerate().take(rows - r) {
+                out[(r + j) * m + i] = v;
+            }
+        }
+        r += 4;
+    }
+}
+
+fn four_rows(
+    ty: QuantType,
+    kernel: Kernel,
+    w: &[u8],
+    offsets: [usize; 4],
+    stride: usize,
+    x: &Q8KRows,
+    i: usize,
+) -> [f32; 4] {
+    let (xq, xd, bs) = x.row(i);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `serves` checked the CPU's features (`kernel` came from `q8_0::kernel()`).
+    unsafe {
+        match (ty, kernel) {
+            (QuantType::Q4_K, Kernel::Vnni) => x86::q4k_vnni(w, offsets, stride, xq, xd, bs),
+            (QuantType::Q4_K, _) => x86::q4k_avx2(w, offsets, stride, xq, xd, bs),
+            (_, Kernel::Vnni) => x86::q6k_vnni(w, offsets, stride, xq, xd, bs),
+            _ => x86::q6k_avx2(w, offsets, stride, xq, xd, bs),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ty, kernel, w, offsets, stride, xq, xd, bs);
+        [0.0; 4]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::QuantMatrix;
+
+    /// Against the dequantized weights times the dequantized activations, exactly what the integer
+    /// arithmetic computes (up to f32 summation order).
+    #[test]
+    fn q4_k_and_q6_k_rows_match_dequantized_products() {
+        let kernel = super::super::q8_0::kernel();
+        for ty in [QuantType::Q4_K, QuantType::Q6_K] {
+            if !serves(ty, kernel) {
+                continue;
+            }
+            for (n, m) in [(4, 1), (9, 3), (2, 2), (13, 1), (8, 2)] {
+                let k = 512;
+                let wv: Vec<f32> = (0..n * k)
+                    .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 50.0)
+                    .collect();
+                let plain = QuantMatrix::quantize(ty, n, k, &wv).expect("quantize");
+                let wd = plain.dequantize();
+                let xv: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 104729 % 97) as f32 - 48.0) / 17.0)
+                    .collect();
+                let x = Q8KRows::quantize(&xv, m, k);
+                let w = plain.into_kernel_layout();
+                assert_eq!(w.interleaved(), n % 4 == 0);
+                assert_eq!(w.dequantize(), wd, "{ty:?} layout round trip");
+                let mut got = vec![0f32; n * m];
+                rows_times(
+                    ty,
+                    kernel,
+                    w.data(),
+                    w.row_bytes(),
+                    w.interleaved(),
+                    &x,
+                    m,
+                    &mut got,
+                );
+                for r in 0..n {
+                    for i in 0..m {
+                        let (xq, xd, _) = x.row(i);
+                        let want: f32 = (0..k)
+                            .map(|c| wd[r * k + c] * f32::from(xq[c]) * xd[c / QK_K])
+                            .sum();
+                        let got = got[r * m + i];
+                        assert!(
+                            (got - want).abs() <= 2e-3 * want.abs().max(1.0),
+                            "{ty:?} n={n} m={m} [{r},{i}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_k_activations_equal_candles_reference_quantizer() {
+        use candle_core::quantized::k_quants::BlockQ8K;
+        use candle_core::quantized::GgmlType;
+        let xv: Vec<f32> = (0..512)
+            .map(|i| ((i * 104729 % 97) as f32 - 48.0) / 17.0)
+            .collect();
+        let ours = Q8KRows::quantize(&xv, 1, 512);
+        let mut blocks = vec![BlockQ8K::zeros(); 2];
+        BlockQ8K::from_float(&xv, &mut blocks);
+        let mut back = vec![0f32; 512];
+        BlockQ8K::to_float(&blocks, &mut back);
+        for (c, v) in back.iter().enumerate() {
+            assert_eq!(*v, f32::from(ours.quants[c]) * ours.scales[c / QK_K]);
+        }
+    }
+}
