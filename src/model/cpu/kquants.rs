@@ -136,8 +136,8 @@ mod x86 {
         ($name:ident, $features:literal, $vnni:tt) => {
             /// Four Q4_K rows · one Q8_K activation row: block `b` of row `r` at
             /// `w[rows[r] + b · stride]` (plain rows: stride = block bytes; interleaved: 4 ×).
-            #[target_feature(enable = $features)]
-            pub unsafe fn $name(
+            #[inline(always)]
+            unsafe fn $name(
                 w: &[u8],
                 rows: [usize; 4],
                 stride: usize,
@@ -218,8 +218,8 @@ mod x86 {
     macro_rules! q6k_rows4 {
         ($name:ident, $features:literal, $vnni:tt) => {
             /// Four Q6_K rows · one Q8_K activation row (block addressing as in the Q4_K kernel).
-            #[target_feature(enable = $features)]
-            pub unsafe fn $name(
+            #[inline(always)]
+            unsafe fn $name(
                 w: &[u8],
                 rows: [usize; 4],
                 stride: usize,
@@ -291,10 +291,216 @@ mod x86 {
         };
     }
 
+    macro_rules! q4k_row_x4 {
+        ($name:ident, $features:literal, $vnni:tt) => {
+            /// One Q4_K row (block `b` at `w[row + b · stride]`) · four Q8_K activation rows: the
+            /// nibbles and scales are unpacked once per block for all four (prompt batches).
+            #[inline(always)]
+            unsafe fn $name(w: &[u8], row: usize, stride: usize, xs: [Act<'_>; 4]) -> [f32; 4] {
+                let mut nb = w.len().saturating_sub(row + Q4K_BYTES) / stride.max(1) + 1;
+                for a in &xs {
+                    nb = nb.min(a.1.len()).min(a.0.len() / QK_K).min(a.2.len() / 16);
+                }
+                let m4 = _mm256_set1_epi8(0xF);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut acc_m = [_mm_setzero_ps(); 4];
+                let mut shufs = [_mm256_setzero_si256(); 8];
+                for (s, v) in shufs.iter_mut().enumerate() {
+                    let pair = _mm_set1_epi16((2 * s as i16) | ((2 * s as i16 + 1) << 8));
+                    *v = _mm256_set_m128i(pair, pair);
+                }
+                for blk in 0..nb {
+                    // SAFETY (whole function): blk < nb keeps every load inside its slice.
+                    let p = w.as_ptr().add(row + blk * stride);
+                    let (dw, dminw) = (f16(p), f16(p.add(2)));
+                    let sm = q4k_scales_mins(p.add(4));
+                    let mins = _mm256_extracti128_si256(sm, 1);
+                    let sc128 = _mm256_castsi256_si128(sm);
+                    let scales = _mm256_set_m128i(sc128, sc128);
+                    let q = p.add(16);
+                    let mut lo = [_mm256_setzero_si256(); 4];
+                    let mut hi = [_mm256_setzero_si256(); 4];
+                    let mut sl = [_mm256_setzero_si256(); 4];
+                    let mut sh = [_mm256_setzero_si256(); 4];
+                    for j in 0..4 {
+                        let bits = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+                        lo[j] = _mm256_and_si256(bits, m4);
+                        hi[j] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                        sl[j] = _mm256_shuffle_epi8(scales, shufs[2 * j]);
+                        sh[j] = _mm256_shuffle_epi8(scales, shufs[2 * j + 1]);
+                    }
+                    for a in 0..4 {
+                        let (xq, xd, bsums) = xs[a];
+                        let dx = *xd.get_unchecked(blk);
+                        let x = xq.as_ptr().add(blk * QK_K);
+                        let bs = _mm256_loadu_si256(bsums.as_ptr().add(blk * 16) as *const __m256i);
+                        let q8s = _mm_hadd_epi16(
+                            _mm256_castsi256_si128(bs),
+                            _mm256_extracti128_si256(bs, 1),
+                        );
+                        let prod = _mm_madd_epi16(mins, q8s);
+                        acc_m[a] =
+                            _mm_fmadd_ps(_mm_set1_ps(dminw * dx), _mm_cvtepi32_ps(prod), acc_m[a]);
+                        let mut sumi = _mm256_setzero_si256();
+                        for j in 0..4 {
+                            sumi = scaled_add!($vnni, sumi, _mm256_maddubs_epi16(lo[j], load(x, 2 * j)), sl[j]);
+                            sumi = scaled_add!($vnni, sumi, _mm256_maddubs_epi16(hi[j], load(x, 2 * j + 1)), sh[j]);
+                        }
+                        acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(sumi), acc[a]);
+                    }
+                }
+                let mut out = [0f32; 4];
+                for a in 0..4 {
+                    let m = acc_m[a];
+                    let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+                    let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+                    out[a] = hsum(acc[a]) - _mm_cvtss_f32(m);
+                }
+                out
+            }
+        };
+    }
+
+    macro_rules! q6k_row_x4 {
+        ($name:ident, $features:literal, $vnni:tt) => {
+            /// One Q6_K row · four Q8_K activation rows (see the Q4_K one).
+            #[inline(always)]
+            unsafe fn $name(w: &[u8], row: usize, stride: usize, xs: [Act<'_>; 4]) -> [f32; 4] {
+                let mut nb = w.len().saturating_sub(row + Q6K_BYTES) / stride.max(1) + 1;
+                for a in &xs {
+                    nb = nb.min(a.1.len()).min(a.0.len() / QK_K).min(a.2.len() / 16);
+                }
+                let m4 = _mm256_set1_epi8(0xF);
+                let m3 = _mm256_set1_epi8(3);
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut shufs = [_mm_setzero_si128(); 8];
+                for (i, v) in shufs.iter_mut().enumerate() {
+                    let (a, b) = (_mm_set1_epi8(2 * i as i8), _mm_set1_epi8(2 * i as i8 + 1));
+                    *v = _mm_unpacklo_epi64(a, b);
+                }
+                for blk in 0..nb {
+                    // SAFETY (whole function): blk < nb keeps every load inside its slice.
+                    let p = w.as_ptr().add(row + blk * stride);
+                    let (ql, qh, sc) = (p, p.add(128), p.add(192));
+                    let dw = f16(p.add(208));
+                    let scales = _mm_loadu_si128(sc as *const __m128i);
+                    let sc16 = _mm256_cvtepi8_epi16(scales);
+                    let mut q = [_mm256_setzero_si256(); 8];
+                    let mut s = [_mm256_setzero_si256(); 8];
+                    for half in 0..2 {
+                        let b1 = _mm256_loadu_si256(ql.add(64 * half) as *const __m256i);
+                        let b2 = _mm256_loadu_si256(ql.add(64 * half + 32) as *const __m256i);
+                        let bh = _mm256_loadu_si256(qh.add(32 * half) as *const __m256i);
+                        q[4 * half] = _mm256_or_si256(_mm256_and_si256(b1, m4), high2(bh, m3, 0));
+                        q[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(b2, m4), high2(bh, m3, 2));
+                        q[4 * half + 2] = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                            high2(bh, m3, 4),
+                        );
+                        q[4 * half + 3] = _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                            high2(bh, m3, 6),
+                        );
+                        for c in 0..4 {
+                            s[4 * half + c] =
+                                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shufs[4 * half + c]));
+                        }
+                    }
+                    for a in 0..4 {
+                        let (xq, xd, bsums) = xs[a];
+                        let dx = *xd.get_unchecked(blk);
+                        let x = xq.as_ptr().add(blk * QK_K);
+                        let bs = _mm256_loadu_si256(bsums.as_ptr().add(blk * 16) as *const __m256i);
+                        let offset = _mm256_madd_epi16(sc16, bs);
+                        let mut sumi = _mm256_setzero_si256();
+                        for c in 0..8 {
+                            sumi = scaled_add!($vnni, sumi, _mm256_maddubs_epi16(q[c], load(x, c)), s[c]);
+                        }
+                        let total = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
+                        acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(total), acc[a]);
+                    }
+                }
+                [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+            }
+        };
+    }
+
+    /// One activation row: quants, per-block scales, per-16 sums.
+    pub type Act<'a> = (&'a [i8], &'a [f32], &'a [i16]);
+
+    q4k_row_x4!(q4k_x4_avx2, "avx2,fma,f16c", false);
+    q4k_row_x4!(q4k_x4_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
+    q6k_row_x4!(q6k_x4_avx2, "avx2,fma,f16c", false);
+    q6k_row_x4!(q6k_x4_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
+
     q4k_rows4!(q4k_avx2, "avx2,fma,f16c", false);
     q4k_rows4!(q4k_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
     q6k_rows4!(q6k_avx2, "avx2,fma,f16c", false);
     q6k_rows4!(q6k_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
+
+    /// Which rows of an activation batch a range call writes: `out[r · m + i]` for weight rows `rows`.
+    pub struct Out<'a> {
+        pub out: &'a mut [f32],
+        pub m: usize,
+    }
+
+    /// Block `b` of row `r`: `offset(r) + b · stride`.
+    #[inline(always)]
+    fn offset(r: usize, row_bytes: usize, block: usize, interleaved: bool) -> usize {
+        if interleaved {
+            (r / 4) * 4 * row_bytes + (r % 4) * block
+        } else {
+            r * row_bytes
+        }
+    }
+
+    macro_rules! ranges {
+        ($decode:ident, $prompt:ident, $features:literal, $rows4:ident, $x4:ident, $block:expr) => {
+            /// Every row `0..rows` · activation row `x` (decode): four weight rows per step.
+            #[target_feature(enable = $features)]
+            pub unsafe fn $decode(w: &[u8], row_bytes: usize, interleaved: bool, x: Act<'_>, out: &mut [f32]) {
+                let rows = w.len() / row_bytes.max(1);
+                let stride = if interleaved { 4 * $block } else { $block };
+                let mut r = 0;
+                while r < rows {
+                    // A last group of fewer than four repeats its last row and keeps the real ones.
+                    let offsets = [0, 1, 2, 3].map(|j| offset((r + j).min(rows - 1), row_bytes, $block, interleaved));
+                    let d = $rows4(w, offsets, stride, x.0, x.1, x.2);
+                    for (j, v) in d.into_iter().enumerate().take(rows - r) {
+                        *out.get_unchecked_mut(r + j) = v;
+                    }
+                    r += 4;
+                }
+            }
+
+            /// Every row `0..rows` · activation rows `xs` (prompt batches): each weight row unpacked once
+            /// per block for four activation rows; `out` is `[rows, m]`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn $prompt(w: &[u8], row_bytes: usize, interleaved: bool, xs: &[Act<'_>], out: Out<'_>) {
+                let rows = w.len() / row_bytes.max(1);
+                let stride = if interleaved { 4 * $block } else { $block };
+                let m = out.m;
+                for r in 0..rows {
+                    let row = offset(r, row_bytes, $block, interleaved);
+                    let mut i0 = 0;
+                    while i0 < m {
+                        let pick = |a: usize| xs[(i0 + a).min(m - 1)];
+                        let d = $x4(w, row, stride, [pick(0), pick(1), pick(2), pick(3)]);
+                        for (a, v) in d.into_iter().enumerate().take(m - i0) {
+                            *out.out.get_unchecked_mut(r * m + i0 + a) = v;
+                        }
+                        i0 += 4;
+                    }
+                }
+            }
+        };
+    }
+
+    ranges!(q4k_decode_avx2, q4k_prompt_avx2, "avx2,fma,f16c", q4k_avx2, q4k_x4_avx2, Q4K_BYTES);
+    ranges!(q4k_decode_vnni, q4k_prompt_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", q4k_vnni, q4k_x4_vnni, Q4K_BYTES);
+    ranges!(q6k_decode_avx2, q6k_prompt_avx2, "avx2,fma,f16c", q6k_avx2, q6k_x4_avx2, Q6K_BYTES);
+    ranges!(q6k_decode_vnni, q6k_prompt_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", q6k_vnni, q6k_x4_vnni, Q6K_BYTES);
+
 }
 
 use super::q8_0::Kernel;
@@ -321,53 +527,35 @@ pub fn rows_times(
     out: &mut [f32],
 ) {
     let rows = w.len() / row_bytes.max(1);
-    let block = ty.block_bytes();
-    let mut r = 0;
-    while r < rows {
-        // Four rows at a time; a last group of fewer repeats its last row and keeps the real ones.
-        let (offsets, stride) = if interleaved {
-            ([0, 1, 2, 3].map(|j| r * row_bytes + j * block), 4 * block)
-        } else {
-            (
-                [0, 1, 2, 3].map(|j| (r + j).min(rows - 1) * row_bytes),
-                block,
-            )
-        };
-        for i in 0..m {
-            let d = four_rows(ty, kernel, w, offsets, stride, x, i);
-            for (j, v) in d.into_iter().enumerate().take(rows - r) {
-                out[(r + j) * m + i] = v;
-            }
-        }
-        r += 4;
+    if rows == 0 || m == 0 || out.len() < rows * m {
+        return;
     }
-}
-
-fn four_rows(
-    ty: QuantType,
-    kernel: Kernel,
-    w: &[u8],
-    offsets: [usize; 4],
-    stride: usize,
-    x: &Q8KRows,
-    i: usize,
-) -> [f32; 4] {
-    let (xq, xd, bs) = x.row(i);
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `serves` checked the CPU's features (`kernel` came from `q8_0::kernel()`).
+    // SAFETY: `serves` checked the CPU's features (`kernel` came from `q8_0::kernel()`); `out` holds
+    // `rows · m` values (checked above).
     unsafe {
+        use QuantType::Q4_K;
+        if m == 1 {
+            let a = x.row(0);
+            match (ty, kernel) {
+                (Q4_K, Kernel::Vnni) => x86::q4k_decode_vnni(w, row_bytes, interleaved, a, out),
+                (Q4_K, _) => x86::q4k_decode_avx2(w, row_bytes, interleaved, a, out),
+                (_, Kernel::Vnni) => x86::q6k_decode_vnni(w, row_bytes, interleaved, a, out),
+                _ => x86::q6k_decode_avx2(w, row_bytes, interleaved, a, out),
+            }
+            return;
+        }
+        let xs: Vec<x86::Act<'_>> = (0..m).map(|i| x.row(i)).collect();
+        let o = x86::Out { out, m };
         match (ty, kernel) {
-            (QuantType::Q4_K, Kernel::Vnni) => x86::q4k_vnni(w, offsets, stride, xq, xd, bs),
-            (QuantType::Q4_K, _) => x86::q4k_avx2(w, offsets, stride, xq, xd, bs),
-            (_, Kernel::Vnni) => x86::q6k_vnni(w, offsets, stride, xq, xd, bs),
-            _ => x86::q6k_avx2(w, offsets, stride, xq, xd, bs),
+            (Q4_K, Kernel::Vnni) => x86::q4k_prompt_vnni(w, row_bytes, interleaved, &xs, o),
+            (Q4_K, _) => x86::q4k_prompt_avx2(w, row_bytes, interleaved, &xs, o),
+            (_, Kernel::Vnni) => x86::q6k_prompt_vnni(w, row_bytes, interleaved, &xs, o),
+            _ => x86::q6k_prompt_avx2(w, row_bytes, interleaved, &xs, o),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (ty, kernel, w, offsets, stride, xq, xd, bs);
-        [0.0; 4]
-    }
+    let _ = (ty, kernel, interleaved, x);
 }
 
 #[cfg(test)]
