@@ -137,7 +137,23 @@ pub fn describe(i: &Inspection<'_>) -> String {
         .map(|(k, v)| format!("{k} ({v} tensors)"))
         .collect();
     let _ = writeln!(o, "stored dtype:  {}", dtypes.join(", "));
-    let _ = writeln!(o, "weight dtype:  {:?}", i.weights);
+    let quantized: Vec<&str> = i
+        .summary
+        .dtypes
+        .keys()
+        .filter(|k| k.parse::<crate::weights::QuantType>().is_ok())
+        .map(String::as_str)
+        .collect();
+    let _ = if quantized.is_empty() {
+        writeln!(o, "weight dtype:  {:?}", i.weights)
+    } else {
+        writeln!(
+            o,
+            "weight dtype:  {} as stored (read in place by the quantized CPU kernels), other matrices {:?}",
+            quantized.join(", "),
+            i.weights
+        )
+    };
     let _ = writeln!(o, "compute dtype: {:?} on {}", i.compute, i.device);
     let _ = if i.summary.shards.is_empty() {
         writeln!(

@@ -90,6 +90,30 @@ pub fn open_gguf(source: &ModelSource) -> Result<Option<GgufModel>> {
     }
 }
 
+/// A checkpoint's text side: tokenizer, generation ids and chat template (a GGUF file's own, or the hub
+/// files'), without touching weights. `cfg` is config.json's value (or the GGUF metadata read as one).
+pub fn text_side(
+    source: &ModelSource,
+    cfg: &serde_json::Value,
+) -> Result<(
+    TextTokenizer,
+    GenerationConfig,
+    Option<(String, &'static str)>,
+)> {
+    if let Some(model) = open_gguf(source)? {
+        return Ok((
+            crate::tokenizer::gguf::load(&model)?,
+            crate::tokenizer::gguf::generation_config(&model)?,
+            crate::tokenizer::gguf::chat_template(&model).map(|t| (t, GGUF_TEMPLATE)),
+        ));
+    }
+    Ok((
+        TextTokenizer::load(source)?,
+        GenerationConfig::load(source, cfg)?,
+        find_chat_template(source)?,
+    ))
+}
+
 /// Where a GGUF model's chat template is reported as coming from.
 pub const GGUF_TEMPLATE: &str = "tokenizer.chat_template (GGUF)";
 

@@ -22,18 +22,18 @@ const MAX_BATCH_TOKENS: usize = 2048;
 pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     let source = loader::source_for(args.model.as_deref());
     let device = moeserve::device::open(args.device)?;
-    let precision = moeserve::device::precision_for(args.dtype, &device);
+    let precision = args.precision(&device);
     let headers = loader::read_headers(&source, &device, precision, args.load_format)
         .with_context(|| format!("reading {}", source.describe()))?;
     let spec = &headers.spec;
-    let tokenizer = match args.load_format {
-        LoadFormat::Dummy if !TextTokenizer::present(&source) => {
-            TextTokenizer::placeholder(spec.vocab_size)?
-        }
-        _ => TextTokenizer::load(&source)?,
+    let (tokenizer, generation, template) = match args.load_format {
+        LoadFormat::Dummy if !TextTokenizer::present(&source) => (
+            TextTokenizer::placeholder(spec.vocab_size)?,
+            GenerationConfig::load(&source, &headers.cfg.value)?,
+            find_chat_template(&source)?,
+        ),
+        _ => loader::text_side(&source, &headers.cfg.value)?,
     };
-    let generation = GenerationConfig::load(&source, &headers.cfg.value)?;
-    let template = find_chat_template(&source)?;
     let blocks = kv_blocks(
         spec,
         headers.compute_dtype,

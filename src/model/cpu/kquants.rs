@@ -11,6 +11,14 @@ pub const QK_K: usize = 256;
 pub const Q4K_BYTES: usize = 144;
 pub const Q6K_BYTES: usize = 210;
 
+/// ggml's `nearest_int`: round half to even through the float adder (|v| < 2²²), no libm call, so the
+/// quantizer loops vectorize.
+#[inline(always)]
+pub fn nearest_int(v: f32) -> i32 {
+    let bits = (v + 12_582_912.0).to_bits() as i32;
+    (bits & 0x007f_ffff) - 0x0040_0000
+}
+
 /// Activation rows as ggml's `quantize_row_q8_K`: per 256, `d = max / -127` (max: the signed value of
 /// largest magnitude), `q = round(x / d)`, and the sums of every 16 quants.
 pub struct Q8KRows {
@@ -44,7 +52,7 @@ impl Q8KRows {
             }
             let iscale = -127.0 / max;
             for (o, &v) in q.iter_mut().zip(src) {
-                *o = (iscale * v).round().clamp(-128.0, 127.0) as i8;
+                *o = nearest_int(iscale * v).min(127) as i8;
             }
             for (s, chunk) in sums.iter_mut().zip(q.chunks_exact(16)) {
                 *s = chunk.iter().map(|&v| i16::from(v)).sum();
@@ -343,10 +351,24 @@ mod x86 {
                             _mm_fmadd_ps(_mm_set1_ps(dminw * dx), _mm_cvtepi32_ps(prod), acc_m[a]);
                         let mut sumi = _mm256_setzero_si256();
                         for j in 0..4 {
-                            sumi = scaled_add!($vnni, sumi, _mm256_maddubs_epi16(lo[j], load(x, 2 * j)), sl[j]);
-                            sumi = scaled_add!($vnni, sumi, _mm256_maddubs_epi16(hi[j], load(x, 2 * j + 1)), sh[j]);
+                            sumi = scaled_add!(
+                                $vnni,
+                                sumi,
+                                _mm256_maddubs_epi16(lo[j], load(x, 2 * j)),
+                                sl[j]
+                            );
+                            sumi = scaled_add!(
+                                $vnni,
+                                sumi,
+                                _mm256_maddubs_epi16(hi[j], load(x, 2 * j + 1)),
+                                sh[j]
+                            );
                         }
-                        acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(sumi), acc[a]);
+                        acc[a] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(dw * dx),
+                            _mm256_cvtepi32_ps(sumi),
+                            acc[a],
+                        );
                     }
                 }
                 let mut out = [0f32; 4];
@@ -392,7 +414,8 @@ mod x86 {
                         let b2 = _mm256_loadu_si256(ql.add(64 * half + 32) as *const __m256i);
                         let bh = _mm256_loadu_si256(qh.add(32 * half) as *const __m256i);
                         q[4 * half] = _mm256_or_si256(_mm256_and_si256(b1, m4), high2(bh, m3, 0));
-                        q[4 * half + 1] = _mm256_or_si256(_mm256_and_si256(b2, m4), high2(bh, m3, 2));
+                        q[4 * half + 1] =
+                            _mm256_or_si256(_mm256_and_si256(b2, m4), high2(bh, m3, 2));
                         q[4 * half + 2] = _mm256_or_si256(
                             _mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
                             high2(bh, m3, 4),
@@ -414,10 +437,19 @@ mod x86 {
                         let offset = _mm256_madd_epi16(sc16, bs);
                         let mut sumi = _mm256_setzero_si256();
                         for c in 0..8 {
-                            sumi = scaled_add!($vnni, sumi, _mm256_maddubs_epi16(q[c], load(x, c)), s[c]);
+                            sumi = scaled_add!(
+                                $vnni,
+                                sumi,
+                                _mm256_maddubs_epi16(q[c], load(x, c)),
+                                s[c]
+                            );
                         }
                         let total = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
-                        acc[a] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(total), acc[a]);
+                        acc[a] = _mm256_fmadd_ps(
+                            _mm256_set1_ps(dw * dx),
+                            _mm256_cvtepi32_ps(total),
+                            acc[a],
+                        );
                     }
                 }
                 [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
@@ -458,13 +490,20 @@ mod x86 {
         ($decode:ident, $prompt:ident, $features:literal, $rows4:ident, $x4:ident, $block:expr) => {
             /// Every row `0..rows` · activation row `x` (decode): four weight rows per step.
             #[target_feature(enable = $features)]
-            pub unsafe fn $decode(w: &[u8], row_bytes: usize, interleaved: bool, x: Act<'_>, out: &mut [f32]) {
+            pub unsafe fn $decode(
+                w: &[u8],
+                row_bytes: usize,
+                interleaved: bool,
+                x: Act<'_>,
+                out: &mut [f32],
+            ) {
                 let rows = w.len() / row_bytes.max(1);
                 let stride = if interleaved { 4 * $block } else { $block };
                 let mut r = 0;
                 while r < rows {
                     // A last group of fewer than four repeats its last row and keeps the real ones.
-                    let offsets = [0, 1, 2, 3].map(|j| offset((r + j).min(rows - 1), row_bytes, $block, interleaved));
+                    let offsets = [0, 1, 2, 3]
+                        .map(|j| offset((r + j).min(rows - 1), row_bytes, $block, interleaved));
                     let d = $rows4(w, offsets, stride, x.0, x.1, x.2);
                     for (j, v) in d.into_iter().enumerate().take(rows - r) {
                         *out.get_unchecked_mut(r + j) = v;
@@ -476,7 +515,13 @@ mod x86 {
             /// Every row `0..rows` · activation rows `xs` (prompt batches): each weight row unpacked once
             /// per block for four activation rows; `out` is `[rows, m]`.
             #[target_feature(enable = $features)]
-            pub unsafe fn $prompt(w: &[u8], row_bytes: usize, interleaved: bool, xs: &[Act<'_>], out: Out<'_>) {
+            pub unsafe fn $prompt(
+                w: &[u8],
+                row_bytes: usize,
+                interleaved: bool,
+                xs: &[Act<'_>],
+                out: Out<'_>,
+            ) {
                 let rows = w.len() / row_bytes.max(1);
                 let stride = if interleaved { 4 * $block } else { $block };
                 let m = out.m;
@@ -496,11 +541,38 @@ mod x86 {
         };
     }
 
-    ranges!(q4k_decode_avx2, q4k_prompt_avx2, "avx2,fma,f16c", q4k_avx2, q4k_x4_avx2, Q4K_BYTES);
-    ranges!(q4k_decode_vnni, q4k_prompt_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", q4k_vnni, q4k_x4_vnni, Q4K_BYTES);
-    ranges!(q6k_decode_avx2, q6k_prompt_avx2, "avx2,fma,f16c", q6k_avx2, q6k_x4_avx2, Q6K_BYTES);
-    ranges!(q6k_decode_vnni, q6k_prompt_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", q6k_vnni, q6k_x4_vnni, Q6K_BYTES);
-
+    ranges!(
+        q4k_decode_avx2,
+        q4k_prompt_avx2,
+        "avx2,fma,f16c",
+        q4k_avx2,
+        q4k_x4_avx2,
+        Q4K_BYTES
+    );
+    ranges!(
+        q4k_decode_vnni,
+        q4k_prompt_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        q4k_vnni,
+        q4k_x4_vnni,
+        Q4K_BYTES
+    );
+    ranges!(
+        q6k_decode_avx2,
+        q6k_prompt_avx2,
+        "avx2,fma,f16c",
+        q6k_avx2,
+        q6k_x4_avx2,
+        Q6K_BYTES
+    );
+    ranges!(
+        q6k_decode_vnni,
+        q6k_prompt_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        q6k_vnni,
+        q6k_x4_vnni,
+        Q6K_BYTES
+    );
 }
 
 use super::q8_0::Kernel;
@@ -611,6 +683,21 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        for (v, want) in [
+            (0.5, 0),
+            (1.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (2.49, 2),
+            (-126.7, -127),
+            (127.0, 127),
+        ] {
+            assert_eq!(nearest_int(v), want, "{v}");
         }
     }
 

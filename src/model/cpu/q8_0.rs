@@ -43,7 +43,7 @@ impl Q8Rows {
             let dv = amax / 127.0;
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             for (o, v) in q.iter_mut().zip(src) {
-                *o = (v * id).round_ties_even() as i8;
+                *o = super::kquants::nearest_int(v * id) as i8;
             }
             *sum = q.iter().map(|&v| i32::from(v)).sum();
             *d = f16::from_f32(dv).to_f32();
