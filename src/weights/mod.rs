@@ -4,6 +4,7 @@
 pub mod gguf;
 pub mod matrix;
 pub mod quant;
+pub mod quantize;
 pub mod source;
 pub mod store;
 

@@ -276,12 +276,16 @@ impl QuantMatrix {
             return Err(format!("{} values for [{rows}, {cols}]", values.len()));
         }
         let mut bytes = vec![0u8; rows * row_bytes];
-        with_block_type!(ty, B => {
-            use rayon::prelude::*;
-            values
-                .par_chunks(cols.max(1))
-                .zip(bytes.par_chunks_mut(row_bytes.max(1)))
-                .for_each(|(src, dst)| {
+        use rayon::prelude::*;
+        let rows_iter = values
+            .par_chunks(cols.max(1))
+            .zip(bytes.par_chunks_mut(row_bytes.max(1)));
+        if ty == QuantType::Q4_K {
+            // ggml's current reference quantizer (candle's port follows an older one).
+            rows_iter.for_each(|(src, dst)| super::quantize::quantize_row_q4_k(src, dst));
+        } else {
+            with_block_type!(ty, B => {
+                rows_iter.for_each(|(src, dst)| {
                     let mut blocks = vec![B::zeros(); cols / B::BLCK_SIZE];
                     B::from_float(src, &mut blocks);
                     // SAFETY: the blocks are plain `repr(C)` data of `row_bytes` bytes in all.
@@ -290,7 +294,8 @@ impl QuantMatrix {
                     };
                     dst.copy_from_slice(raw);
                 });
-        });
+            });
+        }
         Self::from_bytes(ty, rows, cols, &bytes)
     }
 
