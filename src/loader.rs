@@ -90,16 +90,16 @@ pub fn open_gguf(source: &ModelSource) -> Result<Option<GgufModel>> {
     }
 }
 
-/// A checkpoint's text side: tokenizer, generation ids and chat template (a GGUF file's own, or the hub
-/// files'), without touching weights. `cfg` is config.json's value (or the GGUF metadata read as one).
-pub fn text_side(
-    source: &ModelSource,
-    cfg: &serde_json::Value,
-) -> Result<(
+/// Tokenizer, generation ids, chat template (text and where it was found).
+pub type TextSide = (
     TextTokenizer,
     GenerationConfig,
     Option<(String, &'static str)>,
-)> {
+);
+
+/// A checkpoint's text side: tokenizer, generation ids and chat template (a GGUF file's own, or the hub
+/// files'), without touching weights. `cfg` is config.json's value (or the GGUF metadata read as one).
+pub fn text_side(source: &ModelSource, cfg: &serde_json::Value) -> Result<TextSide> {
     if let Some(model) = open_gguf(source)? {
         return Ok((
             crate::tokenizer::gguf::load(&model)?,
