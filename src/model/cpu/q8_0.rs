@@ -206,6 +206,79 @@ mod x86 {
 
     group!(group_avx2, "avx2,fma,f16c", false);
     group!(group_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
+
+    macro_rules! group_x4 {
+        ($name:ident, $features:literal, $vnni:expr) => {
+            /// One interleaved group of four rows · four activation rows (prompt batches): the weights
+            /// and their scales are loaded once per block for all four. `out[r][a]`.
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(w: &[u8], xs: [(&[i8], &[f32], &[i32]); 4]) -> [[f32; 4]; 4] {
+                let mut nb = w.len() / GROUP_BLOCK_BYTES;
+                for x in &xs {
+                    nb = nb.min(x.1.len()).min(x.2.len()).min(x.0.len() / QK);
+                }
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let wp = w.as_ptr();
+                let flip = _mm256_set1_epi8(-128);
+                let ones = _mm256_set1_epi16(1);
+                for b in 0..nb {
+                    // SAFETY (whole function): b < nb keeps every load inside its slice.
+                    let blk = wp.add(b * GROUP_BLOCK_BYTES);
+                    let dw = _mm_cvtph_ps(_mm_loadl_epi64(blk as *const __m128i));
+                    let mut wx = [_mm256_setzero_si256(); 4];
+                    let mut wa = [_mm256_setzero_si256(); 4];
+                    for r in 0..4 {
+                        let x = _mm256_loadu_si256(blk.add(8 + 32 * r) as *const __m256i);
+                        if $vnni {
+                            wx[r] = _mm256_xor_si256(x, flip);
+                        } else {
+                            wx[r] = x;
+                            wa[r] = _mm256_sign_epi8(x, x);
+                        }
+                    }
+                    for (a, x) in xs.iter().enumerate() {
+                        let y = _mm256_loadu_si256(x.0.as_ptr().add(b * QK) as *const __m256i);
+                        let mut s = [_mm256_setzero_si256(); 4];
+                        for r in 0..4 {
+                            s[r] = if $vnni {
+                                _mm256_dpbusd_epi32(_mm256_setzero_si256(), wx[r], y)
+                            } else {
+                                _mm256_madd_epi16(
+                                    _mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(y, wx[r])),
+                                    ones,
+                                )
+                            };
+                        }
+                        let mut sum = fold4(s);
+                        if $vnni {
+                            let c = _mm_set1_epi32(128 * *x.2.get_unchecked(b));
+                            sum = _mm256_sub_epi32(sum, _mm256_zextsi128_si256(c));
+                        }
+                        let d4 = _mm_mul_ps(dw, _mm_set1_ps(*x.1.get_unchecked(b)));
+                        acc[a] = _mm256_fmadd_ps(
+                            _mm256_set_m128(d4, d4),
+                            _mm256_cvtepi32_ps(sum),
+                            acc[a],
+                        );
+                    }
+                }
+                let mut out = [[0f32; 4]; 4];
+                for a in 0..4 {
+                    let mut v = [0f32; 4];
+                    let lo = _mm256_castps256_ps128(acc[a]);
+                    let hi = _mm256_extractf128_ps(acc[a], 1);
+                    _mm_storeu_ps(v.as_mut_ptr(), _mm_add_ps(lo, hi));
+                    for r in 0..4 {
+                        out[r][a] = v[r];
+                    }
+                }
+                out
+            }
+        };
+    }
+
+    group_x4!(group_x4_avx2, "avx2,fma,f16c", false);
+    group_x4!(group_x4_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
 }
 
 /// Which kernel this CPU runs.
@@ -236,6 +309,27 @@ pub fn kernel() -> Kernel {
 /// `x`: `out` is weight-row major (`[4 · groups, m]`).
 pub fn groups_times(kernel: Kernel, w: &[u8], nb: usize, x: &Q8Rows, m: usize, out: &mut [f32]) {
     let gb = nb * GROUP_BLOCK_BYTES;
+    #[cfg(target_arch = "x86_64")]
+    if m >= 2 && kernel != Kernel::Scalar {
+        for (g, wg) in w.chunks_exact(gb.max(1)).enumerate() {
+            for i0 in (0..m).step_by(4) {
+                let xs = [0, 1, 2, 3].map(|a| x.row((i0 + a).min(m - 1)));
+                // SAFETY: the CPU has the features `kernel()` checked.
+                let d = unsafe {
+                    match kernel {
+                        Kernel::Vnni => x86::group_x4_vnni(wg, xs),
+                        _ => x86::group_x4_avx2(wg, xs),
+                    }
+                };
+                for (j, row) in d.iter().enumerate() {
+                    for (a, &v) in row.iter().enumerate().take(m - i0) {
+                        out[(4 * g + j) * m + i0 + a] = v;
+                    }
+                }
+            }
+        }
+        return;
+    }
     for (g, wg) in w.chunks_exact(gb.max(1)).enumerate() {
         for i in 0..m {
             let (xq, xd, xs) = x.row(i);
@@ -272,41 +366,42 @@ mod tests {
 
     #[test]
     fn every_kernel_equals_the_plain_rows_and_the_dequantized_reference() {
-        let (n, k, m) = (12, 96, 3);
-        let wv: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 50.0)
-            .collect();
-        let w = QuantMatrix::quantize(QuantType::Q8_0, n, k, &wv).expect("quantize");
-        let xv: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 104729 % 97) as f32 - 48.0) / 17.0)
-            .collect();
-        let x = Q8Rows::quantize(&xv, m, k);
-        let nb = k / QK;
-        let plain = deinterleave_all(&w, n, nb);
-        let mut rows = vec![0f32; n * m];
-        rows_times(&plain, nb * BLOCK_BYTES, &x, m, &mut rows);
-        let wd = w.dequantize();
-        for r in 0..n {
-            for i in 0..m {
-                let (xq, xd, _) = x.row(i);
-                let want: f32 = (0..k)
-                    .map(|c| wd[r * k + c] * f32::from(xq[c]) * xd[c / QK])
-                    .sum();
-                assert!((rows[r * m + i] - want).abs() < 1e-3 * want.abs().max(1.0));
+        for (n, k, m) in [(12, 96, 3), (8, 64, 5), (4, 32, 1)] {
+            let wv: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 50.0)
+                .collect();
+            let w = QuantMatrix::quantize(QuantType::Q8_0, n, k, &wv).expect("quantize");
+            let xv: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 104729 % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let x = Q8Rows::quantize(&xv, m, k);
+            let nb = k / QK;
+            let plain = deinterleave_all(&w, n, nb);
+            let mut rows = vec![0f32; n * m];
+            rows_times(&plain, nb * BLOCK_BYTES, &x, m, &mut rows);
+            let wd = w.dequantize();
+            for r in 0..n {
+                for i in 0..m {
+                    let (xq, xd, _) = x.row(i);
+                    let want: f32 = (0..k)
+                        .map(|c| wd[r * k + c] * f32::from(xq[c]) * xd[c / QK])
+                        .sum();
+                    assert!((rows[r * m + i] - want).abs() < 1e-3 * want.abs().max(1.0));
+                }
             }
-        }
-        let inter = interleave4(&plain, n, nb);
-        for (r, want) in plain.chunks(nb * BLOCK_BYTES).enumerate() {
-            assert_eq!(deinterleave_row(&inter, r, nb), want);
-        }
-        for kernel in [Kernel::Scalar, kernel()] {
-            let mut got = vec![0f32; n * m];
-            groups_times(kernel, &inter, nb, &x, m, &mut got);
-            for (a, b) in got.iter().zip(&rows) {
-                assert!(
-                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
-                    "{kernel:?}: {a} vs {b}"
-                );
+            let inter = interleave4(&plain, n, nb);
+            for (r, want) in plain.chunks(nb * BLOCK_BYTES).enumerate() {
+                assert_eq!(deinterleave_row(&inter, r, nb), want);
+            }
+            for kernel in [Kernel::Scalar, kernel()] {
+                let mut got = vec![0f32; n * m];
+                groups_times(kernel, &inter, nb, &x, m, &mut got);
+                for (a, b) in got.iter().zip(&rows) {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{kernel:?}: {a} vs {b}"
+                    );
+                }
             }
         }
     }
