@@ -253,6 +253,9 @@ fn load_gguf(
     precision: Precision,
 ) -> Result<LoadedModel> {
     let (_, spec, names) = gguf_spec(model)?;
+    // The tokenizer first: its build (the vocabulary as a tokenizer.json document) is transient memory,
+    // which then does not add to the weights' peak.
+    let tokenizer = crate::tokenizer::gguf::load(model)?;
     let mut store = WeightStore::open_gguf(model, names, device, precision)?;
     let decoder = Model::load(&spec, &mut store)?;
     let weights = store.summary();
@@ -260,7 +263,7 @@ fn load_gguf(
     Ok(LoadedModel {
         source: source.clone(),
         model: decoder,
-        tokenizer: crate::tokenizer::gguf::load(model)?,
+        tokenizer,
         generation: crate::tokenizer::gguf::generation_config(model)?,
         chat_template: crate::tokenizer::gguf::chat_template(model).map(|t| (t, GGUF_TEMPLATE)),
         weights,

@@ -79,6 +79,74 @@ enum Storage {
     /// Owned in anonymous memory advised for transparent huge pages (large matrices: the quantized
     /// kernels stream them, and 4 KiB pages cost a TLB miss every 4 KiB).
     Anon { map: memmap2::MmapMut, len: usize },
+    /// A range of an [`Arena`] chunk.
+    Arena {
+        chunk: Arc<ArenaChunk>,
+        start: usize,
+        len: usize,
+    },
+}
+
+/// One huge-page-advised anonymous mapping of an [`Arena`]; its ranges are written once, when handed
+/// out, and only read afterwards.
+pub struct ArenaChunk {
+    map: memmap2::MmapRaw,
+}
+
+impl ArenaChunk {
+    fn bytes(&self, start: usize, len: usize) -> &[u8] {
+        // SAFETY: `start..start + len` lies in the map (checked when the range was handed out) and was
+        // fully written before any reader got it; nothing writes it afterwards.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(start), len) }
+    }
+}
+
+/// Where a model's quantized matrices live after loading: big anonymous mappings advised for
+/// transparent huge pages, matrices packed back to back (64-byte aligned). The experts of a MoE layer are
+/// small matrices (a Q8_0 512 × 1,024 expert is 557 KB); each in its own allocation would sit on 4 KiB
+/// pages and pay a TLB miss every 4 KiB of a stream, and each file-backed map is 4 KiB pages too.
+pub struct Arena {
+    current: Option<(Arc<ArenaChunk>, usize)>,
+}
+
+/// Chunks are at least this large (untouched pages of the last one are never resident).
+const ARENA_CHUNK: usize = 256 << 20;
+
+impl Default for Arena {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Arena {
+    pub fn new() -> Self {
+        Self { current: None }
+    }
+
+    /// `len` bytes filled by `fill`, as a storage range.
+    fn alloc(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Option<Storage> {
+        let fits = |c: &(Arc<ArenaChunk>, usize)| c.1 + len <= c.0.map.len();
+        if !self.current.as_ref().is_some_and(fits) {
+            let size = len.max(ARENA_CHUNK).next_multiple_of(2 << 20);
+            let map = memmap2::MmapOptions::new().len(size).map_anon().ok()?;
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
+            let map = memmap2::MmapRaw::from(map);
+            self.current = Some((Arc::new(ArenaChunk { map }), 0));
+        }
+        let (chunk, used) = self.current.as_mut()?;
+        let start = *used;
+        // SAFETY: `start..start + len` is inside the map (checked by `fits` or the fresh chunk's size)
+        // and no other reference to it exists yet: every range is handed out once.
+        let dst = unsafe { std::slice::from_raw_parts_mut(chunk.map.as_mut_ptr().add(start), len) };
+        fill(dst);
+        *used = (start + len).next_multiple_of(64);
+        Some(Storage::Arena {
+            chunk: chunk.clone(),
+            start,
+            len,
+        })
+    }
 }
 
 /// A `[rows, cols]` block-quantized matrix, each row a whole number of blocks: row-major, or (Q8_0 with
@@ -204,28 +272,39 @@ impl QuantMatrix {
     /// multiple of four rows interleaved four rows per block; every type copied out of a mapped file,
     /// whose pages are then dropped from the resident set (the file is held once, in the copy).
     pub fn into_kernel_layout(self) -> Self {
+        self.into_kernel_layout_in(None)
+    }
+
+    /// [`QuantMatrix::into_kernel_layout`], placed in `arena` when given (the store's loads).
+    pub fn into_kernel_layout_in(self, arena: Option<&mut Arena>) -> Self {
         let interleave = matches!(self.ty, QuantType::Q8_0 | QuantType::Q4_K | QuantType::Q6_K)
             && self.rows.is_multiple_of(4)
             && !self.interleaved;
-        if !interleave && !matches!(self.storage, Storage::Mapped { .. }) {
+        let in_arena = matches!(self.storage, Storage::Arena { .. });
+        if !interleave
+            && (in_arena || (arena.is_none() && !matches!(self.storage, Storage::Mapped { .. })))
+        {
             return self;
         }
         let nb = self.cols / self.ty.block_elems();
-        let storage = if interleave && self.ty == QuantType::Q8_0 {
-            owned(&crate::model::cpu::q8_0::interleave4(
-                self.data(),
-                self.rows,
-                nb,
-            ))
-        } else if interleave {
-            owned(&interleave_blocks(
-                self.data(),
-                self.rows,
-                nb,
-                self.ty.block_bytes(),
-            ))
-        } else {
-            owned(self.data())
+        let (ty, rows, data) = (self.ty, self.rows, self.data());
+        let fill = |dst: &mut [u8]| {
+            if interleave && ty == QuantType::Q8_0 {
+                crate::model::cpu::q8_0::interleave4_into(data, rows, nb, dst);
+            } else if interleave {
+                interleave_blocks_into(data, rows, nb, ty.block_bytes(), dst);
+            } else {
+                dst.copy_from_slice(data);
+            }
+        };
+        let placed = arena.and_then(|a| a.alloc(data.len(), fill));
+        let storage = match placed {
+            Some(s) => s,
+            None => {
+                let mut bytes = vec![0u8; data.len()];
+                fill(&mut bytes);
+                owned(&bytes)
+            }
         };
         if let Storage::Mapped { file, start, len } = &self.storage {
             file.release(*start, start + len);
@@ -320,6 +399,7 @@ impl QuantMatrix {
                 unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), *len) }
             }
             Storage::Anon { map, len } => &map[..*len],
+            Storage::Arena { chunk, start, len } => chunk.bytes(*start, *len),
         }
     }
 
@@ -349,7 +429,7 @@ impl QuantMatrix {
                 start: s + start * rb,
                 len: n * rb,
             },
-            Storage::Owned { .. } | Storage::Anon { .. } => {
+            Storage::Owned { .. } | Storage::Anon { .. } | Storage::Arena { .. } => {
                 owned(&self.data()[start * rb..(start + n) * rb])
             }
         };
@@ -405,17 +485,18 @@ impl QuantMatrix {
 
 /// Rows `4g..4g+4` interleaved block by block: `[row 4g block b][row 4g+1 block b]…` (the K-quant
 /// kernels then read one sequential stream).
-fn interleave_blocks(bytes: &[u8], rows: usize, nb: usize, block: usize) -> Vec<u8> {
+fn interleave_blocks_into(bytes: &[u8], rows: usize, nb: usize, block: usize, out: &mut [u8]) {
     let rb = nb * block;
-    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
     for g in 0..rows / 4 {
         for b in 0..nb {
             for j in 0..4 {
-                out.extend_from_slice(&bytes[(4 * g + j) * rb + b * block..][..block]);
+                out[at..at + block]
+                    .copy_from_slice(&bytes[(4 * g + j) * rb + b * block..][..block]);
+                at += block;
             }
         }
     }
-    out
 }
 
 /// `bytes` copied into 8-byte aligned words.

@@ -34,6 +34,12 @@ impl FileBytes {
     pub fn release(&self, start: usize, end: usize) {
         #[cfg(unix)]
         if let FileBytes::Mmap(m) = self {
+            // madvise takes whole pages: only the pages entirely inside the range (a page shared with a
+            // neighbouring tensor stays until that one is released, or the map is dropped).
+            const PAGE: usize = 4096;
+            let base = m.as_ptr() as usize;
+            let start = (base + start).next_multiple_of(PAGE) - base;
+            let end = ((base + end) / PAGE * PAGE).saturating_sub(base);
             if start < end && end <= m.len() {
                 // SAFETY: the map is read-only and file-backed: after MADV_DONTNEED a read faults the
                 // same bytes back in from the file, so every slice of it keeps its contents.

@@ -130,6 +130,8 @@ pub struct WeightStore {
     gguf: Option<GgufTensors>,
     /// `--quantize`, where the CPU kernels read quantized matrices (CPU, f32 compute).
     quantize: Option<Quantize>,
+    /// Where quantized matrices are placed (huge-page memory, packed).
+    arena: super::quant::Arena,
 }
 
 /// What a dummy store handed out (for `inspect` and the load log).
@@ -246,6 +248,7 @@ impl WeightStore {
             dummy: None,
             gguf: None,
             quantize: quantize_on(precision, device),
+            arena: Default::default(),
         })
     }
 
@@ -344,7 +347,8 @@ impl WeightStore {
             if let Some(q) = g.quant(name, shape)? {
                 self.taken.insert(name.to_owned());
                 self.progress.inc(1);
-                return Ok(Matrix::Quant(std::sync::Arc::new(q.into_kernel_layout())));
+                let q = q.into_kernel_layout_in(Some(&mut self.arena));
+                return Ok(Matrix::Quant(std::sync::Arc::new(q)));
             }
         }
         if let Some(q) = self
@@ -363,7 +367,8 @@ impl WeightStore {
                         message: format!("quantizing {name}: {message}"),
                     }
                 })?;
-                return Ok(Matrix::Quant(std::sync::Arc::new(m.into_kernel_layout())));
+                let m = m.into_kernel_layout_in(Some(&mut self.arena));
+                return Ok(Matrix::Quant(std::sync::Arc::new(m)));
             }
             // Rows that are not whole blocks stay as held (llama.cpp falls back the same way).
         }
@@ -424,6 +429,7 @@ impl WeightStore {
             dummy: Some(DummyStats::default()),
             gguf: None,
             quantize: quantize_on(precision, device),
+            arena: Default::default(),
         }
     }
 

@@ -68,8 +68,14 @@ impl Q8Rows {
 
 /// Rows `4g..4g+4` of row-major Q8_0 bytes (`rows` rows of `nb` blocks) interleaved per block.
 pub fn interleave4(rows_bytes: &[u8], rows: usize, nb: usize) -> Vec<u8> {
+    let mut out = vec![0u8; rows * nb * BLOCK_BYTES];
+    interleave4_into(rows_bytes, rows, nb, &mut out);
+    out
+}
+
+/// [`interleave4`] into `out` (as long as the input).
+pub fn interleave4_into(rows_bytes: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
     let rb = nb * BLOCK_BYTES;
-    let mut out = vec![0u8; rows * rb];
     for g in 0..rows / 4 {
         for b in 0..nb {
             let dst = &mut out[(g * nb + b) * GROUP_BLOCK_BYTES..][..GROUP_BLOCK_BYTES];
@@ -80,7 +86,6 @@ pub fn interleave4(rows_bytes: &[u8], rows: usize, nb: usize) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 /// Row `r` of interleaved bytes back in the plain block layout.
