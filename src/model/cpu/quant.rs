@@ -182,23 +182,34 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
             Activations::F32 => run_rows_f32(p, rows, dst),
         }
     });
-    // 3. To `[m, n]`.
+    // 3. To `[m, n]`, in tiles (a row-by-row transpose of a prompt's q/k/v missed the cache on every
+    //    write).
     outs.into_iter()
         .zip(products)
         .map(|(t, p)| {
             if p.m == 1 {
                 return t;
             }
-            let n = p.w.rows();
             let mut out = vec![0f32; t.len()];
-            for (j, row) in t.chunks(p.m).enumerate() {
-                for (i, &v) in row.iter().enumerate() {
-                    out[i * n + j] = v;
-                }
-            }
+            transpose(&t, p.w.rows(), p.m, &mut out);
             out
         })
         .collect()
+}
+
+/// `src` `[rows, cols]` → `dst` `[cols, rows]`, 32 × 32 tiles.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const T: usize = 32;
+    for r0 in (0..rows).step_by(T) {
+        for c0 in (0..cols).step_by(T) {
+            for r in r0..(r0 + T).min(rows) {
+                let row = &src[r * cols..(r + 1) * cols];
+                for c in c0..(c0 + T).min(cols) {
+                    dst[c * rows + r] = row[c];
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +278,19 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn tiled_transpose_transposes() {
+        let (rows, cols) = (37, 70);
+        let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+        let mut dst = vec![0f32; rows * cols];
+        transpose(&src, rows, cols, &mut dst);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(dst[c * rows + r], src[r * cols + c]);
             }
         }
     }
