@@ -143,8 +143,31 @@ async fn mla_fixtures_serve_their_reference_greedy() {
     }
 }
 
+/// GGUF files converted by llama.cpp (F32: the same weights) serve the same greedy text through the
+/// API, tokenizer and end-of-generation ids taken from the file: Qwen3-MoE and the DeepSeek-V3 layout.
+#[tokio::test(flavor = "multi_thread")]
+async fn gguf_files_serve_their_reference_greedy() {
+    for family in ["qwen3_moe", "moonlight"] {
+        let file = common::fixture_dir(family).join("model-f32.gguf");
+        completions_match_reference_from(family, &file).await;
+    }
+    // A chat request renders the GGUF's own chat template.
+    let file = common::fixture_dir("qwen3_moe").join("model-q8_0.gguf");
+    let server = Server::start(Some(&file), &[]);
+    let resp = client(&server)
+        .chat()
+        .create(chat_request("Hello there", 4).build().unwrap())
+        .await
+        .unwrap();
+    assert!(resp.usage.map(|u| u.prompt_tokens).unwrap_or(0) > 3);
+}
+
 async fn completions_match_reference(family: &str) {
-    let server = Server::start(Some(&common::fixture_dir(family)), &[]);
+    completions_match_reference_from(family, &common::fixture_dir(family)).await
+}
+
+async fn completions_match_reference_from(family: &str, model: &std::path::Path) {
+    let server = Server::start(Some(model), &[]);
     let c = client(&server);
     let r = common::reference(family);
     let loaded = common::load_fixture(family);
