@@ -158,6 +158,8 @@ pub struct QuantMatrix {
     cols: usize,
     storage: Storage,
     interleaved: bool,
+    /// Q4_K in the eight-row GEMM layout (`model::cpu::q4k_x8`).
+    x8: bool,
 }
 
 impl std::fmt::Debug for QuantMatrix {
@@ -188,6 +190,8 @@ pub fn layout_error(ty: QuantType, rows: usize, cols: usize, len: usize) -> Opti
         Some(_) => None,
     }
 }
+
+const QK_K_ELEMS: usize = 256;
 
 /// Matrices from this size on are held in huge-page-advised anonymous memory.
 const HUGE_PAGE_MIN: usize = 1 << 20;
@@ -246,6 +250,7 @@ impl QuantMatrix {
             cols,
             storage,
             interleaved: false,
+            x8: false,
         })
     }
 
@@ -265,6 +270,7 @@ impl QuantMatrix {
             cols,
             storage: owned(bytes),
             interleaved: false,
+            x8: false,
         })
     }
 
@@ -277,19 +283,33 @@ impl QuantMatrix {
 
     /// [`QuantMatrix::into_kernel_layout`], placed in `arena` when given (the store's loads).
     pub fn into_kernel_layout_in(self, arena: Option<&mut Arena>) -> Self {
-        let interleave = matches!(self.ty, QuantType::Q8_0 | QuantType::Q4_K | QuantType::Q6_K)
-            && self.rows.is_multiple_of(4)
-            && !self.interleaved;
+        let plain = !self.interleaved && !self.x8;
+        // The K-quant layouts only where their kernels run (x86 with AVX2); Q8_0's has a portable path.
+        let k_kernels =
+            crate::model::cpu::kquants::serves(self.ty, crate::model::cpu::q8_0::kernel());
+        let x8 = plain && k_kernels && self.ty == QuantType::Q4_K && self.rows.is_multiple_of(8);
+        let interleave = plain
+            && !x8
+            && (self.ty == QuantType::Q8_0 || k_kernels)
+            && self.rows.is_multiple_of(4);
         let in_arena = matches!(self.storage, Storage::Arena { .. });
         if !interleave
+            && !x8
             && (in_arena || (arena.is_none() && !matches!(self.storage, Storage::Mapped { .. })))
         {
             return self;
         }
         let nb = self.cols / self.ty.block_elems();
         let (ty, rows, data) = (self.ty, self.rows, self.data());
+        let len = if x8 {
+            rows * nb * crate::model::cpu::q4k_x8::ROW_BLOCK_BYTES
+        } else {
+            data.len()
+        };
         let fill = |dst: &mut [u8]| {
-            if interleave && ty == QuantType::Q8_0 {
+            if x8 {
+                crate::model::cpu::q4k_x8::relayout(data, rows, nb, dst);
+            } else if interleave && ty == QuantType::Q8_0 {
                 crate::model::cpu::q8_0::interleave4_into(data, rows, nb, dst);
             } else if interleave {
                 interleave_blocks_into(data, rows, nb, ty.block_bytes(), dst);
@@ -297,11 +317,11 @@ impl QuantMatrix {
                 dst.copy_from_slice(data);
             }
         };
-        let placed = arena.and_then(|a| a.alloc(data.len(), fill));
+        let placed = arena.and_then(|a| a.alloc(len, fill));
         let storage = match placed {
             Some(s) => s,
             None => {
-                let mut bytes = vec![0u8; data.len()];
+                let mut bytes = vec![0u8; len];
                 fill(&mut bytes);
                 owned(&bytes)
             }
@@ -315,6 +335,21 @@ impl QuantMatrix {
             cols: self.cols,
             storage,
             interleaved: self.interleaved || interleave,
+            x8: self.x8 || x8,
+        }
+    }
+
+    /// Whether this is Q4_K in the eight-row GEMM layout (see [`QuantMatrix::into_kernel_layout`]).
+    pub fn x8(&self) -> bool {
+        self.x8
+    }
+
+    /// Bytes per row as held (the eight-row layout holds 148 per block instead of 144).
+    pub fn stored_row_bytes(&self) -> usize {
+        if self.x8 {
+            self.cols / QK_K_ELEMS * crate::model::cpu::q4k_x8::ROW_BLOCK_BYTES
+        } else {
+            self.row_bytes()
         }
     }
 
@@ -327,7 +362,9 @@ impl QuantMatrix {
     pub fn plain_row(&self, r: usize) -> Vec<u8> {
         let rb = self.row_bytes();
         let nb = self.cols / self.ty.block_elems();
-        if self.interleaved && self.ty == QuantType::Q8_0 {
+        if self.x8 {
+            crate::model::cpu::q4k_x8::plain_row(self.data(), r, nb)
+        } else if self.interleaved && self.ty == QuantType::Q8_0 {
             crate::model::cpu::q8_0::deinterleave_row(self.data(), r, nb)
         } else if self.interleaved {
             let bb = self.ty.block_bytes();
@@ -419,7 +456,7 @@ impl QuantMatrix {
             return Err(format!("rows {start}..{} of {}", start + n, self.rows));
         }
         let rb = self.row_bytes();
-        if self.interleaved {
+        if self.interleaved || self.x8 {
             let bytes: Vec<u8> = (start..start + n).flat_map(|r| self.plain_row(r)).collect();
             return Self::from_bytes(self.ty, n, self.cols, &bytes);
         }
@@ -439,6 +476,7 @@ impl QuantMatrix {
             cols: self.cols,
             storage,
             interleaved: false,
+            x8: false,
         })
     }
 
@@ -459,7 +497,7 @@ impl QuantMatrix {
     pub fn dequantize_rows(&self, start: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
         let n = out.len() / self.cols.max(1);
-        if self.interleaved {
+        if self.interleaved || self.x8 {
             for (i, row) in out.chunks_mut(self.cols.max(1)).enumerate() {
                 let bytes = self.plain_row(start + i);
                 let fresh = owned_words(&bytes);

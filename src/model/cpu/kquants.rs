@@ -644,7 +644,7 @@ mod tests {
             if !serves(ty, kernel) {
                 continue;
             }
-            for (n, m) in [(4, 1), (9, 3), (2, 2), (13, 1), (8, 2)] {
+            for (n, m) in [(4, 1), (9, 3), (2, 2), (13, 1), (8, 2), (12, 5), (16, 1)] {
                 let k = 512;
                 let wv: Vec<f32> = (0..n * k)
                     .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 50.0)
@@ -656,19 +656,33 @@ mod tests {
                     .collect();
                 let x = Q8KRows::quantize(&xv, m, k);
                 let w = plain.into_kernel_layout();
-                assert_eq!(w.interleaved(), n % 4 == 0);
+                assert_eq!(w.interleaved() || w.x8(), n % 4 == 0);
+                assert_eq!(w.x8(), ty == QuantType::Q4_K && n % 8 == 0);
                 assert_eq!(w.dequantize(), wd, "{ty:?} layout round trip");
                 let mut got = vec![0f32; n * m];
-                rows_times(
-                    ty,
-                    kernel,
-                    w.data(),
-                    w.row_bytes(),
-                    w.interleaved(),
-                    &x,
-                    m,
-                    &mut got,
-                );
+                if w.x8() {
+                    let s32 = super::super::q4k_x8::sums32(&x);
+                    super::super::q4k_x8::rows_times(
+                        kernel,
+                        w.data(),
+                        k / QK_K,
+                        &x,
+                        &s32,
+                        m,
+                        &mut got,
+                    );
+                } else {
+                    rows_times(
+                        ty,
+                        kernel,
+                        w.data(),
+                        w.row_bytes(),
+                        w.interleaved(),
+                        &x,
+                        m,
+                        &mut got,
+                    );
+                }
                 for r in 0..n {
                     for i in 0..m {
                         let (xq, xd, _) = x.row(i);

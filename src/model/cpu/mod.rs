@@ -8,6 +8,7 @@ pub mod experts;
 pub mod fp8;
 pub mod kquants;
 pub mod matmul;
+pub mod q4k_x8;
 pub mod q8_0;
 pub mod quant;
 pub mod widen;

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::cpu::attention::with_f32;
-use crate::model::cpu::{kquants, q8_0};
+use crate::model::cpu::{kquants, q4k_x8, q8_0};
 use crate::weights::quant::blocks;
 use crate::weights::{QuantMatrix, QuantType};
 
@@ -116,8 +116,8 @@ fn run_rows_f32(p: &QuantProduct<'_>, rows: std::ops::Range<usize>, out: &mut [f
 enum Activations {
     /// Our Q8_0 kernel (`model::cpu::q8_0`).
     Q8(q8_0::Q8Rows),
-    /// Our Q4_K / Q6_K kernels (`model::cpu::kquants`).
-    K(kquants::Q8KRows),
+    /// Our Q4_K / Q6_K kernels (`model::cpu::kquants`, `model::cpu::q4k_x8` with its per-32 sums).
+    K(kquants::Q8KRows, Vec<i16>),
     /// candle's block dot product, activations in its `VecDotType` blocks.
     Blocks(Vec<u64>),
     /// Dequantize-and-dot (layouts the block dot does not take).
@@ -136,7 +136,9 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
             if p.w.ty() == QuantType::Q8_0 {
                 Activations::Q8(q8_0::Q8Rows::quantize(p.x, p.m, k))
             } else if kquants::serves(p.w.ty(), kernel) {
-                Activations::K(kquants::Q8KRows::quantize(p.x, p.m, k))
+                let x = kquants::Q8KRows::quantize(p.x, p.m, k);
+                let sums = if p.w.x8() { q4k_x8::sums32(&x) } else { Vec::new() };
+                Activations::K(x, sums)
             } else if block_dot_applies(p.w.ty(), k) {
                 Activations::Blocks(crate::with_block_type!(p.w.ty(), B => quantize_rows::<<B as GgmlType>::VecDotType>(p.x, p.m, k)))
             } else {
@@ -152,8 +154,8 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
     let total_rows: usize = products.iter().map(|p| p.w.rows()).sum();
     let mut items: Vec<(usize, std::ops::Range<usize>, &mut [f32])> = Vec::new();
     for (i, (p, out)) in products.iter().zip(outs.iter_mut()).enumerate() {
-        // Whole groups of four rows (the Q8_0 kernel's step).
-        let chunk = chunk_rows(total_rows, p.w.row_bytes() * p.m.max(1)).next_multiple_of(4);
+        // Whole groups of eight rows (the interleaved layouts' steps are four and eight).
+        let chunk = chunk_rows(total_rows, p.w.row_bytes() * p.m.max(1)).next_multiple_of(8);
         for (c, dst) in out.chunks_mut((chunk * p.m).max(1)).enumerate() {
             let start = c * chunk;
             items.push((i, start..start + dst.len() / p.m.max(1), dst));
@@ -163,7 +165,7 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
         let p = &products[i];
         match &acts[i] {
             Activations::Q8(x) => {
-                let rb = p.w.row_bytes();
+                let rb = p.w.stored_row_bytes();
                 let w = &p.w.data()[rows.start * rb..rows.end * rb];
                 if p.w.interleaved() {
                     q8_0::groups_times(kernel, w, x.blocks_per_row, x, p.m, dst);
@@ -171,10 +173,15 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
                     q8_0::rows_times(w, rb, x, p.m, dst);
                 }
             }
-            Activations::K(x) => {
-                let rb = p.w.row_bytes();
+            Activations::K(x, sums) => {
+                let rb = p.w.stored_row_bytes();
                 let w = &p.w.data()[rows.start * rb..rows.end * rb];
-                kquants::rows_times(p.w.ty(), kernel, w, rb, p.w.interleaved(), x, p.m, dst);
+                if p.w.x8() {
+                    q4k_x8::rows_times(kernel, w, x.blocks_per_row, x, sums, p.m, dst);
+                } else {
+                    let rb = p.w.row_bytes();
+                    kquants::rows_times(p.w.ty(), kernel, w, rb, p.w.interleaved(), x, p.m, dst);
+                }
             }
             Activations::Blocks(xq) => {
                 crate::with_block_type!(p.w.ty(), B => run_rows::<B>(p, xq, rows, dst))
