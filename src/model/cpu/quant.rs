@@ -146,74 +146,96 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
             }
         })
         .collect();
-    // 2. Results weight-row major (`[n, m]`), split into work items of whole weight rows.
+    // 2. Work items of whole weight rows; each computes its rows weight-row major (`[rows, m]`, what
+    //    the kernels write) into a buffer of its own, then writes them into the product's `[m, n]`
+    //    result in place (a transpose of the whole result afterwards cost as much as a tenth of a prompt).
     let mut outs: Vec<Vec<f32>> = products
         .iter()
         .map(|p| vec![0f32; p.w.rows() * p.m])
         .collect();
+    let targets: Vec<SharedOut> = outs
+        .iter_mut()
+        .map(|o| SharedOut {
+            ptr: o.as_mut_ptr(),
+            len: o.len(),
+        })
+        .collect();
     let total_rows: usize = products.iter().map(|p| p.w.rows()).sum();
-    let mut items: Vec<(usize, std::ops::Range<usize>, &mut [f32])> = Vec::new();
-    for (i, (p, out)) in products.iter().zip(outs.iter_mut()).enumerate() {
+    let mut items: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+    for (i, p) in products.iter().enumerate() {
         // Whole groups of eight rows (the interleaved layouts' steps are four and eight).
         let chunk = chunk_rows(total_rows, p.w.row_bytes() * p.m.max(1)).next_multiple_of(8);
-        for (c, dst) in out.chunks_mut((chunk * p.m).max(1)).enumerate() {
-            let start = c * chunk;
-            items.push((i, start..start + dst.len() / p.m.max(1), dst));
+        for start in (0..p.w.rows()).step_by(chunk.max(1)) {
+            items.push((i, start..(start + chunk).min(p.w.rows())));
         }
     }
-    items.into_par_iter().for_each(|(i, rows, dst)| {
+    items.into_par_iter().for_each(|(i, rows)| {
         let p = &products[i];
+        let mut dst = vec![0f32; rows.len() * p.m];
         match &acts[i] {
             Activations::Q8(x) => {
                 let rb = p.w.stored_row_bytes();
                 let w = &p.w.data()[rows.start * rb..rows.end * rb];
                 if p.w.interleaved() {
-                    q8_0::groups_times(kernel, w, x.blocks_per_row, x, p.m, dst);
+                    q8_0::groups_times(kernel, w, x.blocks_per_row, x, p.m, &mut dst);
                 } else {
-                    q8_0::rows_times(w, rb, x, p.m, dst);
+                    q8_0::rows_times(w, rb, x, p.m, &mut dst);
                 }
             }
             Activations::K(x, sums) => {
                 let rb = p.w.stored_row_bytes();
                 let w = &p.w.data()[rows.start * rb..rows.end * rb];
                 if p.w.x8() {
-                    q4k_x8::rows_times(kernel, w, x.blocks_per_row, x, sums, p.m, dst);
+                    q4k_x8::rows_times(kernel, w, x.blocks_per_row, x, sums, p.m, &mut dst);
                 } else {
                     let rb = p.w.row_bytes();
-                    kquants::rows_times(p.w.ty(), kernel, w, rb, p.w.interleaved(), x, p.m, dst);
+                    kquants::rows_times(
+                        p.w.ty(),
+                        kernel,
+                        w,
+                        rb,
+                        p.w.interleaved(),
+                        x,
+                        p.m,
+                        &mut dst,
+                    );
                 }
             }
             Activations::Blocks(xq) => {
-                crate::with_block_type!(p.w.ty(), B => run_rows::<B>(p, xq, rows, dst))
+                crate::with_block_type!(p.w.ty(), B => run_rows::<B>(p, xq, rows.clone(), &mut dst))
             }
-            Activations::F32 => run_rows_f32(p, rows, dst),
+            Activations::F32 => run_rows_f32(p, rows.clone(), &mut dst),
         }
+        targets[i].put_rows(&dst, rows.start, p.w.rows(), p.m);
     });
-    // 3. To `[m, n]`, in tiles (a row-by-row transpose of a prompt's q/k/v missed the cache on every
-    //    write).
-    outs.into_iter()
-        .zip(products)
-        .map(|(t, p)| {
-            if p.m == 1 {
-                return t;
-            }
-            let mut out = vec![0f32; t.len()];
-            transpose(&t, p.w.rows(), p.m, &mut out);
-            out
-        })
-        .collect()
+    outs
 }
 
-/// `src` `[rows, cols]` → `dst` `[cols, rows]`, 32 × 32 tiles.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const T: usize = 32;
-    for r0 in (0..rows).step_by(T) {
-        for c0 in (0..cols).step_by(T) {
-            for r in r0..(r0 + T).min(rows) {
-                let row = &src[r * cols..(r + 1) * cols];
-                for c in c0..(c0 + T).min(cols) {
-                    dst[c * rows + r] = row[c];
-                }
+/// A product's `[m, n]` result, written by the work items in parallel: each item owns the columns
+/// (weight rows) of its range in every row, so no element is written twice and none is read.
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: see `put_rows` — items write disjoint elements; the buffer outlives the parallel section.
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
+
+impl SharedOut {
+    /// Writes `src` (`[rows, m]`, weight rows `first..first + rows`) into the `[m, n]` result.
+    fn put_rows(&self, src: &[f32], first: usize, n: usize, m: usize) {
+        let rows = src.len() / m.max(1);
+        assert!(
+            first + rows <= n && m * n <= self.len,
+            "work item inside its product"
+        );
+        for i in 0..m {
+            for r in 0..rows {
+                // SAFETY: `i · n + first + r < m · n ≤ len` (asserted); only this item writes columns
+                // `first..first + rows` (the items' row ranges are disjoint), and nothing reads the
+                // buffer until every item is done.
+                unsafe { *self.ptr.add(i * n + first + r) = src[r * m + i] };
             }
         }
     }
@@ -285,19 +307,6 @@ mod tests {
                         );
                     }
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn tiled_transpose_transposes() {
-        let (rows, cols) = (37, 70);
-        let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
-        let mut dst = vec![0f32; rows * cols];
-        transpose(&src, rows, cols, &mut dst);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(dst[c * rows + r], src[r * cols + c]);
             }
         }
     }
