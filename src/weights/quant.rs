@@ -306,15 +306,31 @@ impl QuantMatrix {
         } else {
             data.len()
         };
+        let mapped = match &self.storage {
+            Storage::Mapped { file, start, .. } => Some((file.clone(), *start)),
+            _ => None,
+        };
+        let (src_rb, dst_rb) = (self.row_bytes(), len / rows.max(1));
+        // In chunks of 64 rows (whole groups of every layout), each chunk's file pages dropped as soon
+        // as it is copied: the matrix is never resident twice (the load's peak stays near the file).
         let fill = |dst: &mut [u8]| {
-            if x8 {
-                crate::model::cpu::q4k_x8::relayout(data, rows, nb, dst);
-            } else if interleave && ty == QuantType::Q8_0 {
-                crate::model::cpu::q8_0::interleave4_into(data, rows, nb, dst);
-            } else if interleave {
-                interleave_blocks_into(data, rows, nb, ty.block_bytes(), dst);
-            } else {
-                dst.copy_from_slice(data);
+            const CHUNK: usize = 64;
+            for r0 in (0..rows).step_by(CHUNK) {
+                let n = CHUNK.min(rows - r0);
+                let src = &data[r0 * src_rb..(r0 + n) * src_rb];
+                let out = &mut dst[r0 * dst_rb..(r0 + n) * dst_rb];
+                if x8 {
+                    crate::model::cpu::q4k_x8::relayout(src, n, nb, out);
+                } else if interleave && ty == QuantType::Q8_0 {
+                    crate::model::cpu::q8_0::interleave4_into(src, n, nb, out);
+                } else if interleave {
+                    interleave_blocks_into(src, n, nb, ty.block_bytes(), out);
+                } else {
+                    out.copy_from_slice(src);
+                }
+                if let Some((file, start)) = &mapped {
+                    file.release(start + r0 * src_rb, start + (r0 + n) * src_rb);
+                }
             }
         };
         let placed = arena.and_then(|a| a.alloc(len, fill));
