@@ -277,6 +277,41 @@ impl WeightStore {
         Some(g.held_bytes(self.keeps_quant(), self.matrices, self.dtype) as u64)
     }
 
+    /// Takes the stacked, block-quantized expert projections of a GGUF MoE layer as stored (for the GPU's
+    /// fused kernels): `expert0` are expert 0's decoder names of (gate, up, down). `None` (nothing taken)
+    /// unless all three are block-quantized stacked tensors of `experts` experts of a type the GPU takes.
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::type_complexity)]
+    pub fn take_stacked_quant(
+        &mut self,
+        expert0: &[String; 3],
+        experts: usize,
+    ) -> Result<Option<[(super::QuantType, [usize; 3], &[u8]); 3]>> {
+        let usable = match &self.gguf {
+            Some(g) => expert0.iter().all(|n| {
+                g.stacked_quant(n, experts)
+                    .is_some_and(|s| crate::model::moe::cuda_quant_experts::supports(s.0))
+            }),
+            None => false,
+        };
+        if !usable {
+            return Ok(None);
+        }
+        if let Some(g) = &self.gguf {
+            let taken: Vec<String> = expert0.iter().flat_map(|n| g.names_sharing(n)).collect();
+            self.progress.inc(taken.len() as u64);
+            self.taken.extend(taken);
+        }
+        let Some(g) = &self.gguf else {
+            return Ok(None);
+        };
+        let three: Vec<_> = expert0
+            .iter()
+            .filter_map(|n| g.stacked_quant(n, experts))
+            .collect();
+        Ok(<[_; 3]>::try_from(three).ok())
+    }
+
     /// Whether quantized matrices are handed out as they are stored.
     fn keeps_quant(&self) -> bool {
         self.keep_fp8

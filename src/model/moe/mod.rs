@@ -3,6 +3,8 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda_experts;
+#[cfg(feature = "cuda")]
+pub mod cuda_quant_experts;
 pub mod experts;
 pub mod fp8_experts;
 pub mod quant_experts;
@@ -235,6 +237,21 @@ fn load_experts(
 ) -> Result<Box<dyn ExpertsBackend>> {
     if let Some(fp8) = load_fp8_experts(store, block, names, spec, hidden)? {
         return Ok(Box::new(fp8));
+    }
+    #[cfg(feature = "cuda")]
+    if store.device().is_cuda() {
+        let names3 = names
+            .expert_proj
+            .map(|n| format!("{block}.experts.0.{n}.weight"));
+        let device = store.device().clone();
+        if let Some(stacked) = store.take_stacked_quant(&names3, spec.num_experts)? {
+            let projections =
+                stacked.map(|(ty, shape, bytes)| cuda_quant_experts::Stacked { ty, shape, bytes });
+            return Ok(Box::new(cuda_quant_experts::CudaQuantExperts::new(
+                projections,
+                &device,
+            )?));
+        }
     }
     let weights = experts::load_expert_weights(
         store,

@@ -433,6 +433,49 @@ impl GgufTensors {
         }
     }
 
+    /// The stacked GGUF tensor behind expert 0's decoder name (`ffn_*_exps`), as stored: type,
+    /// `[E, rows, cols]`, bytes; `None` when it is not a block-quantized stacked tensor of `experts`.
+    pub fn stacked_quant(
+        &self,
+        expert0: &str,
+        experts: usize,
+    ) -> Option<(QuantType, [usize; 3], &[u8])> {
+        let Some(Source::Expert(i, 0)) = self.map.get(expert0) else {
+            return None;
+        };
+        let r = &self.raw[*i];
+        let ty = QuantType::from_ggml_id(r.type_id)?;
+        let [e, rows, cols] = r.shape[..] else {
+            return None;
+        };
+        if e != experts {
+            return None;
+        }
+        let info = TensorInfo {
+            shape: r.shape.clone(),
+            type_id: r.type_id,
+            offset: 0,
+        };
+        let len = data_bytes(&info)?;
+        Some((
+            ty,
+            [e, rows, cols],
+            &self.files[r.part][r.start..r.start + len],
+        ))
+    }
+
+    /// The decoder names of every expert of the stacked tensor behind `expert0`.
+    pub fn names_sharing(&self, expert0: &str) -> Vec<String> {
+        let Some(Source::Expert(i, _)) = self.map.get(expert0) else {
+            return Vec::new();
+        };
+        self.map
+            .iter()
+            .filter(|(_, s)| matches!(s, Source::Expert(j, _) if j == i))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Whether a decoder tensor is stored block-quantized.
     pub fn is_quantized(&self, name: &str) -> bool {
         match self.map.get(name) {
