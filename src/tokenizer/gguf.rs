@@ -43,15 +43,19 @@ fn err(model: &GgufModel, message: String) -> Error {
 /// The tokenizer.json document for a GGUF model's vocabulary.
 pub fn tokenizer_json(model: &GgufModel) -> Result<Value> {
     let kind = model.str("tokenizer.ggml.model").unwrap_or("");
-    if kind != "gpt2" {
-        return Err(err(
-            model,
-            format!("tokenizer.ggml.model {kind:?}: only byte-level BPE (\"gpt2\") vocabularies are rebuilt from GGUF so far"),
-        ));
-    }
     let tokens = model
         .strings("tokenizer.ggml.tokens")?
         .ok_or_else(|| err(model, "missing tokenizer.ggml.tokens".into()))?;
+    if kind == "llama" {
+        let types = model.ints("tokenizer.ggml.token_type")?.unwrap_or_default();
+        return super::gguf_spm::tokenizer_json(model, &tokens, &types);
+    }
+    if kind != "gpt2" {
+        return Err(err(
+            model,
+            format!("tokenizer.ggml.model {kind:?}: byte-level BPE (\"gpt2\") and SentencePiece (\"llama\") vocabularies are rebuilt from GGUF"),
+        ));
+    }
     let merges = model.strings("tokenizer.ggml.merges")?.unwrap_or_default();
     let types = model.ints("tokenizer.ggml.token_type")?.unwrap_or_default();
     let pre = model.str("tokenizer.ggml.pre").unwrap_or("default");
@@ -94,24 +98,7 @@ pub fn tokenizer_json(model: &GgufModel) -> Result<Value> {
             json!({"type": "Sequence", "pretokenizers": seq})
         }
     };
-    let token = |key: &str| -> Result<Option<(u64, String)>> {
-        Ok(model
-            .u64(key)?
-            .and_then(|id| tokens.get(id as usize).map(|t| (id, (*t).to_owned()))))
-    };
-    let post_processor = match (
-        model.bool("tokenizer.ggml.add_bos_token")?,
-        token("tokenizer.ggml.bos_token_id")?,
-    ) {
-        (Some(true), Some((id, bos))) => json!({
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}},
-        }),
-        _ => Value::Null,
-    };
+    let post_processor = bos_post_processor(model, &tokens)?;
     Ok(json!({
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": added,
@@ -125,6 +112,23 @@ pub fn tokenizer_json(model: &GgufModel) -> Result<Value> {
             "vocab": vocab, "merges": merges,
         },
     }))
+}
+
+/// A post-processor adding BOS when the file says `add_bos_token` (null otherwise).
+pub(super) fn bos_post_processor(model: &GgufModel, tokens: &[&str]) -> Result<Value> {
+    let bos = model
+        .u64("tokenizer.ggml.bos_token_id")?
+        .and_then(|id| tokens.get(id as usize).map(|t| (id, (*t).to_owned())));
+    Ok(match (model.bool("tokenizer.ggml.add_bos_token")?, bos) {
+        (Some(true), Some((id, bos))) => json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}},
+        }),
+        _ => Value::Null,
+    })
 }
 
 /// The GGUF model's tokenizer.

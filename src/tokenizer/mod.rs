@@ -3,6 +3,7 @@
 //! `chat_template.jinja`).
 
 pub mod gguf;
+pub mod gguf_spm;
 pub mod tiktoken;
 
 use crate::error::{Error, Result};
