@@ -163,10 +163,13 @@ pub fn read_headers(
         }
         LoadFormat::Auto => {
             let store = WeightStore::open(source, device, precision)?;
-            (store.summary(), store.matrix_dtype())
+            let dtype = store.matrix_dtype();
+            weight_bytes = quantized_weight_bytes(&spec, dtype, precision, device);
+            (store.summary(), dtype)
         }
         LoadFormat::Dummy => {
             let dtype = crate::weights::matrix_dtype(precision, device, declared_dtype(&cfg));
+            weight_bytes = quantized_weight_bytes(&spec, dtype, precision, device);
             let (params, _) = spec.parameter_counts();
             let summary = StoreSummary {
                 shards: Vec::new(),
@@ -185,6 +188,43 @@ pub fn read_headers(
         weight_bytes,
         compute_dtype: precision.compute,
     })
+}
+
+/// Bytes the weights are held in under `--quantize` (routed and shared experts, or every matrix, at the
+/// type's bits per weight; the rest at `dtype`), so the memory plan does not refuse a checkpoint that fits
+/// once quantized. `None` without `--quantize` (or where it does not apply: GPU, non-f32 compute).
+fn quantized_weight_bytes(
+    spec: &ModelSpec,
+    dtype: DType,
+    precision: Precision,
+    device: &Device,
+) -> Option<u64> {
+    let q = precision
+        .quantize
+        .filter(|_| device.is_cpu() && precision.compute == DType::F32)?;
+    let (total, _) = spec.parameter_counts();
+    let h = spec.hidden_size as u64;
+    let experts: u64 = spec
+        .layers
+        .iter()
+        .map(|l| match l {
+            crate::model::spec::FfnSpec::Moe(m) => {
+                3 * h * m.expert_intermediate_size as u64 * m.num_experts as u64
+                    + m.shared
+                        .as_ref()
+                        .map_or(0, |s| 3 * h * s.intermediate_size as u64)
+            }
+            crate::model::spec::FfnSpec::Dense { .. } => 0,
+        })
+        .sum();
+    let covered = if q.all_linear {
+        total
+    } else {
+        experts.min(total)
+    };
+    let per_block = q.ty.block_bytes() as u64;
+    let quantized = covered / q.ty.block_elems() as u64 * per_block;
+    Some(quantized + (total - covered) * dtype.size_in_bytes() as u64)
 }
 
 /// Loads a checkpoint onto `device` in `precision` (a `DType`: everything in that dtype).

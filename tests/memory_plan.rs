@@ -36,6 +36,25 @@ fn inspect_reads_headers_only_and_serve_refuses_what_cannot_fit() {
     assert!(secs < 2.0, "inspect took {secs:.2} s");
     assert!(peak < 200.0, "inspect peaked at {peak:.0} MB");
 
+    // With `--quantize q4_k` the experts are planned at 4.5 bits per weight (144 bytes per 256).
+    let (out, _) = moeserve(&[
+        "inspect",
+        "--model",
+        config,
+        "--load-format",
+        "dummy",
+        "--quantize",
+        "q4_k",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let weights: u64 = text
+        .split("weights ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(weights < 58236 / 3, "{text}");
+
     // 61 GB of bf16 weights on a machine with less than that (this test's machines have 24 GiB; skip
     // where the host really has room for it).
     let available = std::fs::read_to_string("/proc/meminfo")
