@@ -150,7 +150,7 @@ pub fn read_headers(
 ) -> Result<Headers> {
     let precision = precision.into();
     let (cfg, spec) = read_spec(source)?;
-    let mut weight_bytes = None;
+    let weight_bytes;
     let (summary, matrix_dtype) = match format {
         LoadFormat::Auto if source.gguf_files()?.is_some() => {
             let model = open_gguf(source)?.ok_or_else(|| crate::Error::MissingShard {
