@@ -11,7 +11,8 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::weights::gguf::GgufFile;
+use crate::weights::gguf::tensors::GgufTensors;
+use crate::weights::gguf::GgufModel;
 
 #[derive(Debug, Clone)]
 pub struct UpcycleOptions {
@@ -68,65 +69,57 @@ fn noisy(w: &Tensor, rng: &mut StdRng, noise: f32) -> Result<Tensor> {
     Ok(w.mul(&((eps * noise as f64)? + 1.0)?)?)
 }
 
-/// tokenizer.json for a GGUF "gpt2" (byte-level BPE) vocabulary.
-fn tokenizer_json(g: &GgufFile) -> Result<serde_json::Value> {
-    let tokens = g.strings("tokenizer.ggml.tokens")?;
-    let types = g.i32s("tokenizer.ggml.token_type")?;
-    let merges = g.strings("tokenizer.ggml.merges")?;
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
+/// A q or k projection of a llama GGUF back in HF's (rotate-half) row order.
+fn attention_tensor(g: &GgufModel, name: &str, heads: usize) -> Result<Tensor> {
+    let w = g.tensor_f32(name)?;
+    let rows = w.dim(0)?;
+    let order: Vec<u32> = GgufTensors::unpermute_order(rows, heads)
+        .into_iter()
+        .map(|r| r as u32)
         .collect();
-    let added: Vec<serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| types.get(*i) == Some(&3))
-        .map(|(i, t)| {
-            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                "normalized": false, "special": true})
-        })
-        .collect();
-    Ok(json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
-        ]},
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges}
-    }))
+    let idx = Tensor::from_vec(order, rows, w.device())?;
+    Ok(w.index_select(&idx, 0)?)
 }
 
 /// Writes a Mixtral-layout checkpoint directory built from a dense llama GGUF.
 pub fn upcycle(gguf: &Path, out: &Path, opts: &UpcycleOptions) -> Result<()> {
-    let mut g = GgufFile::open(gguf)?;
-    let arch = g.string("general.architecture")?;
+    let g = GgufModel::open_file(gguf)?;
+    let arch = g.architecture()?.to_owned();
     if arch != "llama" {
         return Err(Error::Config {
             path: gguf.to_path_buf(),
             message: format!("expected a llama-architecture GGUF, found {arch}"),
         });
     }
-    let p = |k: &str| format!("{arch}.{k}");
-    let hidden = g.u32(&p("embedding_length"))? as usize;
-    let layers = g.u32(&p("block_count"))? as usize;
-    let heads = g.u32(&p("attention.head_count"))? as usize;
-    let kv_heads = g.u32(&p("attention.head_count_kv"))? as usize;
-    let ffn = g.u32(&p("feed_forward_length"))? as usize;
-    let ctx = g.u32(&p("context_length"))? as usize;
-    let theta = g.f32(&p("rope.freq_base"))?;
-    let eps = g.f32(&p("attention.layer_norm_rms_epsilon"))?;
-    let tokens = g.strings("tokenizer.ggml.tokens")?;
-    let bos = g.u32("tokenizer.ggml.bos_token_id")?;
-    let eos = g.u32("tokenizer.ggml.eos_token_id")?;
+    let missing = |key: &str| Error::Config {
+        path: gguf.to_path_buf(),
+        message: format!("missing metadata {key}"),
+    };
+    let int = |k: &str| -> Result<usize> {
+        let key = format!("{arch}.{k}");
+        Ok(g.u64(&key)?.ok_or_else(|| missing(&key))? as usize)
+    };
+    let float = |k: &str| -> Result<f64> {
+        let key = format!("{arch}.{k}");
+        g.f64(&key)?.ok_or_else(|| missing(&key))
+    };
+    let hidden = int("embedding_length")?;
+    let layers = int("block_count")?;
+    let heads = int("attention.head_count")?;
+    let kv_heads = int("attention.head_count_kv")?;
+    let ffn = int("feed_forward_length")?;
+    let ctx = int("context_length")?;
+    let theta = float("rope.freq_base")? as f32;
+    let eps = float("attention.layer_norm_rms_epsilon")? as f32;
+    let tokens: Vec<String> = g
+        .strings("tokenizer.ggml.tokens")?
+        .ok_or_else(|| missing("tokenizer.ggml.tokens"))?
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let id = |key: &str| -> Result<u32> { Ok(g.u64(key)?.ok_or_else(|| missing(key))? as u32) };
+    let bos = id("tokenizer.ggml.bos_token_id")?;
+    let eos = id("tokenizer.ggml.eos_token_id")?;
     let tied = !g.has_tensor("output.weight");
     std::fs::create_dir_all(out).map_err(io(out))?;
 
@@ -149,17 +142,17 @@ pub fn upcycle(gguf: &Path, out: &Path, opts: &UpcycleOptions) -> Result<()> {
 
     // Shard 0: embeddings, final norm, lm_head.
     let mut first = HashMap::new();
-    let embed = g.tensor("token_embd.weight")?;
+    let embed = g.tensor_f32("token_embd.weight")?;
     if !tied {
         first.insert(
             "lm_head.weight".to_owned(),
-            half(g.tensor("output.weight")?)?,
+            half(g.tensor_f32("output.weight")?)?,
         );
     }
     first.insert("model.embed_tokens.weight".to_owned(), half(embed)?);
     first.insert(
         "model.norm.weight".to_owned(),
-        half(g.tensor("output_norm.weight")?)?,
+        half(g.tensor_f32("output_norm.weight")?)?,
     );
     save(first, 0, &mut weight_map)?;
 
@@ -169,31 +162,35 @@ pub fn upcycle(gguf: &Path, out: &Path, opts: &UpcycleOptions) -> Result<()> {
         let m = format!("model.layers.{l}");
         shard.insert(
             format!("{m}.input_layernorm.weight"),
-            half(g.tensor(&format!("{b}.attn_norm.weight"))?)?,
+            half(g.tensor_f32(&format!("{b}.attn_norm.weight"))?)?,
         );
         shard.insert(
             format!("{m}.post_attention_layernorm.weight"),
-            half(g.tensor(&format!("{b}.ffn_norm.weight"))?)?,
+            half(g.tensor_f32(&format!("{b}.ffn_norm.weight"))?)?,
         );
         shard.insert(
             format!("{m}.self_attn.q_proj.weight"),
-            half(g.attention_tensor(&format!("{b}.attn_q.weight"), heads)?)?,
+            half(attention_tensor(&g, &format!("{b}.attn_q.weight"), heads)?)?,
         );
         shard.insert(
             format!("{m}.self_attn.k_proj.weight"),
-            half(g.attention_tensor(&format!("{b}.attn_k.weight"), kv_heads)?)?,
+            half(attention_tensor(
+                &g,
+                &format!("{b}.attn_k.weight"),
+                kv_heads,
+            )?)?,
         );
         shard.insert(
             format!("{m}.self_attn.v_proj.weight"),
-            half(g.tensor(&format!("{b}.attn_v.weight"))?)?,
+            half(g.tensor_f32(&format!("{b}.attn_v.weight"))?)?,
         );
         shard.insert(
             format!("{m}.self_attn.o_proj.weight"),
-            half(g.tensor(&format!("{b}.attn_output.weight"))?)?,
+            half(g.tensor_f32(&format!("{b}.attn_output.weight"))?)?,
         );
-        let gate = g.tensor(&format!("{b}.ffn_gate.weight"))?;
-        let up = g.tensor(&format!("{b}.ffn_up.weight"))?;
-        let down = g.tensor(&format!("{b}.ffn_down.weight"))?;
+        let gate = g.tensor_f32(&format!("{b}.ffn_gate.weight"))?;
+        let up = g.tensor_f32(&format!("{b}.ffn_up.weight"))?;
+        let down = g.tensor_f32(&format!("{b}.ffn_down.weight"))?;
         for e in 0..opts.experts {
             let x = format!("{m}.block_sparse_moe.experts.{e}");
             shard.insert(
@@ -243,11 +240,14 @@ pub fn upcycle(gguf: &Path, out: &Path, opts: &UpcycleOptions) -> Result<()> {
             "hidden_act": "silu"
         }),
     )?;
-    write_json(&out.join("tokenizer.json"), &tokenizer_json(&g)?)?;
+    write_json(
+        &out.join("tokenizer.json"),
+        &crate::tokenizer::gguf::tokenizer_json(&g)?,
+    )?;
     let token = |id: u32| tokens.get(id as usize).cloned().unwrap_or_default();
     let mut tcfg = json!({"bos_token": token(bos), "eos_token": token(eos), "pad_token": token(eos),
         "tokenizer_class": "GPT2Tokenizer", "model_max_length": ctx});
-    if let Ok(t) = g.string("tokenizer.chat_template") {
+    if let Some(t) = g.str("tokenizer.chat_template") {
         tcfg["chat_template"] = json!(t);
     }
     write_json(&out.join("tokenizer_config.json"), &tcfg)?;

@@ -1,8 +1,7 @@
 //! GGUF model files as llama.cpp writes them: the container ([`format`]), its metadata, and its tensors
-//! under the names the generic decoder asks for ([`tensors`]). `demo_reader` is the older reader that
-//! dequantizes through candle, used only by `demo.rs` (upcycling a dense GGUF).
+//! under the names the generic decoder asks for ([`tensors`]); [`GgufModel::tensor_f32`] reads one tensor
+//! by its own name, dequantized (the upcycling demo).
 
-pub mod demo_reader;
 pub mod format;
 pub mod tensors;
 
@@ -10,7 +9,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use demo_reader::GgufFile;
 pub use format::{type_name, Value};
 pub use tensors::GgufTensors;
 
@@ -151,6 +149,65 @@ impl GgufModel {
                 .iter()
                 .map(move |(name, info)| (i, name.as_str(), info))
         })
+    }
+
+    /// Opens one GGUF file (with the rest of its split set).
+    pub fn open_file(path: &std::path::Path) -> Result<Self> {
+        let source = ModelSource::File(path.to_path_buf());
+        let files = source.gguf_files()?.unwrap_or_default();
+        Self::open(&source, &files)
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.tensors().any(|(_, n, _)| n == name)
+    }
+
+    /// A tensor by its GGUF name, dequantized to f32, in its row-major shape.
+    pub fn tensor_f32(&self, name: &str) -> Result<candle_core::Tensor> {
+        use candle_core::{DType, Device, Tensor};
+        let (part, info) = self
+            .tensors()
+            .find(|(_, n, _)| *n == name)
+            .map(|(p, _, i)| (p, i.clone()))
+            .ok_or_else(|| Error::MissingTensor {
+                path: self.path().to_path_buf(),
+                tensor: name.to_owned(),
+            })?;
+        let p = &self.parts[part];
+        let start = p.header.data_start + info.offset as usize;
+        let bad = |message: String| Error::BadShard {
+            path: p.path.clone(),
+            message: format!("tensor {name}: {message}"),
+        };
+        let len = tensors::data_bytes(&info)
+            .ok_or_else(|| bad(format!("type {} is not supported", type_name(info.type_id))))?;
+        let bytes = p
+            .bytes
+            .get(start..start + len)
+            .ok_or_else(|| bad("data runs past the end of the file".into()))?;
+        let cols = info.shape.last().copied().unwrap_or(1);
+        let rows = info.shape.iter().product::<usize>() / cols.max(1);
+        let values = match crate::weights::QuantType::from_ggml_id(info.type_id) {
+            Some(ty) => crate::weights::QuantMatrix::from_bytes(ty, rows, cols, bytes)
+                .map_err(bad)?
+                .dequantize(),
+            None => {
+                let dtype = match info.type_id {
+                    0 => DType::F32,
+                    1 => DType::F16,
+                    _ => DType::BF16,
+                };
+                return Ok(
+                    Tensor::from_raw_buffer(bytes, dtype, &info.shape, &Device::Cpu)?
+                        .to_dtype(DType::F32)?,
+                );
+            }
+        };
+        Ok(Tensor::from_vec(
+            values,
+            info.shape.as_slice(),
+            &Device::Cpu,
+        )?)
     }
 
     /// The quantization mix: ggml type name → (tensors, bytes).

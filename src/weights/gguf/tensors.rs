@@ -398,7 +398,7 @@ impl GgufTensors {
     }
 
     /// Row order undoing llama.cpp's q/k interleave: decoder row `(h, half, j)` is file row `(h, j, half)`.
-    fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
+    pub fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
         let hd = rows / heads.max(1);
         let half = hd / 2;
         (0..rows)
