@@ -52,24 +52,8 @@ impl Linear {
 
     /// Several projections of the same input in one pass (q/k/v, gate/up).
     pub fn forward_many(x: &Tensor, linears: &[&Linear]) -> Result<Vec<Tensor>> {
-        let dense: Option<Vec<&Tensor>> = linears.iter().map(|l| l.weight.as_dense()).collect();
-        let quant: Option<Vec<&QuantMatrix>> = linears
-            .iter()
-            .map(|l| match &l.weight {
-                Matrix::Quant(q) => Some(&**q),
-                Matrix::Dense(_) => None,
-            })
-            .collect();
-        let ys = match (dense, quant) {
-            (Some(ws), _) => super::cpu::matmul::matmul_wt_many(x, &ws)?,
-            (None, Some(ws)) => super::cpu::quant::matmul_wt_quant(x, &ws)?,
-            // Mixed precisions: one at a time.
-            (None, None) => linears
-                .iter()
-                .map(|l| Ok(Self::forward_many(x, &[l])?.remove(0)))
-                .collect::<Result<Vec<_>>>()?,
-        };
-        ys.into_iter()
+        Self::products(x, linears)?
+            .into_iter()
             .zip(linears)
             .map(|(y, l)| {
                 Ok(match &l.bias {
@@ -78,6 +62,40 @@ impl Linear {
                 })
             })
             .collect()
+    }
+
+    /// `x · Wᵀ` for each linear, without biases: one pass where all weights take the same kernel,
+    /// one at a time where they are held differently.
+    fn products(x: &Tensor, linears: &[&Linear]) -> Result<Vec<Tensor>> {
+        let dense: Option<Vec<&Tensor>> = linears.iter().map(|l| l.weight.as_dense()).collect();
+        let quant: Option<Vec<&QuantMatrix>> = linears
+            .iter()
+            .map(|l| match &l.weight {
+                Matrix::Quant(q) => Some(&**q),
+                _ => None,
+            })
+            .collect();
+        Ok(match (dense, quant) {
+            (Some(ws), _) => super::cpu::matmul::matmul_wt_many(x, &ws)?,
+            (None, Some(ws)) => super::cpu::quant::matmul_wt_quant(x, &ws)?,
+            (None, None) if linears.len() == 1 => match &linears[0].weight {
+                #[cfg(feature = "cuda")]
+                Matrix::Gpu(g) => {
+                    use candle_core::Module;
+                    vec![g.matmul.forward(x)?.to_dtype(x.dtype())?]
+                }
+                _ => {
+                    return Err(crate::error::Error::Batch(
+                        "a projection held in no known form".into(),
+                    ))
+                }
+            },
+            // Mixed forms: one at a time.
+            (None, None) => linears
+                .iter()
+                .map(|l| Ok(Self::products(x, &[l])?.remove(0)))
+                .collect::<Result<Vec<_>>>()?,
+        })
     }
 
     pub fn weight(&self) -> &Matrix {

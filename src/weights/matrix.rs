@@ -1,5 +1,6 @@
-//! A weight matrix as the model holds it: a dense tensor (f32 / bf16 / f16, or anything on a GPU) or a
-//! block-quantized one read in place by the CPU kernels.
+//! A weight matrix as the model holds it: a dense tensor (f32 / bf16 / f16, or anything on a GPU), a
+//! block-quantized one read in place by the CPU kernels, or (feature `cuda`) a block-quantized one on the
+//! GPU run by candle's quantized matmul.
 
 use std::sync::Arc;
 
@@ -13,6 +14,19 @@ use crate::error::Result;
 pub enum Matrix {
     Dense(Tensor),
     Quant(Arc<QuantMatrix>),
+    /// A GGUF block-quantized projection uploaded as stored: candle's `QMatMul` (MMVQ / MMQ kernels).
+    #[cfg(feature = "cuda")]
+    Gpu(Arc<GpuQuant>),
+}
+
+/// A quantized matrix on the GPU with its shape and size.
+#[cfg(feature = "cuda")]
+#[derive(Debug)]
+pub struct GpuQuant {
+    pub matmul: candle_core::quantized::QMatMul,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: usize,
 }
 
 impl From<Tensor> for Matrix {
@@ -26,6 +40,8 @@ impl Matrix {
         Ok(match self {
             Matrix::Dense(t) => t.dims2()?,
             Matrix::Quant(q) => (q.rows(), q.cols()),
+            #[cfg(feature = "cuda")]
+            Matrix::Gpu(g) => (g.rows, g.cols),
         })
     }
 
@@ -34,13 +50,15 @@ impl Matrix {
         match self {
             Matrix::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
             Matrix::Quant(q) => q.byte_len(),
+            #[cfg(feature = "cuda")]
+            Matrix::Gpu(g) => g.bytes,
         }
     }
 
     pub fn as_dense(&self) -> Option<&Tensor> {
         match self {
             Matrix::Dense(t) => Some(t),
-            Matrix::Quant(_) => None,
+            _ => None,
         }
     }
 
@@ -49,6 +67,14 @@ impl Matrix {
         Ok(match self {
             Matrix::Dense(t) => t.to_dtype(candle_core::DType::F32)?,
             Matrix::Quant(q) => Tensor::from_vec(q.dequantize(), (q.rows(), q.cols()), device)?,
+            #[cfg(feature = "cuda")]
+            Matrix::Gpu(g) => match &g.matmul {
+                candle_core::quantized::QMatMul::QTensor(t) => t.dequantize(device)?,
+                candle_core::quantized::QMatMul::Tensor(t)
+                | candle_core::quantized::QMatMul::TensorF16(t) => {
+                    t.to_dtype(candle_core::DType::F32)?
+                }
+            },
         })
     }
 
@@ -58,6 +84,11 @@ impl Matrix {
             Matrix::Dense(t) => {
                 let idx = Tensor::from_slice(ids, ids.len(), t.device())?;
                 Ok(t.index_select(&idx, 0)?.to_dtype(candle_core::DType::F32)?)
+            }
+            #[cfg(feature = "cuda")]
+            Matrix::Gpu(_) => {
+                let idx = Tensor::from_slice(ids, ids.len(), device)?;
+                Ok(self.to_f32(device)?.index_select(&idx, 0)?)
             }
             Matrix::Quant(q) => {
                 let cols = q.cols();

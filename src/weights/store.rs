@@ -312,6 +312,41 @@ impl WeightStore {
         Ok(<[_; 3]>::try_from(three).ok())
     }
 
+    /// A GGUF block-quantized projection uploaded to the GPU as stored (candle's `QMatMul`); not the
+    /// embeddings (looked up by row, held dense).
+    #[cfg(feature = "cuda")]
+    fn gpu_quant(&mut self, name: &str, shape: &[usize]) -> Result<Option<Matrix>> {
+        use candle_core::quantized::{QMatMul, QStorage, QTensor};
+        if !self.device.is_cuda() || name.contains("embed_tokens") {
+            return Ok(None);
+        }
+        let Some(q) = self
+            .gguf
+            .as_ref()
+            .map(|g| g.quant(name, shape))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(None);
+        };
+        let storage = QStorage::from_data(
+            std::borrow::Cow::Borrowed(q.data()),
+            &self.device,
+            q.ty().ggml(),
+        )?;
+        let tensor = QTensor::new(storage, (q.rows(), q.cols()))?;
+        self.taken.insert(name.to_owned());
+        self.progress.inc(1);
+        Ok(Some(Matrix::Gpu(std::sync::Arc::new(
+            super::matrix::GpuQuant {
+                matmul: QMatMul::from_qtensor(tensor)?,
+                rows: q.rows(),
+                cols: q.cols(),
+                bytes: q.byte_len(),
+            },
+        ))))
+    }
+
     /// Whether quantized matrices are handed out as they are stored.
     fn keeps_quant(&self) -> bool {
         self.keep_fp8
@@ -385,6 +420,10 @@ impl WeightStore {
                 let q = q.into_kernel_layout_in(Some(&mut self.arena));
                 return Ok(Matrix::Quant(std::sync::Arc::new(q)));
             }
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(m) = self.gpu_quant(name, shape)? {
+            return Ok(m);
         }
         if let Some(q) = self
             .quantize
