@@ -187,3 +187,39 @@ impl Linear {
         Self { weight, bias: None }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::QuantType;
+    use candle_core::Device;
+
+    /// q/k/v held in different forms (a quantized file's F16 fallback next to Q8_0 rows) go one at a time
+    /// and still get each bias exactly once.
+    #[test]
+    fn mixed_forms_add_each_bias_once() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, k) = (4, 32);
+        let values: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 / 7.0 - 0.5).collect();
+        let dense = Tensor::from_vec(values.clone(), (n, k), &dev)?;
+        let quant =
+            QuantMatrix::quantize(QuantType::Q8_0, n, k, &values).map_err(crate::Error::Batch)?;
+        let bias = Tensor::new(&[1f32, 2., 3., 4.], &dev)?;
+        let a = Linear {
+            weight: Matrix::Dense(dense),
+            bias: Some(bias.clone()),
+        };
+        let b = Linear {
+            weight: Matrix::Quant(std::sync::Arc::new(quant)),
+            bias: Some(bias),
+        };
+        let x = Tensor::ones((1, k), DType::F32, &dev)?;
+        let both = Linear::forward_many(&x, &[&a, &b])?;
+        let alone = [a.forward(&x)?, b.forward(&x)?];
+        for (m, s) in both.iter().zip(&alone) {
+            let diff = (m - s)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "{diff}");
+        }
+        Ok(())
+    }
+}
