@@ -1,4 +1,5 @@
-//! OpenAI request shapes, parsed leniently (unknown fields ignored, as OpenAI does) straight from the body
+//! OpenAI request shapes, parsed straight from the body — unknown keys ignored as OpenAI does, but fields
+//! of OpenAI's or vLLM's API that this server does not implement refused by name ([`refuse_unimplemented`])
 //! (lists refused at their limits while they are read), and validated into engine parameters. Parse errors name the field and position, never the content. None of
 //! these types derive Debug: they hold request content.
 
@@ -77,7 +78,185 @@ const FIELD_NAMES: &[&str] = &[
     "stream",
     "stream_options",
     "include_usage",
+    "user",
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "response_format",
+    "store",
+    "min_tokens",
+    "best_of",
+    "suffix",
+    "use_beam_search",
+    "add_generation_prompt",
+    "continue_final_message",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+    "chat_template_kwargs",
+    "reasoning_effort",
+    "prompt_logprobs",
+    "logits_processors",
+    "bad_words",
+    "length_penalty",
+    "prediction",
+    "audio",
+    "modalities",
+    "web_search_options",
+    "documents",
 ];
+
+/// Fields of OpenAI's and vLLM's request APIs this server does not implement, when set to anything but
+/// their neutral value: a field silently ignored turns a missing feature into a wrong answer nobody
+/// notices (a schema not enforced, a tool never called), so each is a 400 naming it.
+#[derive(Deserialize, Default)]
+struct NotImplemented {
+    tools: Option<Vec<serde::de::IgnoredAny>>,
+    functions: Option<Vec<serde::de::IgnoredAny>>,
+    tool_choice: Option<Choice>,
+    function_call: Option<Choice>,
+    response_format: Option<ResponseFormat>,
+    store: Option<bool>,
+    min_tokens: Option<u64>,
+    best_of: Option<u64>,
+    suffix: Option<String>,
+    use_beam_search: Option<bool>,
+    add_generation_prompt: Option<bool>,
+    continue_final_message: Option<bool>,
+    include_stop_str_in_output: Option<bool>,
+    skip_special_tokens: Option<bool>,
+    guided_json: Option<serde::de::IgnoredAny>,
+    guided_regex: Option<serde::de::IgnoredAny>,
+    guided_choice: Option<serde::de::IgnoredAny>,
+    guided_grammar: Option<serde::de::IgnoredAny>,
+    structured_outputs: Option<serde::de::IgnoredAny>,
+    chat_template_kwargs: Option<serde::de::IgnoredAny>,
+    reasoning_effort: Option<serde::de::IgnoredAny>,
+    prompt_logprobs: Option<serde::de::IgnoredAny>,
+    logits_processors: Option<serde::de::IgnoredAny>,
+    bad_words: Option<serde::de::IgnoredAny>,
+    length_penalty: Option<serde::de::IgnoredAny>,
+    prediction: Option<serde::de::IgnoredAny>,
+    audio: Option<serde::de::IgnoredAny>,
+    modalities: Option<Vec<String>>,
+    web_search_options: Option<serde::de::IgnoredAny>,
+    documents: Option<serde::de::IgnoredAny>,
+}
+
+/// `tool_choice` / `function_call`: a mode string or a named function.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Choice {
+    Mode(String),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// A 400 naming the first field of [`NotImplemented`] that is set to something this server would not honour.
+fn refuse_unimplemented(body: &[u8]) -> Result<(), ApiError> {
+    let n: NotImplemented = parse_body(body)?;
+    let refuse = |field: &str, what: &str| {
+        Err(ApiError::invalid(
+            field,
+            format!("`{field}` is not supported by this server ({what})"),
+        ))
+    };
+    let mode_ok = |c: &Option<Choice>| match c {
+        None => true,
+        Some(Choice::Mode(m)) => m == "none" || m == "auto",
+        Some(Choice::Other(_)) => false,
+    };
+    if n.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return refuse("tools", "tool calling is not implemented yet");
+    }
+    if n.functions.as_ref().is_some_and(|t| !t.is_empty()) {
+        return refuse("functions", "function calling is not implemented yet");
+    }
+    if !mode_ok(&n.tool_choice) {
+        return refuse("tool_choice", "only \"none\" or \"auto\" without tools");
+    }
+    if !mode_ok(&n.function_call) {
+        return refuse(
+            "function_call",
+            "only \"none\" or \"auto\" without functions",
+        );
+    }
+    if n.response_format
+        .as_ref()
+        .is_some_and(|f| f.kind.as_deref().unwrap_or("text") != "text")
+    {
+        return refuse(
+            "response_format",
+            "structured outputs are not implemented yet",
+        );
+    }
+    if n.store == Some(true) {
+        return refuse(
+            "store",
+            "nothing is stored: requests are kept only while they run",
+        );
+    }
+    if n.min_tokens.is_some_and(|v| v > 0) {
+        return refuse("min_tokens", "not implemented");
+    }
+    if n.best_of.is_some_and(|v| v > 1) {
+        return refuse("best_of", "not implemented; use `n`");
+    }
+    if n.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return refuse("suffix", "insertion is not implemented");
+    }
+    if n.modalities
+        .as_ref()
+        .is_some_and(|m| m.iter().any(|x| x != "text"))
+    {
+        return refuse("modalities", "text only");
+    }
+    let flags = [
+        ("use_beam_search", n.use_beam_search == Some(true)),
+        (
+            "add_generation_prompt",
+            n.add_generation_prompt == Some(false),
+        ),
+        (
+            "continue_final_message",
+            n.continue_final_message == Some(true),
+        ),
+        (
+            "include_stop_str_in_output",
+            n.include_stop_str_in_output == Some(true),
+        ),
+        ("skip_special_tokens", n.skip_special_tokens == Some(false)),
+        ("guided_json", n.guided_json.is_some()),
+        ("guided_regex", n.guided_regex.is_some()),
+        ("guided_choice", n.guided_choice.is_some()),
+        ("guided_grammar", n.guided_grammar.is_some()),
+        ("structured_outputs", n.structured_outputs.is_some()),
+        ("chat_template_kwargs", n.chat_template_kwargs.is_some()),
+        ("reasoning_effort", n.reasoning_effort.is_some()),
+        ("prompt_logprobs", n.prompt_logprobs.is_some()),
+        ("logits_processors", n.logits_processors.is_some()),
+        ("bad_words", n.bad_words.is_some()),
+        ("length_penalty", n.length_penalty.is_some()),
+        ("prediction", n.prediction.is_some()),
+        ("audio", n.audio.is_some()),
+        ("web_search_options", n.web_search_options.is_some()),
+        ("documents", n.documents.is_some()),
+    ];
+    match flags.iter().find(|(_, set)| *set) {
+        Some((field, _)) => refuse(field, "not implemented"),
+        None => Ok(()),
+    }
+}
 
 /// A serde path with indices kept and only known field names shown.
 fn safe_path(path: &serde_path_to_error::Path) -> String {
@@ -545,6 +724,7 @@ pub struct ParsedChat {
 pub fn parse_chat(body: &[u8], vocab_size: usize) -> Result<ParsedChat, ApiError> {
     let req: ChatRequest = parse_body(body)?;
     let gen: GenerationFields = parse_body(body)?;
+    refuse_unimplemented(body)?;
     if req.messages.0.is_empty() {
         return Err(ApiError::invalid(
             "messages",
@@ -604,6 +784,7 @@ pub struct ParsedCompletion {
 pub fn parse_completion(body: &[u8], vocab_size: usize) -> Result<ParsedCompletion, ApiError> {
     let req: CompletionRequest = parse_body(body)?;
     let gen: GenerationFields = parse_body(body)?;
+    refuse_unimplemented(body)?;
     if req.echo.unwrap_or(false) {
         return Err(ApiError::invalid("echo", "`echo` is not supported"));
     }
@@ -631,6 +812,63 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("accepted"),
         }
+    }
+
+    #[test]
+    fn unimplemented_fields_are_refused_by_name_neutral_values_accepted() {
+        let base = r#""model": "m", "messages": [{"role": "user", "content": "hi"}]"#;
+        for (extra, field) in [
+            (
+                r#""tools": [{"type": "function", "function": {"name": "f"}}]"#,
+                "tools",
+            ),
+            (r#""tool_choice": "required""#, "tool_choice"),
+            (
+                r#""tool_choice": {"type": "function", "function": {"name": "f"}}"#,
+                "tool_choice",
+            ),
+            (
+                r#""response_format": {"type": "json_object"}"#,
+                "response_format",
+            ),
+            (
+                r#""response_format": {"type": "json_schema", "json_schema": {}}"#,
+                "response_format",
+            ),
+            (r#""store": true"#, "store"),
+            (r#""min_tokens": 4"#, "min_tokens"),
+            (r#""best_of": 3"#, "best_of"),
+            (r#""guided_json": {"type": "object"}"#, "guided_json"),
+            (
+                r#""chat_template_kwargs": {"enable_thinking": false}"#,
+                "chat_template_kwargs",
+            ),
+            (r#""prompt_logprobs": 1"#, "prompt_logprobs"),
+            (r#""skip_special_tokens": false"#, "skip_special_tokens"),
+        ] {
+            let e = err(&format!("{{{base}, {extra}}}"));
+            assert_eq!(e.param.as_deref(), Some(field), "{extra}");
+        }
+        for extra in [
+            r#""tools": []"#,
+            r#""tools": null"#,
+            r#""tool_choice": "none""#,
+            r#""response_format": {"type": "text"}"#,
+            r#""store": false"#,
+            r#""min_tokens": 0"#,
+            r#""best_of": 1"#,
+            r#""user": "someone""#,
+            r#""parallel_tool_calls": true"#,
+            r#""skip_special_tokens": true"#,
+            r#""something_new": {"x": 1}"#,
+        ] {
+            assert!(
+                parse_chat(format!("{{{base}, {extra}}}").as_bytes(), 100).is_ok(),
+                "{extra}"
+            );
+        }
+        let c = parse_completion(br#"{"model": "m", "prompt": "a", "suffix": "b"}"#, 100);
+        assert_eq!(c.err().and_then(|e| e.param).as_deref(), Some("suffix"));
     }
 
     #[test]
