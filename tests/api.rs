@@ -638,6 +638,16 @@ async fn models_health_tokenize_detokenize() {
     let c = client(&server);
     let models = c.models().list().await.unwrap();
     assert_eq!(models.data[0].id, "test-model");
+    let one = c.models().retrieve("test-model").await.unwrap();
+    assert_eq!(one.id, "test-model");
+    let missing = reqwest::get(server.url("/v1/models/other-model"))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(
+        !missing.text().await.unwrap().contains("other-model"),
+        "the id is not echoed"
+    );
     assert_eq!(
         reqwest::get(server.url("/health"))
             .await

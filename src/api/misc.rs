@@ -1,4 +1,4 @@
-//! The small routes: `GET /v1/models`, `GET /health`, `POST /tokenize`, `POST /detokenize` (vLLM's shapes),
+//! The small routes: `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `POST /tokenize`, `POST /detokenize` (vLLM's shapes),
 //! and the OpenAI-format 404 / 405 fallbacks.
 
 use axum::body::Bytes;
@@ -16,17 +16,30 @@ use super::types::MessageList;
 use super::AppState;
 use crate::chat::ChatMessage;
 
+/// The one model this server serves, as OpenAI's model object.
+fn model_object(state: &AppState) -> serde_json::Value {
+    json!({
+        "id": &*state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "moeserve",
+        "max_model_len": state.max_context,
+    })
+}
+
 pub async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": &*state.model_name,
-            "object": "model",
-            "created": state.created,
-            "owned_by": "moeserve",
-            "max_model_len": state.max_context,
-        }]
-    }))
+    Json(json!({"object": "list", "data": [model_object(&state)]}))
+}
+
+/// `GET /v1/models/{id}`: the model object, or a 404 that does not echo the id asked for.
+pub async fn model(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match check_model(&state, &id) {
+        Ok(()) => Json(model_object(&state)).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 pub async fn health(State(state): State<AppState>) -> Response {

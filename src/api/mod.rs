@@ -244,6 +244,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(misc::models))
+        .route("/v1/models/{id}", get(misc::model))
         .route("/health", get(misc::health))
         .route("/metrics", get(misc::metrics))
         .route("/tokenize", post(misc::tokenize))
