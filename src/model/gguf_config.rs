@@ -120,7 +120,10 @@ pub fn hub_config(model: &GgufModel) -> Result<Value> {
             c.insert("num_experts".into(), json!(experts));
             c.insert("num_experts_per_tok".into(), json!(used));
             let moe_ff = expert_ff
-                .or_else(|| tensor_shape(model, "blk.0.ffn_gate_exps.weight").map(|s| s[1] as u64))
+                .or_else(|| {
+                    tensor_shape(model, "blk.0.ffn_gate_exps.weight")
+                        .and_then(|s| s.get(1).map(|&d| d as u64))
+                })
                 .ok_or_else(|| {
                     err(
                         model,
@@ -141,7 +144,7 @@ pub fn hub_config(model: &GgufModel) -> Result<Value> {
                     .or_else(|| {
                         (0..layers).find_map(|i| {
                             tensor_shape(model, &format!("blk.{i}.ffn_up_shexp.weight"))
-                                .map(|s| s[0] as u64)
+                                .and_then(|s| s.first().map(|&d| d as u64))
                         })
                     })
                     .unwrap_or(0);

@@ -400,6 +400,10 @@ impl GgufTensors {
     /// Row order undoing llama.cpp's q/k interleave: decoder row `(h, half, j)` is file row `(h, j, half)`.
     pub fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
         let hd = rows / heads.max(1);
+        if heads == 0 || hd == 0 || !rows.is_multiple_of(heads) || hd % 2 == 1 {
+            // Not a per-head rope layout: an order past the last row, refused by the readers.
+            return (0..rows).map(|r| r + rows).collect();
+        }
         let half = hd / 2;
         (0..rows)
             .map(|r| {
@@ -507,10 +511,14 @@ impl GgufTensors {
                 if let Source::Unpermute(_, heads) = src {
                     let cols = values.len() / rows.max(1);
                     let order = Self::unpermute_order(rows, *heads);
-                    values = order
-                        .iter()
-                        .flat_map(|&r| values[r * cols..(r + 1) * cols].to_vec())
-                        .collect();
+                    let mut out = Vec::with_capacity(values.len());
+                    for &r in &order {
+                        let row = values.get(r * cols..(r + 1) * cols).ok_or_else(|| {
+                            self.err(i, format!("{rows} rows do not split into {heads} heads"))
+                        })?;
+                        out.extend_from_slice(row);
+                    }
+                    values = out;
                 }
                 values
             }
@@ -639,5 +647,12 @@ mod tests {
         let order = GgufTensors::unpermute_order(heads * hd, heads);
         let back: Vec<usize> = order.iter().map(|&r| file[r]).collect();
         assert_eq!(back, hf);
+        // A layout that is not per-head pairs (odd head size, ragged heads) is refused by the readers,
+        // never read out of bounds: every index lies past the rows.
+        for (rows, heads) in [(6, 2), (10, 4), (8, 0)] {
+            assert!(GgufTensors::unpermute_order(rows, heads)
+                .iter()
+                .all(|&r| r >= rows));
+        }
     }
 }
