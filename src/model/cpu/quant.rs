@@ -124,26 +124,51 @@ enum Activations {
     F32,
 }
 
+/// Which quantized form a product's activations take.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Q8,
+    K,
+    Blocks(QuantType),
+    F32,
+}
+
 /// Every product's `[m, n]` result.
 pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
     let kernel = q8_0::kernel();
-    // 1. Activations quantized once per product (products sharing an input still quantize it each:
-    //    an activation row is ~1% of a weight matrix).
-    let acts: Vec<Activations> = products
+    // 1. Activations quantized once per input and form: products on the same input (q/k/v, an expert's
+    //    gate and up) share them.
+    let mut acts: Vec<Activations> = Vec::new();
+    let mut keys: Vec<(usize, usize, usize, Form)> = Vec::new();
+    let act_of: Vec<usize> = products
         .iter()
         .map(|p| {
             let k = p.w.cols();
-            if p.w.ty() == QuantType::Q8_0 {
-                Activations::Q8(q8_0::Q8Rows::quantize(p.x, p.m, k))
+            let form = if p.w.ty() == QuantType::Q8_0 {
+                Form::Q8
             } else if kquants::serves(p.w.ty(), kernel) {
-                let x = kquants::Q8KRows::quantize(p.x, p.m, k);
-                let sums = if p.w.x8() { q4k_x8::sums32(&x) } else { Vec::new() };
-                Activations::K(x, sums)
+                Form::K
             } else if block_dot_applies(p.w.ty(), k) {
-                Activations::Blocks(crate::with_block_type!(p.w.ty(), B => quantize_rows::<<B as GgmlType>::VecDotType>(p.x, p.m, k)))
+                Form::Blocks(p.w.ty())
             } else {
-                Activations::F32
+                Form::F32
+            };
+            let key = (p.x.as_ptr() as usize, p.x.len(), p.m, form);
+            if let Some(at) = keys.iter().position(|k| *k == key) {
+                return at;
             }
+            keys.push(key);
+            acts.push(match form {
+                Form::Q8 => Activations::Q8(q8_0::Q8Rows::quantize(p.x, p.m, k)),
+                Form::K => {
+                    let x = kquants::Q8KRows::quantize(p.x, p.m, k);
+                    let sums = q4k_x8::sums32(&x);
+                    Activations::K(x, sums)
+                }
+                Form::Blocks(ty) => Activations::Blocks(crate::with_block_type!(ty, B => quantize_rows::<<B as GgmlType>::VecDotType>(p.x, p.m, k))),
+                Form::F32 => Activations::F32,
+            });
+            acts.len() - 1
         })
         .collect();
     // 2. Work items of whole weight rows; each computes its rows weight-row major (`[rows, m]`, what
@@ -172,7 +197,7 @@ pub fn quant_products(products: &[QuantProduct<'_>]) -> Vec<Vec<f32>> {
     items.into_par_iter().for_each(|(i, rows)| {
         let p = &products[i];
         let mut dst = vec![0f32; rows.len() * p.m];
-        match &acts[i] {
+        match &acts[act_of[i]] {
             Activations::Q8(x) => {
                 let rb = p.w.stored_row_bytes();
                 let w = &p.w.data()[rows.start * rb..rows.end * rb];
