@@ -52,6 +52,62 @@ pub fn tokens_per_expert(routes: &Routes, experts: usize) -> Result<ExpertRoutes
     Ok((tokens, scales))
 }
 
+/// One product of [`two_pass_host`]: an expert's input rows (`[m, in]`), `m`, the expert, and which
+/// projection (0 gate, 1 up, 2 down).
+pub type ExpertProduct<'a> = (&'a [f32], usize, usize, usize);
+
+/// The routed experts of a batch on the host in two parallel passes, for backends whose weights are read
+/// by a products kernel (FP8, block-quantized): every active expert's gate and up in one call of `run`
+/// (SwiGLU per expert), every active expert's down in the next, then one weighted scatter into
+/// `[T, hidden]`. `run` returns each product's `[m, out]`.
+pub fn two_pass_host(
+    x: &Tensor,
+    routes: &Routes,
+    experts: usize,
+    run: impl Fn(&[ExpertProduct<'_>]) -> Vec<Vec<f32>>,
+) -> Result<Tensor> {
+    use crate::model::cpu::attention::with_f32;
+    use crate::model::cpu::experts::{gather, scatter_add, swiglu};
+    let (t, hidden) = x.dims2()?;
+    let (tokens, scales) = tokens_per_expert(routes, experts)?;
+    let active: Vec<usize> = (0..experts).filter(|&e| !tokens[e].is_empty()).collect();
+    let x = x.contiguous()?;
+    let out = with_f32(&x, |xs| {
+        let inputs: Vec<Vec<f32>> = active
+            .iter()
+            .map(|&e| gather(xs, hidden, &tokens[e]))
+            .collect();
+        let gate_up: Vec<ExpertProduct<'_>> = (0..2 * active.len())
+            .map(|i| {
+                let (a, which) = (i % active.len(), i / active.len());
+                (
+                    inputs[a].as_slice(),
+                    tokens[active[a]].len(),
+                    active[a],
+                    which,
+                )
+            })
+            .collect();
+        let mut gu = run(&gate_up);
+        let ups = gu.split_off(active.len());
+        for (g, u) in gu.iter_mut().zip(&ups) {
+            swiglu(g, u);
+        }
+        let down: Vec<ExpertProduct<'_>> = active
+            .iter()
+            .enumerate()
+            .map(|(a, &e)| (gu[a].as_slice(), tokens[e].len(), e, 2))
+            .collect();
+        let ys = run(&down);
+        let mut out = vec![0f32; t * hidden];
+        for (&e, y) in active.iter().zip(&ys) {
+            scatter_add(&mut out, hidden, &tokens[e], &scales[e], y);
+        }
+        Ok(out)
+    })?;
+    Ok(Tensor::from_vec(out, (t, hidden), x.device())?)
+}
+
 /// Every expert's `(gate, up, down)` weights, `{prefix}.experts.{e}.{names}.weight`, as the checkpoint
 /// stores them (`[I, H]`, `[I, H]`, `[H, I]`).
 pub fn load_expert_weights(

@@ -6,18 +6,15 @@
 
 use candle_core::Tensor;
 
-use super::experts::{tokens_per_expert, ExpertsBackend};
+use super::experts::{two_pass_host, ExpertsBackend};
 use super::router::Routes;
 use crate::error::Result;
-use crate::model::cpu::attention::with_f32;
-use crate::model::cpu::experts::{gather, scatter_add, swiglu};
 use crate::model::cpu::fp8::{e4m3, matmul_fp8_products, Fp8Product, Fp8Weight};
 use crate::weights::Fp8Blocks;
 
 /// Every expert's `(gate, up, down)`, `[I, H]`, `[I, H]`, `[H, I]`, block-FP8.
 pub struct Fp8Experts {
     experts: Vec<[Fp8Blocks; 3]>,
-    hidden: usize,
 }
 
 fn view(b: &Fp8Blocks) -> Fp8Weight<'_> {
@@ -31,56 +28,24 @@ fn view(b: &Fp8Blocks) -> Fp8Weight<'_> {
 }
 
 impl Fp8Experts {
-    pub fn new(experts: Vec<[Fp8Blocks; 3]>, hidden: usize) -> Self {
-        Self { experts, hidden }
+    pub fn new(experts: Vec<[Fp8Blocks; 3]>) -> Self {
+        Self { experts }
     }
 }
 
 impl ExpertsBackend for Fp8Experts {
     fn forward(&self, x: &Tensor, routes: &Routes) -> Result<Tensor> {
-        let (t, hidden) = x.dims2()?;
-        let (tokens, scales) = tokens_per_expert(routes, self.experts.len())?;
-        let active: Vec<usize> = (0..self.experts.len())
-            .filter(|&e| !tokens[e].is_empty())
-            .collect();
-        let x = x.contiguous()?;
-        let out = with_f32(&x, |xs| {
-            let inputs: Vec<Vec<f32>> = active
+        two_pass_host(x, routes, self.experts.len(), |items| {
+            let products: Vec<Fp8Product<'_>> = items
                 .iter()
-                .map(|&e| gather(xs, hidden, &tokens[e]))
-                .collect();
-            let gate_up: Vec<Fp8Product<'_>> = (0..2 * active.len())
-                .map(|i| {
-                    let (a, which) = (i % active.len(), i / active.len());
-                    Fp8Product {
-                        x: &inputs[a],
-                        m: tokens[active[a]].len(),
-                        weight: view(&self.experts[active[a]][which]),
-                    }
+                .map(|&(x, m, e, which)| Fp8Product {
+                    x,
+                    m,
+                    weight: view(&self.experts[e][which]),
                 })
                 .collect();
-            let mut gu = matmul_fp8_products(&gate_up);
-            let ups = gu.split_off(active.len());
-            for (g, u) in gu.iter_mut().zip(&ups) {
-                swiglu(g, u);
-            }
-            let down: Vec<Fp8Product<'_>> = active
-                .iter()
-                .enumerate()
-                .map(|(a, &e)| Fp8Product {
-                    x: &gu[a],
-                    m: tokens[e].len(),
-                    weight: view(&self.experts[e][2]),
-                })
-                .collect();
-            let ys = matmul_fp8_products(&down);
-            let mut out = vec![0f32; t * hidden];
-            for (&e, y) in active.iter().zip(&ys) {
-                scatter_add(&mut out, hidden, &tokens[e], &scales[e], y);
-            }
-            Ok(out)
-        })?;
-        Ok(Tensor::from_vec(out, (t, self.hidden), x.device())?)
+            matmul_fp8_products(&products)
+        })
     }
 
     fn bytes_per_expert(&self) -> usize {

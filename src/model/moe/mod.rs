@@ -223,7 +223,7 @@ fn load_fp8_experts(
             .map_err(|_| crate::Error::Batch("three expert projections".into()))?;
         experts.push([g, u, d]);
     }
-    Ok(Some(fp8_experts::Fp8Experts::new(experts, hidden)))
+    Ok(Some(fp8_experts::Fp8Experts::new(experts)))
 }
 
 /// The experts backend for the store's device: stacked weights and grouped kernels on a GPU, per-expert
@@ -271,7 +271,7 @@ fn load_experts(
         })
         .collect();
     if let Some(quant) = quant.filter(|q| !q.is_empty()) {
-        return Ok(Box::new(quant_experts::QuantExperts::new(quant, hidden)));
+        return Ok(Box::new(quant_experts::QuantExperts::new(quant)));
     }
     // Dense (or mixed: a quantized expert matrix among dense ones is widened to f32).
     let weights = weights

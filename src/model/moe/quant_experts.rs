@@ -7,71 +7,36 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use super::experts::{tokens_per_expert, ExpertsBackend};
+use super::experts::{two_pass_host, ExpertsBackend};
 use super::router::Routes;
 use crate::error::Result;
-use crate::model::cpu::attention::with_f32;
-use crate::model::cpu::experts::{gather, scatter_add, swiglu};
 use crate::model::cpu::quant::{quant_products, QuantProduct};
 use crate::weights::QuantMatrix;
 
 /// Every expert's `(gate, up, down)`: `[I, H]`, `[I, H]`, `[H, I]`.
 pub struct QuantExperts {
     experts: Vec<[Arc<QuantMatrix>; 3]>,
-    hidden: usize,
 }
 
 impl QuantExperts {
-    pub fn new(experts: Vec<[Arc<QuantMatrix>; 3]>, hidden: usize) -> Self {
-        Self { experts, hidden }
+    pub fn new(experts: Vec<[Arc<QuantMatrix>; 3]>) -> Self {
+        Self { experts }
     }
 }
 
 impl ExpertsBackend for QuantExperts {
     fn forward(&self, x: &Tensor, routes: &Routes) -> Result<Tensor> {
-        let (t, hidden) = x.dims2()?;
-        let (tokens, scales) = tokens_per_expert(routes, self.experts.len())?;
-        let active: Vec<usize> = (0..self.experts.len())
-            .filter(|&e| !tokens[e].is_empty())
-            .collect();
-        let x = x.contiguous()?;
-        let out = with_f32(&x, |xs| {
-            let inputs: Vec<Vec<f32>> = active
+        two_pass_host(x, routes, self.experts.len(), |items| {
+            let products: Vec<QuantProduct<'_>> = items
                 .iter()
-                .map(|&e| gather(xs, hidden, &tokens[e]))
-                .collect();
-            let gate_up: Vec<QuantProduct<'_>> = (0..2 * active.len())
-                .map(|i| {
-                    let (a, which) = (i % active.len(), i / active.len());
-                    QuantProduct {
-                        x: &inputs[a],
-                        m: tokens[active[a]].len(),
-                        w: &self.experts[active[a]][which],
-                    }
+                .map(|&(x, m, e, which)| QuantProduct {
+                    x,
+                    m,
+                    w: &self.experts[e][which],
                 })
                 .collect();
-            let mut gu = quant_products(&gate_up);
-            let ups = gu.split_off(active.len());
-            for (g, u) in gu.iter_mut().zip(&ups) {
-                swiglu(g, u);
-            }
-            let down: Vec<QuantProduct<'_>> = active
-                .iter()
-                .enumerate()
-                .map(|(a, &e)| QuantProduct {
-                    x: &gu[a],
-                    m: tokens[e].len(),
-                    w: &self.experts[e][2],
-                })
-                .collect();
-            let ys = quant_products(&down);
-            let mut out = vec![0f32; t * hidden];
-            for (&e, y) in active.iter().zip(&ys) {
-                scatter_add(&mut out, hidden, &tokens[e], &scales[e], y);
-            }
-            Ok(out)
-        })?;
-        Ok(Tensor::from_vec(out, (t, self.hidden), x.device())?)
+            quant_products(&products)
+        })
     }
 
     fn bytes_per_expert(&self) -> usize {
