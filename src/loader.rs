@@ -149,18 +149,22 @@ pub fn read_headers(
     format: LoadFormat,
 ) -> Result<Headers> {
     let precision = precision.into();
+    // A GGUF file is parsed once: its metadata gives the spec, its tensor table the store.
+    if let (LoadFormat::Auto, Some(model)) = (format, open_gguf(source)?) {
+        let (cfg, spec, names) = gguf_spec(&model)?;
+        let store = WeightStore::open_gguf(&model, names, device, precision)?;
+        return Ok(Headers {
+            cfg,
+            spec,
+            summary: store.summary(),
+            matrix_dtype: store.matrix_dtype(),
+            weight_bytes: store.held_bytes_estimate(),
+            compute_dtype: precision.compute,
+        });
+    }
     let (cfg, spec) = read_spec(source)?;
     let weight_bytes;
     let (summary, matrix_dtype) = match format {
-        LoadFormat::Auto if source.gguf_files()?.is_some() => {
-            let model = open_gguf(source)?.ok_or_else(|| crate::Error::MissingShard {
-                path: source.path_of("*.gguf"),
-            })?;
-            let (_, _, names) = gguf_spec(&model)?;
-            let store = WeightStore::open_gguf(&model, names, device, precision)?;
-            weight_bytes = store.held_bytes_estimate();
-            (store.summary(), store.matrix_dtype())
-        }
         LoadFormat::Auto => {
             let store = WeightStore::open(source, device, precision)?;
             let dtype = store.matrix_dtype();

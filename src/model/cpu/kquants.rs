@@ -630,6 +630,33 @@ pub fn rows_times(
     let _ = (ty, kernel, interleaved, x);
 }
 
+/// Test helper: `got` (`[n, m]`) equals the dequantized weights `wd` (`[n, k]`) times the dequantized
+/// activations of `x`, up to f32 summation order.
+#[cfg(test)]
+pub(crate) fn assert_matches_dequantized(
+    got: &[f32],
+    wd: &[f32],
+    x: &Q8KRows,
+    n: usize,
+    label: &str,
+) {
+    let k = x.blocks_per_row * QK_K;
+    let m = got.len() / n.max(1);
+    for r in 0..n {
+        for i in 0..m {
+            let (xq, xd, _) = x.row(i);
+            let want: f32 = (0..k)
+                .map(|c| wd[r * k + c] * f32::from(xq[c]) * xd[c / QK_K])
+                .sum();
+            let got = got[r * m + i];
+            assert!(
+                (got - want).abs() <= 2e-3 * want.abs().max(1.0),
+                "{label} [{r},{i}]: {got} vs {want}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,19 +710,7 @@ mod tests {
                         &mut got,
                     );
                 }
-                for r in 0..n {
-                    for i in 0..m {
-                        let (xq, xd, _) = x.row(i);
-                        let want: f32 = (0..k)
-                            .map(|c| wd[r * k + c] * f32::from(xq[c]) * xd[c / QK_K])
-                            .sum();
-                        let got = got[r * m + i];
-                        assert!(
-                            (got - want).abs() <= 2e-3 * want.abs().max(1.0),
-                            "{ty:?} n={n} m={m} [{r},{i}]: {got} vs {want}"
-                        );
-                    }
-                }
+                assert_matches_dequantized(&got, &wd, &x, n, &format!("{ty:?} n={n} m={m}"));
             }
         }
     }

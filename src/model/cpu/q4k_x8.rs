@@ -319,19 +319,13 @@ mod tests {
             for kernel in [Kernel::Avx2, kernel] {
                 let mut got = vec![0f32; n * m];
                 rows_times(kernel, &lay, nb, &x, &s32, m, &mut got);
-                for r in 0..n {
-                    for i in 0..m {
-                        let (xq, xd, _) = x.row(i);
-                        let want: f32 = (0..k)
-                            .map(|c| wd[r * k + c] * f32::from(xq[c]) * xd[c / QK_K])
-                            .sum();
-                        let got = got[r * m + i];
-                        assert!(
-                            (got - want).abs() <= 2e-3 * want.abs().max(1.0),
-                            "{kernel:?} m={m} [{r},{i}]: {got} vs {want}"
-                        );
-                    }
-                }
+                super::super::kquants::assert_matches_dequantized(
+                    &got,
+                    &wd,
+                    &x,
+                    n,
+                    &format!("{kernel:?} m={m}"),
+                );
             }
         }
     }
