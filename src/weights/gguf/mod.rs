@@ -209,15 +209,4 @@ impl GgufModel {
             &Device::Cpu,
         )?)
     }
-
-    /// The quantization mix: ggml type name → (tensors, bytes).
-    pub fn type_mix(&self) -> std::collections::BTreeMap<String, (usize, usize)> {
-        let mut mix = std::collections::BTreeMap::new();
-        for (_, _, info) in self.tensors() {
-            let e = mix.entry(type_name(info.type_id)).or_insert((0, 0));
-            e.0 += 1;
-            e.1 += tensors::data_bytes(info).unwrap_or(0);
-        }
-        mix
-    }
 }

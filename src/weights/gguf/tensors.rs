@@ -53,6 +53,8 @@ struct Raw {
     shape: Vec<usize>,
     type_id: u32,
     start: usize,
+    /// Bytes of the data (`None`: a type we do not size).
+    len: Option<usize>,
 }
 
 /// Where a decoder tensor comes from.
@@ -104,6 +106,7 @@ impl GgufTensors {
                 shape: info.shape.clone(),
                 type_id: info.type_id,
                 start,
+                len: data_bytes(info),
             });
         }
         let mut this = Self {
@@ -455,12 +458,7 @@ impl GgufTensors {
         if e != experts {
             return None;
         }
-        let info = TensorInfo {
-            shape: r.shape.clone(),
-            type_id: r.type_id,
-            offset: 0,
-        };
-        let len = data_bytes(&info)?;
+        let len = r.len?;
         Some((
             ty,
             [e, rows, cols],
@@ -555,14 +553,9 @@ impl GgufTensors {
     pub fn type_mix(&self) -> BTreeMap<String, (usize, usize)> {
         let mut mix = BTreeMap::new();
         for r in &self.raw {
-            let info = TensorInfo {
-                shape: r.shape.clone(),
-                type_id: r.type_id,
-                offset: 0,
-            };
             let e = mix.entry(type_name(r.type_id)).or_insert((0, 0));
             e.0 += 1;
-            e.1 += data_bytes(&info).unwrap_or(0);
+            e.1 += r.len.unwrap_or(0);
         }
         mix
     }
@@ -612,17 +605,7 @@ impl GgufTensors {
     }
 
     pub fn total_bytes(&self) -> usize {
-        self.raw
-            .iter()
-            .map(|r| {
-                data_bytes(&TensorInfo {
-                    shape: r.shape.clone(),
-                    type_id: r.type_id,
-                    offset: 0,
-                })
-                .unwrap_or(0)
-            })
-            .sum()
+        self.raw.iter().map(|r| r.len.unwrap_or(0)).sum()
     }
 }
 
