@@ -87,58 +87,45 @@ impl GgufModel {
         self.get(key).and_then(Value::as_str)
     }
 
-    pub fn u64(&self, key: &str) -> Result<Option<u64>> {
+    /// A present key read with `read`; an error naming the key and `what` it should be when `read` fails.
+    fn typed<'a, T>(
+        &'a self,
+        key: &str,
+        what: &str,
+        read: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
+            Some(v) => read(v)
                 .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key} is not a non-negative integer"))),
+                .ok_or_else(|| self.err(format!("metadata {key} is not {what}"))),
         }
+    }
+
+    pub fn u64(&self, key: &str) -> Result<Option<u64>> {
+        self.typed(key, "a non-negative integer", Value::as_u64)
     }
 
     pub fn f64(&self, key: &str) -> Result<Option<f64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key} is not a number"))),
-        }
+        self.typed(key, "a number", Value::as_f64)
     }
 
     pub fn bool(&self, key: &str) -> Result<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key} is not a boolean"))),
-        }
+        self.typed(key, "a boolean", Value::as_bool)
     }
 
     /// An array of strings (vocabulary, merges).
     pub fn strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_array()
-                .and_then(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
-                .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key} is not a list of strings"))),
-        }
+        self.typed(key, "a list of strings", |v| {
+            v.as_array()?.iter().map(Value::as_str).collect()
+        })
     }
 
     /// An array of integers (token types).
     pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_array()
-                .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<_>>>())
-                .map(Some)
-                .ok_or_else(|| self.err(format!("metadata {key} is not a list of integers"))),
-        }
+        self.typed(key, "a list of integers", |v| {
+            v.as_array()?.iter().map(Value::as_i64).collect()
+        })
     }
 
     /// Every tensor: (part index, name, info).
