@@ -124,6 +124,28 @@ mod x86 {
         };
     }
 
+    /// Shuffles broadcasting Q4_K's i16 scale `s` (of the 8 in each lane) to all 16 lanes.
+    #[inline(always)]
+    unsafe fn q4k_shuffles() -> [__m256i; 8] {
+        let mut shufs = [_mm256_setzero_si256(); 8];
+        for (s, v) in shufs.iter_mut().enumerate() {
+            let pair = _mm_set1_epi16((2 * s as i16) | ((2 * s as i16 + 1) << 8));
+            *v = _mm256_set_m128i(pair, pair);
+        }
+        shufs
+    }
+
+    /// Shuffles picking Q6_K's i8 scales 2i (low 8 bytes) and 2i+1 (high 8), to widen to i16.
+    #[inline(always)]
+    unsafe fn q6k_shuffles() -> [__m128i; 8] {
+        let mut shufs = [_mm_setzero_si128(); 8];
+        for (i, v) in shufs.iter_mut().enumerate() {
+            let (a, b) = (_mm_set1_epi8(2 * i as i8), _mm_set1_epi8(2 * i as i8 + 1));
+            *v = _mm_unpacklo_epi64(a, b);
+        }
+        shufs
+    }
+
     /// Q4_K's 12 scale bytes → `[8 scales, 8 mins]` as u8 (ggml's `utmp` unpacking).
     #[inline(always)]
     unsafe fn q4k_scales_mins(p: *const u8) -> __m256i {
@@ -162,12 +184,7 @@ mod x86 {
                 let m4 = _mm256_set1_epi8(0xF);
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut acc_m = [_mm_setzero_ps(); 4];
-                // Shuffles broadcasting i16 scale `s` (of the 8 in each lane) to all 16 lanes.
-                let mut shufs = [_mm256_setzero_si256(); 8];
-                for (s, v) in shufs.iter_mut().enumerate() {
-                    let pair = _mm_set1_epi16((2 * s as i16) | ((2 * s as i16 + 1) << 8));
-                    *v = _mm256_set_m128i(pair, pair);
-                }
+                let shufs = q4k_shuffles();
                 for blk in 0..nb {
                     // SAFETY (whole function): blk < nb keeps every load inside its slice.
                     let dx = *xd.get_unchecked(blk);
@@ -244,12 +261,7 @@ mod x86 {
                 let m4 = _mm256_set1_epi8(0xF);
                 let m3 = _mm256_set1_epi8(3);
                 let mut acc = [_mm256_setzero_ps(); 4];
-                // i8 scale 2i (low 8 lanes) and 2i+1 (high 8), widened to i16.
-                let mut shufs = [_mm_setzero_si128(); 8];
-                for (i, v) in shufs.iter_mut().enumerate() {
-                    let (a, b) = (_mm_set1_epi8(2 * i as i8), _mm_set1_epi8(2 * i as i8 + 1));
-                    *v = _mm_unpacklo_epi64(a, b);
-                }
+                let shufs = q6k_shuffles();
                 for blk in 0..nb {
                     // SAFETY (whole function): blk < nb keeps every load inside its slice.
                     let dx = *xd.get_unchecked(blk);
@@ -312,11 +324,7 @@ mod x86 {
                 let m4 = _mm256_set1_epi8(0xF);
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut acc_m = [_mm_setzero_ps(); 4];
-                let mut shufs = [_mm256_setzero_si256(); 8];
-                for (s, v) in shufs.iter_mut().enumerate() {
-                    let pair = _mm_set1_epi16((2 * s as i16) | ((2 * s as i16 + 1) << 8));
-                    *v = _mm256_set_m128i(pair, pair);
-                }
+                let shufs = q4k_shuffles();
                 for blk in 0..nb {
                     // SAFETY (whole function): blk < nb keeps every load inside its slice.
                     let p = w.as_ptr().add(row + blk * stride);
@@ -395,11 +403,7 @@ mod x86 {
                 let m4 = _mm256_set1_epi8(0xF);
                 let m3 = _mm256_set1_epi8(3);
                 let mut acc = [_mm256_setzero_ps(); 4];
-                let mut shufs = [_mm_setzero_si128(); 8];
-                for (i, v) in shufs.iter_mut().enumerate() {
-                    let (a, b) = (_mm_set1_epi8(2 * i as i8), _mm_set1_epi8(2 * i as i8 + 1));
-                    *v = _mm_unpacklo_epi64(a, b);
-                }
+                let shufs = q6k_shuffles();
                 for blk in 0..nb {
                     // SAFETY (whole function): blk < nb keeps every load inside its slice.
                     let p = w.as_ptr().add(row + blk * stride);
