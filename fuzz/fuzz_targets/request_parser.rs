@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use moeserve::api::types::{parse_chat, parse_completion};
+use moeserve::api::validate::{parse_chat, parse_completion};
 
 fuzz_target!(|data: &[u8]| {
     for result in [parse_chat(data, 50_000).err(), parse_completion(data, 50_000).err()] {

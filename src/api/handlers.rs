@@ -10,9 +10,9 @@ use axum::Extension;
 use super::auth::KeyId;
 use super::error::ApiError;
 use super::generation::{self, Job, Kind};
-use super::types::{
-    self, parse_chat, parse_completion, ParsedChat, ParsedCompletion, PromptField, Validated,
-};
+use super::parse::with_parse_limits;
+use super::request::PromptField;
+use super::validate::{parse_chat, parse_completion, ParsedChat, ParsedCompletion, Validated};
 use super::AppState;
 
 /// The body, or 413 / 400 in OpenAI's format.
@@ -93,7 +93,7 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
         model,
         messages,
         validated: mut v,
-    } = types::with_parse_limits(state.parse_limits(), || parse_chat(body, vocab))?;
+    } = with_parse_limits(state.parse_limits(), || parse_chat(body, vocab))?;
     check_model(state, &model)?;
     let template = state.chat.as_ref().ok_or_else(|| {
         ApiError::bad_request("This model has no chat template; use /v1/completions")
@@ -139,7 +139,7 @@ fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiErro
         model,
         prompt,
         validated: mut v,
-    } = types::with_parse_limits(state.parse_limits(), || parse_completion(body, vocab))?;
+    } = with_parse_limits(state.parse_limits(), || parse_completion(body, vocab))?;
     check_model(state, &model)?;
     let tok = &state.engine.loaded.tokenizer;
     let encode = |t: &str| {

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::handlers::{body_bytes, check_model};
-use super::types::MessageList;
+use super::request::MessageList;
 use super::AppState;
 use crate::chat::ChatMessage;
 
@@ -94,8 +94,8 @@ fn tokenize_body(state: &AppState, body: &[u8]) -> Result<Vec<u32>, ApiError> {
                 .map(|m| ChatMessage {
                     role: m.role,
                     content: match m.content {
-                        Some(super::types::MessageContent::Text(t)) => t,
-                        Some(super::types::MessageContent::Parts(parts)) => parts
+                        Some(super::request::MessageContent::Text(t)) => t,
+                        Some(super::request::MessageContent::Parts(parts)) => parts
                             .into_iter()
                             .filter_map(|p| p.text)
                             .collect::<Vec<_>>()

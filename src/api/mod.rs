@@ -8,8 +8,12 @@ pub mod handlers;
 pub mod limits;
 pub mod metrics;
 pub mod misc;
+pub mod output;
+pub mod parse;
+pub mod request;
+pub mod response;
 pub mod server;
-pub mod types;
+pub mod validate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +31,7 @@ use metrics::Metrics;
 
 use crate::chat::ChatTemplate;
 use crate::engine::EngineHandle;
-pub use generation::Usage;
+pub use response::Usage;
 
 /// What every handler can see. Cheap to clone.
 #[derive(Clone)]
@@ -102,16 +106,16 @@ impl AppState {
 
     /// This server's list limits: messages per chat request, prompts per completions request (bounded
     /// by the queue too: more prompts than it holds could never be admitted).
-    pub fn parse_limits(&self) -> types::ParseLimits {
-        types::ParseLimits {
+    pub fn parse_limits(&self) -> parse::ParseLimits {
+        parse::ParseLimits {
             max_messages: self.limits.max_messages,
-            max_prompts: types::MAX_PROMPTS.min(self.engine.config.max_waiting),
+            max_prompts: validate::MAX_PROMPTS.min(self.engine.config.max_waiting),
         }
     }
 
     /// Parses a body with this server's list limits.
     pub fn parse<T: serde::de::DeserializeOwned>(&self, body: &[u8]) -> Result<T, ApiError> {
-        types::with_parse_limits(self.parse_limits(), || types::parse_body(body))
+        parse::with_parse_limits(self.parse_limits(), || parse::parse_body(body))
     }
 
     /// Sets the request limits (allowed hosts, body deadline, message count).

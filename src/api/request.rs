@@ -1,0 +1,194 @@
+//! OpenAI request shapes (chat, completions), parsed straight from the body; unknown keys are ignored as
+//! OpenAI does (fields we do not implement are refused by [`super::validate`]). None of these types derive
+//! Debug: they hold request content.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use super::parse::{bounded_seq, parse_limits, LIMIT_PREFIX};
+
+/// Chat messages, at most `--max-messages` of them.
+pub struct MessageList(pub Vec<RequestMessage>);
+
+impl<'de> Deserialize<'de> for MessageList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MessageList;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of messages")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<MessageList, A::Error> {
+                bounded_seq(seq, parse_limits().max_messages, "messages").map(MessageList)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Generation parameters shared by chat and completions (OpenAI plus vLLM's extras).
+#[derive(Deserialize, Default)]
+pub struct GenerationFields {
+    pub max_tokens: Option<u64>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
+    pub repetition_penalty: Option<f64>,
+    pub logit_bias: Option<HashMap<String, f64>>,
+    pub seed: Option<i64>,
+    pub stop: Option<StopField>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub ignore_eos: Option<bool>,
+    pub n: Option<u64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Deserialize)]
+pub struct RequestMessage {
+    pub role: String,
+    pub content: Option<MessageContent>,
+}
+
+#[derive(Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: MessageList,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+}
+
+pub enum PromptField {
+    Text(String),
+    Ids(Vec<u32>),
+    Texts(Vec<String>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+/// One element of a `prompt` list.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PromptItem {
+    Id(u32),
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// A list of prompts of one kind, `first` already read: the rest, refused past the prompt limit or when
+/// an element is of another kind (`pick` returns `None`).
+fn rest_of_prompts<'de, A, T>(
+    seq: &mut A,
+    first: T,
+    pick: fn(PromptItem) -> Option<T>,
+) -> Result<Vec<T>, A::Error>
+where
+    A: serde::de::SeqAccess<'de>,
+{
+    let max = parse_limits().max_prompts;
+    let mut all = vec![first];
+    while let Some(item) = seq.next_element::<PromptItem>()? {
+        let Some(next) = pick(item) else {
+            return Err(serde::de::Error::custom(format!(
+                "{LIMIT_PREFIX}mixed prompt kinds"
+            )));
+        };
+        if all.len() == max {
+            return Err(serde::de::Error::custom(format!(
+                "{LIMIT_PREFIX}more than {max} prompts"
+            )));
+        }
+        all.push(next);
+    }
+    Ok(all)
+}
+
+impl<'de> Deserialize<'de> for PromptField {
+    /// Reads the prompt element by element (never buffering the whole list), refusing lists of texts or
+    /// of id lists longer than the request's prompt limit and lists that mix kinds.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PromptField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, a list of strings, token ids, or lists of token ids")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PromptField, E> {
+                Ok(PromptField::Text(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<PromptField, E> {
+                Ok(PromptField::Text(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PromptField, A::Error> {
+                let Some(first) = seq.next_element::<PromptItem>()? else {
+                    return Ok(PromptField::Texts(Vec::new()));
+                };
+                match first {
+                    PromptItem::Id(id) => {
+                        let mut ids = vec![id];
+                        while let Some(id) = seq.next_element::<u32>()? {
+                            ids.push(id);
+                        }
+                        Ok(PromptField::Ids(ids))
+                    }
+                    PromptItem::Text(t) => rest_of_prompts(&mut seq, t, |item| match item {
+                        PromptItem::Text(t) => Some(t),
+                        _ => None,
+                    })
+                    .map(PromptField::Texts),
+                    PromptItem::Ids(ids) => rest_of_prompts(&mut seq, ids, |item| match item {
+                        PromptItem::Ids(ids) => Some(ids),
+                        _ => None,
+                    })
+                    .map(PromptField::IdLists),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptField,
+    pub logprobs: Option<u64>,
+    pub echo: Option<bool>,
+}
