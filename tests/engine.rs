@@ -20,19 +20,31 @@ fn greedy(max_tokens: usize) -> RequestParams {
         },
         ignore_eos: true,
         logprobs: true,
+        prompt_logprobs: Some(1),
         ..Default::default()
     }
 }
 
+/// The generated tokens; checks that the prompt's logprobs came once per position 1.., in order, before
+/// any generated token (also when the sequence was preempted and its prompt recomputed).
 async fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<EngineEvent>) -> Vec<u32> {
     let mut tokens = Vec::new();
+    let mut prompt_next = 1;
     while let Some(e) = rx.recv().await {
         match e {
+            EngineEvent::PromptLogprobs {
+                from, tokens: t, ..
+            } => {
+                assert_eq!(from, prompt_next, "prompt logprobs in order, none twice");
+                assert!(tokens.is_empty(), "prompt logprobs before generated tokens");
+                prompt_next += t.len();
+            }
             EngineEvent::Delta { tokens: t, .. } => tokens.extend(t.iter().map(|x| x.token)),
             EngineEvent::Finished { .. } => {}
             EngineEvent::Failed { message } => panic!("engine failed: {message}"),
         }
     }
+    assert!(prompt_next > 1, "prompt logprobs were sent");
     tokens
 }
 

@@ -181,3 +181,75 @@ fn gathering_attention_path_matches_reference() {
         }
     }
 }
+
+fn log_softmax_at(row: &[f32], index: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    (row[index] as f64 - lse) as f32
+}
+
+fn prompt_only() -> RequestParams {
+    RequestParams {
+        max_tokens: 0,
+        prompt_logprobs: Some(0),
+        ..Default::default()
+    }
+}
+
+/// Prompt logprobs (echo / `prompt_logprobs`) are the reference logits' log-softmax at each prompt token,
+/// from the second on; with `max_tokens: 0` nothing is generated.
+#[test]
+fn prompt_logprobs_match_reference_log_softmax() {
+    for family in FAMILIES {
+        let loaded = std::sync::Arc::new(load_fixture(family));
+        let r = reference(family);
+        for (i, prompt) in r.prompts.iter().enumerate() {
+            let out = generate(&loaded, prompt.clone(), prompt_only()).unwrap();
+            assert!(out.token_ids.is_empty(), "{family} prompt {i}");
+            assert_eq!(out.prompt_logprobs.len(), prompt.len() - 1);
+            let logits = r.tensors[&format!("logits.{i}")].to_vec2::<f32>().unwrap();
+            for (pos, lp) in out.prompt_logprobs.iter().enumerate() {
+                let want = log_softmax_at(&logits[pos], prompt[pos + 1] as usize);
+                assert!(
+                    (lp - want).abs() < 1e-4,
+                    "{family} prompt {i} position {}: {lp} vs {want}",
+                    pos + 1
+                );
+            }
+        }
+    }
+}
+
+/// A prompt longer than one prompt-logprobs chunk (128 rows) gets every position's logprob once, the
+/// same as one forward over the whole prompt gives.
+#[test]
+fn long_prompt_logprobs_cross_chunks() {
+    let family = FAMILIES[0];
+    let loaded = std::sync::Arc::new(load_fixture(family));
+    let r = reference(family);
+    let prompt: Vec<u32> = r
+        .prompts
+        .iter()
+        .flatten()
+        .copied()
+        .cycle()
+        .take(300)
+        .collect();
+    let mut runner = Runner::new(&loaded, 1, 128, 4);
+    let rows = runner.step(&[(0, prompt.clone())]).remove(0);
+    let out = generate(&loaded, prompt.clone(), prompt_only()).unwrap();
+    assert_eq!(out.prompt_logprobs.len(), prompt.len() - 1);
+    for (pos, lp) in out.prompt_logprobs.iter().enumerate() {
+        let want = log_softmax_at(&rows[pos], prompt[pos + 1] as usize);
+        assert!(
+            (lp - want).abs() < 1e-4,
+            "position {}: {lp} vs {want}",
+            pos + 1
+        );
+    }
+}

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use super::auth::{ReserveError, TokenReservation};
 use super::error::ApiError;
 use super::metrics::Metrics;
-use super::output::{ChatOutput, Chunks, Common, CompletionOutput, Output};
+use super::output::{ChatOutput, Chunks, Common, CompletionOutput, Output, PromptEcho, PromptSide};
 use super::response::Usage;
 use super::AppState;
 use crate::engine::{EngineEvent, EngineHandle, RequestParams};
@@ -37,6 +37,10 @@ pub struct Job {
     /// Whether the client set `max_tokens` (otherwise it is the context's room, and a key's token limit
     /// may lower it to what the key can still use).
     pub max_tokens_explicit: bool,
+    /// Completions with `echo`: each prompt as echoed (same order as `prompts`).
+    pub echo: Vec<PromptEcho>,
+    /// vLLM's `prompt_logprobs` field was asked for.
+    pub prompt_logprobs: bool,
 }
 
 /// Token counts of a streamed request, filled in while it streams (the access log reads them when the
@@ -170,7 +174,7 @@ fn submit(
                     let choice = match &e {
                         EngineEvent::Delta { choice, .. }
                         | EngineEvent::Finished { choice, .. } => *choice,
-                        EngineEvent::Failed { .. } => 0,
+                        EngineEvent::PromptLogprobs { .. } | EngineEvent::Failed { .. } => 0,
                     };
                     (p * n + choice, e)
                 })
@@ -194,17 +198,28 @@ pub async fn run(state: AppState, mut job: Job) -> Result<Response, ApiError> {
         stream: job.stream,
         include_usage: job.include_usage,
         logprobs: job.params.logprobs,
+        n: job.params.n,
+        prompt_logprobs: job.prompt_logprobs,
         state: state.clone(),
     };
     let output: Box<dyn Output> = match job.kind {
-        Kind::Chat => Box::new(ChatOutput::new(common, choices)),
-        Kind::Completion => Box::new(CompletionOutput::new(common, choices)),
+        Kind::Chat => Box::new(ChatOutput::new(common, choices, prompt_tokens)),
+        Kind::Completion => {
+            let mut echoes = std::mem::take(&mut job.echo).into_iter();
+            let sides = job
+                .prompts
+                .iter()
+                .map(|p| PromptSide::new(echoes.next(), p.len()))
+                .collect();
+            Box::new(CompletionOutput::new(common, sides))
+        }
     };
     let run = Running {
         state,
         output,
         events,
         guard,
+        n: job.params.n,
         prompt_tokens,
         completion_tokens: 0,
         timing: Timing::new(job.received, choices),
@@ -225,6 +240,8 @@ struct Running {
     events: futures::stream::BoxStream<'static, (usize, EngineEvent)>,
     /// Dropped with the response (or its body): cancels the engine requests unless they all finished.
     guard: InFlight,
+    /// Choices per prompt.
+    n: usize,
     prompt_tokens: usize,
     completion_tokens: usize,
     timing: Timing,
@@ -258,6 +275,10 @@ impl Running {
             } => {
                 self.completion_tokens += completion_tokens;
                 self.output.finish(idx, reason, text, out);
+            }
+            EngineEvent::PromptLogprobs { tokens, ranks, .. } => {
+                let prompt = idx / self.n.max(1);
+                self.output.prompt_logprobs(prompt, tokens, ranks, out);
             }
             EngineEvent::Failed { message } => return Err(ApiError::internal(message)),
         }

@@ -10,10 +10,12 @@ use axum::Extension;
 use super::auth::KeyId;
 use super::error::ApiError;
 use super::generation::{self, Job, Kind};
+use super::output::{PromptEcho, TextOffsets};
 use super::parse::with_parse_limits;
 use super::request::PromptField;
 use super::validate::{parse_chat, parse_completion, ParsedChat, ParsedCompletion, Validated};
 use super::AppState;
+use crate::engine::detokenize::IncrementalDecoder;
 
 /// The body, or 413 / 400 in OpenAI's format.
 pub fn body_bytes(
@@ -84,6 +86,34 @@ fn check_vocab(state: &AppState, prompt: &[u32]) -> Result<(), ApiError> {
 struct Prepared {
     prompts: Vec<Vec<u32>>,
     validated: Validated,
+    /// With `echo`: each prompt as echoed.
+    echo: Vec<PromptEcho>,
+}
+
+/// A prompt as `echo` shows it: the text as given (token-id prompts: decoded), each token's text, and
+/// where each token starts in the text (the incremental detokenizer's releases, as generated tokens).
+fn echo_of(state: &AppState, ids: &[u32], text: Option<&str>) -> PromptEcho {
+    let tok = &state.engine.loaded.tokenizer;
+    let mut decoder = IncrementalDecoder::new();
+    let mut offsets = TextOffsets::default();
+    let mut decoded = String::new();
+    let mut starts = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let piece = decoder.push(tok, id).unwrap_or_default();
+        starts.extend(offsets.take(1, &piece));
+        decoded.push_str(&piece);
+    }
+    decoded.push_str(&decoder.flush(tok).unwrap_or_default());
+    let text = text.map_or(decoded, str::to_owned);
+    let chars = text.chars().count();
+    PromptEcho {
+        tokens: ids
+            .iter()
+            .map(|&id| tok.decode(&[id], false).unwrap_or_default())
+            .collect(),
+        offsets: starts.into_iter().map(|o| o.min(chars)).collect(),
+        text,
+    }
 }
 
 /// Parse, validate, render and tokenize a chat body (on the blocking pool).
@@ -114,6 +144,7 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
     Ok(Prepared {
         prompts: vec![prompt],
         validated: v,
+        echo: Vec::new(),
     })
 }
 
@@ -147,11 +178,11 @@ fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiErro
         tok.encode(t, true)
             .map_err(|_| ApiError::internal("tokenization failed"))
     };
-    let prompts: Vec<Vec<u32>> = match prompt {
-        PromptField::Text(t) => vec![encode(&t)?],
-        PromptField::Texts(ts) => ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?,
-        PromptField::Ids(ids) => vec![ids],
-        PromptField::IdLists(lists) => lists,
+    let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match prompt {
+        PromptField::Text(t) => (vec![encode(&t)?], vec![t]),
+        PromptField::Texts(ts) => (ts.iter().map(|t| encode(t)).collect::<Result<_, _>>()?, ts),
+        PromptField::Ids(ids) => (vec![ids], Vec::new()),
+        PromptField::IdLists(lists) => (lists, Vec::new()),
     };
     let max = state.parse_limits().max_prompts;
     if prompts.is_empty() || prompts.len() > max {
@@ -168,9 +199,19 @@ fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiErro
         return Err(ApiError::invalid("prompt", "The prompt is empty"));
     }
     fit(state, &mut v, longest)?;
+    let echo = if v.echo {
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| echo_of(state, ids, texts.get(i).map(String::as_str)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Prepared {
         prompts,
         validated: v,
+        echo,
     })
 }
 
@@ -203,6 +244,7 @@ async fn answer(
     let Prepared {
         prompts,
         validated: v,
+        echo,
     } = state
         .blocking(move |s| match kind {
             Kind::Chat => prepare_chat(s, &body),
@@ -220,6 +262,8 @@ async fn answer(
             received,
             key,
             max_tokens_explicit: v.max_tokens.is_some(),
+            echo,
+            prompt_logprobs: v.prompt_logprobs,
         },
     )
     .await

@@ -5,7 +5,8 @@
 
 use super::response::{
     ChatChoice, ChatChunk, ChatCompletion, ChatLogprobs, ChatTokenLogprob, ChunkChoice, Completion,
-    CompletionChoice, CompletionLogprobs, Delta, Envelope, TopLogprob, TopMap, Usage,
+    CompletionChoice, CompletionLogprobs, Delta, Envelope, PromptLogprobs, PromptTokenLogprobs,
+    RankedLogprob, TopLogprob, TopMap, Usage,
 };
 use super::AppState;
 use crate::engine::{FinishReason, TokenLogprob};
@@ -20,6 +21,15 @@ pub trait Output: Send {
     fn open(&mut self, _out: &mut Chunks) {}
     /// New text of `choice` and the tokens that produced it.
     fn delta(&mut self, choice: usize, text: String, tokens: Vec<TokenLogprob>, out: &mut Chunks);
+    /// Logprobs of the next prompt tokens of prompt `prompt` (they arrive in order, before its choices'
+    /// first delta).
+    fn prompt_logprobs(
+        &mut self,
+        prompt: usize,
+        tokens: Vec<TokenLogprob>,
+        ranks: Vec<u32>,
+        out: &mut Chunks,
+    );
     /// `choice` ended with `text` as its last piece.
     fn finish(&mut self, choice: usize, reason: FinishReason, text: String, out: &mut Chunks);
     /// The closing usage chunk of a stream.
@@ -49,6 +59,10 @@ pub struct Common {
     pub stream: bool,
     pub include_usage: bool,
     pub logprobs: bool,
+    /// Choices per prompt.
+    pub n: usize,
+    /// vLLM's `prompt_logprobs` field was asked for.
+    pub prompt_logprobs: bool,
 }
 
 impl Common {
@@ -128,6 +142,65 @@ impl Common {
     }
 }
 
+impl Common {
+    /// vLLM's `prompt_logprobs` of a prompt whose positions 1.. have `tokens` (position 0: `null`).
+    fn ranked(&self, tokens: &[TokenLogprob], ranks: &[u32]) -> PromptLogprobs {
+        let entries = tokens.iter().zip(ranks).map(|(t, &rank)| {
+            let own = (
+                t.token,
+                RankedLogprob {
+                    logprob: t.logprob,
+                    rank,
+                    decoded_token: self.token_str(t.token),
+                },
+            );
+            let top = t.top.iter().enumerate().map(|(i, &(id, logprob))| {
+                (
+                    id,
+                    RankedLogprob {
+                        logprob,
+                        rank: i as u32 + 1,
+                        decoded_token: self.token_str(id),
+                    },
+                )
+            });
+            Some(PromptTokenLogprobs(
+                std::iter::once(own).chain(top).collect(),
+            ))
+        });
+        std::iter::once(None).chain(entries).collect()
+    }
+}
+
+/// A prompt as `echo` returns it: its text, each token's text, and where each token starts in the text
+/// (characters, as [`TextOffsets`]). Built on the blocking pool with the prompt's tokenization.
+pub struct PromptEcho {
+    pub text: String,
+    pub tokens: Vec<String>,
+    pub offsets: Vec<usize>,
+}
+
+/// What one prompt's own tokens bring to its choices: the echo, and the logprobs of its tokens as they
+/// arrive.
+pub struct PromptSide {
+    pub echo: Option<PromptEcho>,
+    /// Positions with a logprob: every prompt token but the first.
+    pub expected: usize,
+    logprobs: Vec<TokenLogprob>,
+    ranks: Vec<u32>,
+}
+
+impl PromptSide {
+    pub fn new(echo: Option<PromptEcho>, prompt_len: usize) -> Self {
+        Self {
+            echo,
+            expected: prompt_len.saturating_sub(1),
+            logprobs: Vec::new(),
+            ranks: Vec::new(),
+        }
+    }
+}
+
 /// Where each token's text starts in a choice's text, as OpenAI's `text_offset` (in characters, as Python
 /// indexes the string): the length of the text released before the token. A token whose bytes do not yet
 /// complete a character (or that a stop string holds back) releases no text, so it and the tokens
@@ -140,6 +213,11 @@ pub struct TextOffsets {
 }
 
 impl TextOffsets {
+    /// Offsets that start after `chars` characters (an echoed prompt).
+    pub fn starting_at(chars: usize) -> Self {
+        Self { chars }
+    }
+
     /// Offsets of `tokens` tokens released together with `text`; advances past `text`.
     pub fn take(&mut self, tokens: usize, text: &str) -> Vec<usize> {
         let at = self.chars;
@@ -160,13 +238,16 @@ struct ChatAcc {
 pub struct ChatOutput {
     common: Common,
     choices: Vec<ChatAcc>,
+    /// vLLM's `prompt_logprobs` (collected answers only).
+    prompt: PromptSide,
 }
 
 impl ChatOutput {
-    pub fn new(common: Common, choices: usize) -> Self {
+    pub fn new(common: Common, choices: usize, prompt_len: usize) -> Self {
         Self {
             common,
             choices: (0..choices).map(|_| ChatAcc::default()).collect(),
+            prompt: PromptSide::new(None, prompt_len),
         }
     }
 
@@ -222,6 +303,17 @@ impl Output for ChatOutput {
         }));
     }
 
+    fn prompt_logprobs(
+        &mut self,
+        _: usize,
+        tokens: Vec<TokenLogprob>,
+        ranks: Vec<u32>,
+        _: &mut Chunks,
+    ) {
+        self.prompt.logprobs.extend(tokens);
+        self.prompt.ranks.extend(ranks);
+    }
+
     fn finish(&mut self, choice: usize, reason: FinishReason, text: String, out: &mut Chunks) {
         if !self.common.stream {
             if let Some(a) = self.choices.get_mut(choice) {
@@ -265,16 +357,19 @@ impl Output for ChatOutput {
                 finish_reason: a.finish.map(finish_str),
             })
             .collect();
+        let prompt_logprobs = common
+            .prompt_logprobs
+            .then(|| common.ranked(&self.prompt.logprobs, &self.prompt.ranks));
         to_json(&ChatCompletion {
             envelope: common.envelope("chat.completion"),
             choices,
             usage,
+            prompt_logprobs,
         })
     }
 }
 
 /// One choice of a completion, collected.
-#[derive(Default)]
 struct CompletionAcc {
     text: String,
     logprobs: CompletionLogprobs,
@@ -286,13 +381,28 @@ struct CompletionAcc {
 pub struct CompletionOutput {
     common: Common,
     choices: Vec<CompletionAcc>,
+    prompts: Vec<PromptSide>,
 }
 
 impl CompletionOutput {
-    pub fn new(common: Common, choices: usize) -> Self {
+    /// `prompts[p]` is prompt `p`'s side; its choices are `p·n .. p·n + n`.
+    pub fn new(common: Common, prompts: Vec<PromptSide>) -> Self {
+        let choices = prompts
+            .iter()
+            .flat_map(|p| {
+                let chars = p.echo.as_ref().map_or(0, |e| e.text.chars().count());
+                (0..common.n).map(move |_| CompletionAcc {
+                    text: String::new(),
+                    logprobs: CompletionLogprobs::default(),
+                    offsets: TextOffsets::starting_at(chars),
+                    finish: None,
+                })
+            })
+            .collect();
         Self {
             common,
-            choices: (0..choices).map(|_| CompletionAcc::default()).collect(),
+            choices,
+            prompts,
         }
     }
 
@@ -303,9 +413,140 @@ impl CompletionOutput {
             usage: self.common.chunk_usage(),
         })
     }
+
+    /// Prompt `p` has something to show before its choices' text (echo or vLLM's prompt logprobs).
+    fn shows_prompt(&self, p: usize) -> bool {
+        self.common.prompt_logprobs || self.prompts.get(p).is_some_and(|s| s.echo.is_some())
+    }
+
+    /// All of prompt `p`'s logprobs are in (or none were asked for).
+    fn prompt_complete(&self, p: usize) -> bool {
+        let wanted = self.common.prompt_logprobs || self.common.logprobs;
+        self.prompts
+            .get(p)
+            .is_some_and(|s| !wanted || s.logprobs.len() >= s.expected)
+    }
+
+    /// What prompt `p` puts before its choices: the echoed text, its tokens' legacy logprobs (echo with
+    /// `logprobs`), and vLLM's `prompt_logprobs` when asked for.
+    fn prompt_part(
+        &self,
+        p: usize,
+    ) -> (String, Option<CompletionLogprobs>, Option<PromptLogprobs>) {
+        let Some(side) = self.prompts.get(p) else {
+            return (String::new(), None, None);
+        };
+        let c = &self.common;
+        let legacy = match (&side.echo, c.logprobs) {
+            (Some(echo), true) => {
+                let alternatives = side.logprobs.iter().map(|t| {
+                    Some(TopMap(
+                        t.top
+                            .iter()
+                            .map(|&(id, lp)| (c.token_str(id), lp))
+                            .collect(),
+                    ))
+                });
+                Some(CompletionLogprobs {
+                    tokens: echo.tokens.clone(),
+                    token_logprobs: std::iter::once(None)
+                        .chain(side.logprobs.iter().map(|t| Some(t.logprob)))
+                        .collect(),
+                    top_logprobs: std::iter::once(None).chain(alternatives).collect(),
+                    text_offset: echo.offsets.clone(),
+                })
+            }
+            _ => None,
+        };
+        let ranked = c
+            .prompt_logprobs
+            .then(|| c.ranked(&side.logprobs, &side.ranks));
+        let text = side
+            .echo
+            .as_ref()
+            .map(|e| e.text.clone())
+            .unwrap_or_default();
+        (text, legacy, ranked)
+    }
+
+    /// Streams prompt `p`'s part to each of its choices.
+    fn send_prompt(&self, p: usize, out: &mut Chunks) {
+        let (text, legacy, ranked) = self.prompt_part(p);
+        for k in 0..self.common.n {
+            out.push(self.chunk(CompletionChoice {
+                index: p * self.common.n + k,
+                text: text.clone(),
+                logprobs: legacy.as_ref().map(|l| {
+                    CompletionLogprobs {
+                        tokens: l.tokens.clone(),
+                        token_logprobs: l.token_logprobs.clone(),
+                        top_logprobs: l
+                            .top_logprobs
+                            .iter()
+                            .map(|m| m.as_ref().map(|m| TopMap(m.0.clone())))
+                            .collect(),
+                        text_offset: l.text_offset.clone(),
+                    }
+                }),
+                finish_reason: None,
+                prompt_logprobs: ranked.as_ref().map(|r| {
+                    r.iter()
+                        .map(|e| {
+                            e.as_ref().map(|e| {
+                                PromptTokenLogprobs(
+                                    e.0.iter()
+                                        .map(|(id, v)| {
+                                            (
+                                                *id,
+                                                RankedLogprob {
+                                                    logprob: v.logprob,
+                                                    rank: v.rank,
+                                                    decoded_token: v.decoded_token.clone(),
+                                                },
+                                            )
+                                        })
+                                        .collect(),
+                                )
+                            })
+                        })
+                        .collect()
+                }),
+            }));
+        }
+    }
 }
 
 impl Output for CompletionOutput {
+    fn open(&mut self, out: &mut Chunks) {
+        for p in 0..self.prompts.len() {
+            if self.shows_prompt(p) && self.prompt_complete(p) {
+                self.send_prompt(p, out);
+            }
+        }
+    }
+
+    fn prompt_logprobs(
+        &mut self,
+        prompt: usize,
+        tokens: Vec<TokenLogprob>,
+        ranks: Vec<u32>,
+        out: &mut Chunks,
+    ) {
+        let Some(side) = self.prompts.get_mut(prompt) else {
+            return;
+        };
+        let was_complete = side.logprobs.len() >= side.expected;
+        side.logprobs.extend(tokens);
+        side.ranks.extend(ranks);
+        if self.common.stream
+            && !was_complete
+            && self.prompt_complete(prompt)
+            && self.shows_prompt(prompt)
+        {
+            self.send_prompt(prompt, out);
+        }
+    }
+
     fn delta(&mut self, choice: usize, text: String, tokens: Vec<TokenLogprob>, out: &mut Chunks) {
         let Some(a) = self.choices.get_mut(choice) else {
             return;
@@ -333,6 +574,7 @@ impl Output for CompletionOutput {
             text,
             logprobs: lp,
             finish_reason: None,
+            prompt_logprobs: None,
         }));
     }
 
@@ -351,6 +593,7 @@ impl Output for CompletionOutput {
             text: String::new(),
             logprobs: None,
             finish_reason: Some(finish_str(reason)),
+            prompt_logprobs: None,
         }));
     }
 
@@ -364,14 +607,31 @@ impl Output for CompletionOutput {
 
     fn body(&mut self, usage: Usage) -> String {
         let logprobs = self.common.logprobs;
+        let n = self.common.n.max(1);
+        let parts: Vec<_> = (0..self.prompts.len())
+            .map(|p| self.prompt_part(p))
+            .collect();
         let choices = std::mem::take(&mut self.choices)
             .into_iter()
             .enumerate()
-            .map(|(index, a)| CompletionChoice {
-                index,
-                text: a.text,
-                logprobs: logprobs.then_some(a.logprobs),
-                finish_reason: a.finish.map(finish_str),
+            .map(|(index, a)| {
+                let (mut text, mut lps, mut ranked) = (a.text, a.logprobs, None);
+                if let Some((echo, legacy, r)) = parts.get(index / n) {
+                    text.insert_str(0, echo);
+                    if let Some(legacy) = legacy {
+                        let mut all = clone_logprobs(legacy);
+                        all.extend(lps);
+                        lps = all;
+                    }
+                    ranked = r.as_ref().map(clone_ranked);
+                }
+                CompletionChoice {
+                    index,
+                    text,
+                    logprobs: logprobs.then_some(lps),
+                    finish_reason: a.finish.map(finish_str),
+                    prompt_logprobs: ranked,
+                }
             })
             .collect();
         to_json(&Completion {
@@ -380,6 +640,42 @@ impl Output for CompletionOutput {
             usage: Some(Some(usage)),
         })
     }
+}
+
+fn clone_logprobs(l: &CompletionLogprobs) -> CompletionLogprobs {
+    CompletionLogprobs {
+        tokens: l.tokens.clone(),
+        token_logprobs: l.token_logprobs.clone(),
+        top_logprobs: l
+            .top_logprobs
+            .iter()
+            .map(|m| m.as_ref().map(|m| TopMap(m.0.clone())))
+            .collect(),
+        text_offset: l.text_offset.clone(),
+    }
+}
+
+fn clone_ranked(r: &PromptLogprobs) -> PromptLogprobs {
+    r.iter()
+        .map(|e| {
+            e.as_ref().map(|e| {
+                PromptTokenLogprobs(
+                    e.0.iter()
+                        .map(|(id, v)| {
+                            (
+                                *id,
+                                RankedLogprob {
+                                    logprob: v.logprob,
+                                    rank: v.rank,
+                                    decoded_token: v.decoded_token.clone(),
+                                },
+                            )
+                        })
+                        .collect(),
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

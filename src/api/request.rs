@@ -62,6 +62,8 @@ pub struct GenerationFields {
     pub n: Option<u64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// vLLM's extension: the prompt tokens' own logprobs with this many alternatives.
+    pub prompt_logprobs: Option<i64>,
 }
 
 #[derive(Deserialize)]

@@ -42,6 +42,8 @@ pub struct ChatCompletion<'a> {
     pub envelope: Envelope<'a>,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 #[derive(Serialize)]
@@ -154,6 +156,33 @@ pub struct TopLogprob {
     pub bytes: Vec<u8>,
 }
 
+/// vLLM's `prompt_logprobs`: per prompt position (the first is `null`), the token's own logprob and
+/// rank, then the most likely alternatives, keyed by token id.
+pub type PromptLogprobs = Vec<Option<PromptTokenLogprobs>>;
+
+/// One position of [`PromptLogprobs`]: `{token id: {logprob, rank, decoded_token}}`, the prompt's own
+/// token first; an alternative that is the token itself is not repeated.
+pub struct PromptTokenLogprobs(pub Vec<(u32, RankedLogprob)>);
+
+#[derive(Serialize)]
+pub struct RankedLogprob {
+    pub logprob: f32,
+    pub rank: u32,
+    pub decoded_token: String,
+}
+
+impl Serialize for PromptTokenLogprobs {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        for (i, (id, v)) in self.0.iter().enumerate() {
+            if self.0[..i].iter().all(|(seen, _)| seen != id) {
+                map.serialize_entry(&id.to_string(), v)?;
+            }
+        }
+        map.end()
+    }
+}
+
 /// `POST /v1/completions`: the collected response and each stream chunk.
 #[derive(Serialize)]
 pub struct Completion<'a> {
@@ -170,6 +199,8 @@ pub struct CompletionChoice {
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 /// Legacy completions' logprobs: parallel lists. A prompt's first token (with `echo`) has no logprob:

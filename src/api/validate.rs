@@ -41,7 +41,6 @@ struct NotImplemented {
     structured_outputs: Option<serde::de::IgnoredAny>,
     chat_template_kwargs: Option<serde::de::IgnoredAny>,
     reasoning_effort: Option<serde::de::IgnoredAny>,
-    prompt_logprobs: Option<serde::de::IgnoredAny>,
     logits_processors: Option<serde::de::IgnoredAny>,
     bad_words: Option<serde::de::IgnoredAny>,
     length_penalty: Option<serde::de::IgnoredAny>,
@@ -147,7 +146,6 @@ fn refuse_unimplemented(body: &[u8]) -> Result<(), ApiError> {
         ("structured_outputs", n.structured_outputs.is_some()),
         ("chat_template_kwargs", n.chat_template_kwargs.is_some()),
         ("reasoning_effort", n.reasoning_effort.is_some()),
-        ("prompt_logprobs", n.prompt_logprobs.is_some()),
         ("logits_processors", n.logits_processors.is_some()),
         ("bad_words", n.bad_words.is_some()),
         ("length_penalty", n.length_penalty.is_some()),
@@ -179,6 +177,10 @@ pub struct Validated {
     pub max_tokens: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Completions: the prompt's text (and, with `logprobs`, its tokens' logprobs) starts each choice.
+    pub echo: bool,
+    /// vLLM's `prompt_logprobs` was asked for (answered in its own field).
+    pub prompt_logprobs: bool,
 }
 
 pub const MAX_N: u64 = 64;
@@ -191,14 +193,29 @@ pub const MAX_STOP_TOKEN_IDS: usize = 256;
 /// `logit_bias` entries at most (each costs a little on every sampled token).
 pub const MAX_LOGIT_BIAS: usize = 1024;
 
+/// What a request asks for beyond the shared generation fields.
+#[derive(Default)]
+pub struct Asked {
+    /// `max_completion_tokens` (chat's newer name), which wins over `max_tokens`.
+    pub max_tokens_override: Option<u64>,
+    pub logprobs: bool,
+    pub top_logprobs: u64,
+    /// `echo` (completions): the prompt is part of the answer, so `max_tokens: 0` is allowed.
+    pub echo: bool,
+}
+
 /// Checks ranges and builds engine parameters.
 pub fn validate(
     g: &GenerationFields,
-    max_tokens_override: Option<u64>,
-    logprobs: bool,
-    top_logprobs: u64,
+    asked: Asked,
     vocab_size: usize,
 ) -> Result<Validated, ApiError> {
+    let Asked {
+        max_tokens_override,
+        logprobs,
+        top_logprobs,
+        echo,
+    } = asked;
     let temperature = range("temperature", g.temperature, 0.0, 2.0)?.unwrap_or(1.0);
     let top_p = range("top_p", g.top_p, 0.0, 1.0)?.unwrap_or(1.0);
     if top_p == 0.0 {
@@ -231,11 +248,23 @@ pub fn validate(
             format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}"),
         ));
     }
+    let prompt_logprobs = match g.prompt_logprobs {
+        None => None,
+        Some(k) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Some(k as usize),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "prompt_logprobs",
+                format!("`prompt_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}"),
+            ))
+        }
+    };
+    // Only the prompt's logprobs wanted: nothing needs to be generated.
+    let prompt_only = echo || prompt_logprobs.is_some();
     let max_tokens = match max_tokens_override.or(g.max_tokens) {
-        Some(0) => {
+        Some(0) if !prompt_only => {
             return Err(ApiError::invalid(
                 "max_tokens",
-                "`max_tokens` must be at least 1",
+                "`max_tokens` must be at least 1 (0 only with `echo` or `prompt_logprobs`)",
             ))
         }
         Some(m) => Some(usize::try_from(m).unwrap_or(usize::MAX)),
@@ -315,7 +344,10 @@ pub fn validate(
             n: n as usize,
             logprobs,
             top_logprobs: top_logprobs as usize,
+            prompt_logprobs,
         },
+        echo,
+        prompt_logprobs: prompt_logprobs.is_some(),
         max_tokens,
         stream,
         include_usage: stream && g.stream_options.as_ref().is_some_and(|o| o.include_usage),
@@ -374,7 +406,19 @@ pub fn parse_chat(body: &[u8], vocab_size: usize) -> Result<ParsedChat, ApiError
             "`top_logprobs` needs `logprobs: true`",
         ));
     }
-    let validated = validate(&gen, req.max_completion_tokens, logprobs, top, vocab_size)?;
+    if gen.prompt_logprobs.is_some() && gen.stream == Some(true) {
+        return Err(ApiError::invalid(
+            "prompt_logprobs",
+            "`prompt_logprobs` is not available when streaming chat completions",
+        ));
+    }
+    let asked = Asked {
+        max_tokens_override: req.max_completion_tokens,
+        logprobs,
+        top_logprobs: top,
+        echo: false,
+    };
+    let validated = validate(&gen, asked, vocab_size)?;
     Ok(ParsedChat {
         model: req.model,
         messages,
@@ -394,9 +438,6 @@ pub fn parse_completion(body: &[u8], vocab_size: usize) -> Result<ParsedCompleti
     let req: CompletionRequest = parse_body(body)?;
     let gen: GenerationFields = parse_body(body)?;
     refuse_unimplemented(body)?;
-    if req.echo.unwrap_or(false) {
-        return Err(ApiError::invalid("echo", "`echo` is not supported"));
-    }
     let top = req.logprobs;
     if top.is_some_and(|t| t > 5) {
         return Err(ApiError::invalid(
@@ -404,7 +445,20 @@ pub fn parse_completion(body: &[u8], vocab_size: usize) -> Result<ParsedCompleti
             "`logprobs` must be between 0 and 5",
         ));
     }
-    let validated = validate(&gen, None, top.is_some(), top.unwrap_or(0), vocab_size)?;
+    let asked = Asked {
+        logprobs: top.is_some(),
+        top_logprobs: top.unwrap_or(0),
+        echo: req.echo.unwrap_or(false),
+        ..Asked::default()
+    };
+    let mut validated = validate(&gen, asked, vocab_size)?;
+    if validated.echo && validated.params.logprobs {
+        // The echoed prompt's tokens carry logprobs too.
+        validated.params.prompt_logprobs = validated
+            .params
+            .prompt_logprobs
+            .max(Some(validated.params.top_logprobs));
+    }
     Ok(ParsedCompletion {
         model: req.model,
         prompt: req.prompt,
@@ -453,7 +507,6 @@ mod tests {
                 r#""chat_template_kwargs": {"enable_thinking": false}"#,
                 "chat_template_kwargs",
             ),
-            (r#""prompt_logprobs": 1"#, "prompt_logprobs"),
             (r#""skip_special_tokens": false"#, "skip_special_tokens"),
         ] {
             let e = err(&format!("{{{base}, {extra}}}"));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::detokenize::IncrementalDecoder;
 use super::request::{EngineEvent, EngineRequest, FinishReason, TokenLogprob};
-use super::sampler::{logprob_of, top_logprobs, Sampler};
+use super::sampler::{logprob_of, rank_of, top_logprobs, Sampler};
 use super::scheduler::{chunk_for, SchedulerConfig};
 use super::sequence::{SeqId, Sequence};
 use super::stats::EngineStats;
@@ -17,10 +17,25 @@ use super::stop::{StopMatcher, StopOutcome};
 /// Counters the model keeps on a GPU (routed tokens per expert) are read back every this many steps
 /// (one small copy; never per layer).
 const EXPERT_LOAD_FLUSH_STEPS: u64 = 64;
+
+/// Prompt tokens per step of a sequence that asked for prompt logprobs: each needs a row of logits
+/// (128 × a 150k vocabulary = 77 MB of f32), so its prefill goes in chunks of at most this many.
+const PROMPT_LOGPROBS_ROWS: usize = 128;
 use crate::error::Result;
 use crate::kv::{BlockAllocator, BlockTable, KvCache};
 use crate::loader::LoadedModel;
 use crate::model::{Batch, LogitsOutput};
+
+/// This step's chunk of `seq` under the token `budget` (a sequence sending prompt logprobs goes in
+/// chunks of at most [`PROMPT_LOGPROBS_ROWS`]).
+fn chunk_of(seq: &Sequence, budget: usize) -> usize {
+    let chunk = chunk_for(seq.uncached(), budget);
+    if seq.wants_prompt_logprobs() {
+        chunk.min(PROMPT_LOGPROBS_ROWS)
+    } else {
+        chunk
+    }
+}
 
 pub struct EngineCore {
     loaded: Arc<LoadedModel>,
@@ -105,6 +120,7 @@ impl EngineCore {
             events: req.events,
             pending_forks: n - 1,
             admitted: 0,
+            prompt_logprobs_next: 1,
         };
         self.stats.queued_requests.fetch_sub(1, Ordering::Relaxed);
         self.seqs.insert(id, seq);
@@ -254,7 +270,7 @@ impl EngineCore {
             let Some(seq) = self.seqs.get(&id) else {
                 continue;
             };
-            let chunk = chunk_for(seq.uncached(), budget);
+            let chunk = chunk_of(seq, budget);
             let target = seq.cached + chunk;
             if self.reserve(id, target) {
                 plan.push((id, chunk));
@@ -283,7 +299,7 @@ impl EngineCore {
                 self.waiting.pop_front();
                 continue;
             };
-            let chunk = chunk_for(seq.uncached(), budget);
+            let chunk = chunk_of(seq, budget);
             let target = seq.cached + chunk;
             let bs = self.config.block_size;
             if seq.table.blocks_needed(target, bs) > self.alloc.num_free() {
@@ -315,29 +331,50 @@ impl EngineCore {
         let started = std::time::Instant::now();
         let bs = self.config.block_size;
         let mut batch = Batch::default();
+        // Logits rows of each planned sequence: (first, count). All rows of its chunk when it wants prompt
+        // logprobs, else its last row only.
+        let mut rows: Vec<(usize, usize)> = Vec::with_capacity(plan.len());
+        let mut selected: Vec<u32> = Vec::new();
         for &(id, chunk) in &plan {
             if let Some(seq) = self.seqs.get(&id) {
+                let start = batch.num_tokens();
                 batch.push(
                     &seq.tokens[seq.cached..seq.cached + chunk],
                     seq.cached,
                     &seq.table,
                     bs,
                 )?;
+                let all = seq.wants_prompt_logprobs();
+                let first = if all { start } else { start + chunk - 1 };
+                rows.push((selected.len(), batch.num_tokens() - first));
+                selected.extend(first as u32..batch.num_tokens() as u32);
             }
         }
+        let output = if selected.len() == plan.len() {
+            LogitsOutput::LastPerSequence
+        } else {
+            LogitsOutput::Rows(selected)
+        };
         let logits = self
             .loaded
             .model
-            .forward(&batch, &self.kv, LogitsOutput::LastPerSequence)?
+            .forward(&batch, &self.kv, output)?
             .to_vec2::<f32>()?;
         let tokens = batch.num_tokens();
         let step = self.stats.steps.fetch_add(1, Ordering::Relaxed);
         if step % EXPERT_LOAD_FLUSH_STEPS == EXPERT_LOAD_FLUSH_STEPS - 1 {
             self.flush_counters();
         }
-        // Sequences whose prompt is done sample from their row (a prompt's forked choices share it).
+        // Sequences whose prompt is done sample from their last row (a prompt's forked choices share it).
         let mut samplers: Vec<(SeqId, usize)> = Vec::new();
-        for (row, &(id, chunk)) in plan.iter().enumerate() {
+        for (&(id, chunk), &(first, count)) in plan.iter().zip(&rows) {
+            if self
+                .seqs
+                .get(&id)
+                .is_some_and(|s| s.wants_prompt_logprobs())
+            {
+                self.send_prompt_logprobs(id, &logits[first..first + count]);
+            }
             let done = match self.seqs.get_mut(&id) {
                 Some(seq) => {
                     seq.cached += chunk;
@@ -345,11 +382,18 @@ impl EngineCore {
                 }
                 None => false,
             };
-            if done {
-                let children = self.fork_pending(id)?;
-                samplers.push((id, row));
-                samplers.extend(children.into_iter().map(|c| (c, row)));
+            if !done {
+                continue;
             }
+            if self.seqs.get(&id).is_some_and(|s| s.params.max_tokens == 0) {
+                // Only the prompt was wanted (its logprobs): every choice ends here.
+                self.finish(id, FinishReason::Length, String::new());
+                continue;
+            }
+            let row = first + count - 1;
+            let children = self.fork_pending(id)?;
+            samplers.push((id, row));
+            samplers.extend(children.into_iter().map(|c| (c, row)));
         }
         for (id, row, token) in self.sample_all(&samplers, &logits) {
             self.advance_one(id, &logits[row], token);
@@ -362,6 +406,46 @@ impl EngineCore {
             .step_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(tokens)
+    }
+
+    /// Sends the log-probabilities of the prompt tokens that `logits` (one row per token of this step's
+    /// chunk, from position `cached`) predict and that were not sent before (a recomputed prompt is not
+    /// sent twice). Rows are reduced in parallel.
+    fn send_prompt_logprobs(&mut self, id: SeqId, logits: &[Vec<f32>]) {
+        use rayon::prelude::*;
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        let top = seq.params.prompt_logprobs.unwrap_or(0);
+        // Row j predicts the token at position cached + j + 1.
+        let from = seq.prompt_logprobs_next.max(seq.cached + 1);
+        let end = (seq.cached + logits.len() + 1).min(seq.prompt_len);
+        if from >= end {
+            return;
+        }
+        let prompt = &seq.tokens;
+        let cached = seq.cached;
+        let (tokens, ranks): (Vec<TokenLogprob>, Vec<u32>) = (from..end)
+            .into_par_iter()
+            .map(|pos| {
+                let row = &logits[pos - 1 - cached];
+                let token = prompt[pos];
+                (
+                    TokenLogprob {
+                        token,
+                        logprob: logprob_of(row, token as usize),
+                        top: top_logprobs(row, top),
+                    },
+                    rank_of(row, token as usize),
+                )
+            })
+            .unzip();
+        seq.prompt_logprobs_next = end;
+        let _ = seq.events.send(EngineEvent::PromptLogprobs {
+            from,
+            tokens,
+            ranks,
+        });
     }
 
     /// After the prompt of a multi-choice request is prefilled, the other choices share its full blocks and

@@ -20,6 +20,8 @@ pub struct GenerateOutput {
     pub token_ids: Vec<u32>,
     /// Natural-log probability of each generated token under the raw next-token distribution.
     pub logprobs: Vec<f32>,
+    /// Natural-log probability of prompt tokens 1.. (when `prompt_logprobs` was asked for).
+    pub prompt_logprobs: Vec<f32>,
     pub text: String,
     pub finish_reason: FinishReason,
     /// Timings of this run (no content).
@@ -94,6 +96,7 @@ pub fn generate(
         prompt_ids,
         token_ids: Vec::new(),
         logprobs: Vec::new(),
+        prompt_logprobs: Vec::new(),
         text: String::new(),
         finish_reason: FinishReason::Length,
         timing: GenerateTiming::default(),
@@ -123,6 +126,9 @@ fn run(
                 EngineEvent::Finished { reason, text, .. } => {
                     out.text.push_str(&text);
                     out.finish_reason = reason;
+                }
+                EngineEvent::PromptLogprobs { tokens, .. } => {
+                    out.prompt_logprobs.extend(tokens.iter().map(|t| t.logprob));
                 }
                 EngineEvent::Failed { message } => return Err(Error::Batch(message)),
             }

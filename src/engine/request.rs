@@ -33,6 +33,9 @@ pub struct RequestParams {
     /// Return the chosen token's log-probability (and `top_logprobs` alternatives).
     pub logprobs: bool,
     pub top_logprobs: usize,
+    /// Return every prompt token's log-probability under the model (from the second token on) with this
+    /// many alternatives ([`EngineEvent::PromptLogprobs`]).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for RequestParams {
@@ -46,6 +49,7 @@ impl Default for RequestParams {
             n: 1,
             logprobs: false,
             top_logprobs: 0,
+            prompt_logprobs: None,
         }
     }
 }
@@ -103,6 +107,13 @@ pub enum EngineEvent {
         text: String,
         completion_tokens: usize,
     },
+    /// Log-probabilities of prompt tokens `from..from + tokens.len()` (position 0 has none), sent while
+    /// the prompt is computed, before any Delta; `ranks[i]` is token i's rank (1 = most likely).
+    PromptLogprobs {
+        from: usize,
+        tokens: Vec<TokenLogprob>,
+        ranks: Vec<u32>,
+    },
     /// The request failed inside the engine (the message holds no content).
     Failed { message: String },
 }
@@ -130,6 +141,11 @@ impl std::fmt::Debug for EngineEvent {
                 .field("choice", choice)
                 .field("reason", reason)
                 .field("completion_tokens", completion_tokens)
+                .finish(),
+            EngineEvent::PromptLogprobs { from, tokens, .. } => f
+                .debug_struct("PromptLogprobs")
+                .field("from", from)
+                .field("tokens", &tokens.len())
                 .finish(),
             EngineEvent::Failed { message } => {
                 f.debug_struct("Failed").field("message", message).finish()

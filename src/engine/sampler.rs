@@ -64,6 +64,12 @@ pub fn top_logprobs(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
         .collect()
 }
 
+/// Rank of `index` among the logits: 1 + how many are strictly more likely.
+pub fn rank_of(logits: &[f32], index: usize) -> u32 {
+    let v = logits[index];
+    1 + logits.iter().filter(|&&l| l > v).count() as u32
+}
+
 /// Index of the largest value (the first on ties).
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;

@@ -32,6 +32,8 @@ pub struct Sequence {
     pub pending_forks: usize,
     /// Admission order; the newest running sequence is preempted first.
     pub admitted: u64,
+    /// The next prompt position whose log-probability is still to be sent (prompt logprobs).
+    pub prompt_logprobs_next: usize,
 }
 
 impl Sequence {
@@ -55,6 +57,7 @@ impl Sequence {
             events: self.events.clone(),
             pending_forks: 0,
             admitted: self.admitted,
+            prompt_logprobs_next: self.prompt_len,
         }
     }
 
@@ -65,6 +68,11 @@ impl Sequence {
     /// Tokens still to be run through the model.
     pub fn uncached(&self) -> usize {
         self.tokens.len() - self.cached
+    }
+
+    /// Prompt log-probabilities are asked for and not all sent yet.
+    pub fn wants_prompt_logprobs(&self) -> bool {
+        self.params.prompt_logprobs.is_some() && self.prompt_logprobs_next < self.prompt_len
     }
 
     pub fn is_prefilling(&self) -> bool {

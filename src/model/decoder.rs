@@ -32,12 +32,15 @@ struct DecoderLayer {
 }
 
 /// Which logits a forward pass returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogitsOutput {
     /// `[num_seqs, vocab]`: each sequence's last token.
     LastPerSequence,
-    /// `[T, vocab]`: every token of the batch (tests, prompt logprobs).
+    /// `[T, vocab]`: every token of the batch (tests).
     All,
+    /// `[rows.len(), vocab]`: these flat token indices of the batch (prompt logprobs: every row of a
+    /// sequence that asked for them, the last row of the others).
+    Rows(Vec<u32>),
 }
 
 pub struct Model {
@@ -306,6 +309,13 @@ impl Model {
         }
         let x = match output {
             LogitsOutput::All => x,
+            LogitsOutput::Rows(rows) => {
+                if rows.iter().any(|&r| r as usize >= batch.num_tokens()) {
+                    return Err(Error::Batch("logits row beyond the batch".into()));
+                }
+                let n = rows.len();
+                x.index_select(&Tensor::from_vec(rows, n, &self.device)?, 0)?
+            }
             LogitsOutput::LastPerSequence => {
                 let last = batch.last_token_indices();
                 x.index_select(&Tensor::from_vec(last, batch.seqs.len(), &self.device)?, 0)?
