@@ -223,3 +223,31 @@ async fn prompt_logprobs_in_vllm_shape() {
     assert_eq!(status, 400);
     assert_eq!(v["error"]["param"], "prompt_logprobs");
 }
+
+/// lm-eval's remote tokenizer: `/tokenizer_info` gives the special tokens' texts and the chat template;
+/// the eos text tokenizes (without special tokens added) back to the eos id, as it checks.
+#[tokio::test]
+async fn tokenizer_info_serves_a_remote_tokenizer() {
+    let server = Server::start(Some(&common::fixture_dir("qwen3_moe")), &[]);
+    let info: Value = reqwest::get(server.url("/tokenizer_info"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let eos = info["eos_token"].as_str().unwrap();
+    assert!(info["chat_template"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
+    assert!(info["model_max_length"].as_u64().unwrap() > 0);
+    let (status, v) = post(
+        &server,
+        "/tokenize",
+        &json!({"prompt": eos, "add_special_tokens": false}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["tokens"][0], info["eos_token_ids"][0]);
+    let (_, v) = post(&server, "/detokenize", &json!({"tokens": v["tokens"]})).await;
+    assert_eq!(v["prompt"], eos);
+}

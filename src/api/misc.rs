@@ -1,4 +1,5 @@
-//! The small routes: `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `POST /tokenize`, `POST /detokenize` (vLLM's shapes),
+//! The small routes: `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `POST /tokenize`, `POST /detokenize`,
+//! `GET /tokenizer_info` (vLLM's shapes),
 //! and the OpenAI-format 404 / 405 fallbacks.
 
 use axum::body::Bytes;
@@ -40,6 +41,25 @@ pub async fn model(
         Ok(()) => Json(model_object(&state)).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET /tokenizer_info` (vLLM's): what a remote tokenizer needs besides `/tokenize` and `/detokenize`
+/// (lm-evaluation-harness's `tokenizer_backend=remote`): the special tokens' texts, the chat template,
+/// the context length.
+pub async fn tokenizer_info(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let loaded = &state.engine.loaded;
+    let text = |id: Option<u32>| id.and_then(|id| loaded.tokenizer.decode(&[id], false).ok());
+    let eos = text(loaded.generation.eos_token_ids.first().copied());
+    Json(json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": state.max_context,
+        "vocab_size": loaded.model.spec().vocab_size,
+        "eos_token": eos,
+        "eos_token_ids": loaded.generation.eos_token_ids,
+        "bos_token": text(loaded.generation.bos_token_id),
+        "pad_token": eos,
+        "chat_template": loaded.chat_template.as_ref().map(|(source, _)| source),
+    }))
 }
 
 pub async fn health(State(state): State<AppState>) -> Response {

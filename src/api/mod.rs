@@ -253,6 +253,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(misc::metrics))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
+        .route("/tokenizer_info", get(misc::tokenizer_info))
         .fallback(misc::not_found)
         .method_not_allowed_fallback(misc::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
