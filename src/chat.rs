@@ -7,20 +7,167 @@ use serde::{Deserialize, Serialize};
 
 use crate::weights::ModelSource;
 
-/// One chat message (request content: its Debug prints lengths only).
-#[derive(Clone, Serialize, Deserialize)]
+/// One chat message as the template sees it (request content: its Debug prints lengths only). Keys left
+/// `None` are absent for the template (transformers 5 drops null-valued message keys before rendering).
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: String,
+    pub content: Option<String>,
+    /// The reasoning an assistant turn carried (templates of thinking models may render it).
+    pub reasoning_content: Option<String>,
+    pub tool_calls: Vec<MessageToolCall>,
+    /// A `tool` message: the id of the call it answers.
+    pub tool_call_id: Option<String>,
+    /// A `tool` message: the function's name (some templates print it).
+    pub name: Option<String>,
+}
+
+/// A tool call of an earlier assistant turn, as the client sent it back.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct MessageToolCall {
+    pub id: Option<String>,
+    pub name: String,
+    /// The arguments: JSON text (OpenAI's form) or, from clients that send an object, that object.
+    pub arguments: serde_json::Value,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.to_owned(),
+            content: Some(content.to_owned()),
+            ..Self::default()
+        }
+    }
+
+    /// The message as a template variable, in OpenAI's key order.
+    fn to_template(&self, style: RenderStyle) -> serde_json::Value {
+        use serde_json::{Map, Value as J};
+        let mut m = Map::new();
+        m.insert("role".into(), J::String(self.role.clone()));
+        match &self.content {
+            Some(c) => {
+                m.insert("content".into(), J::String(c.clone()));
+            }
+            None => match style.null_content {
+                NullContent::Drop => {}
+                NullContent::Keep => {
+                    m.insert("content".into(), J::Null);
+                }
+                NullContent::Empty => {
+                    m.insert("content".into(), J::String(String::new()));
+                }
+            },
+        }
+        if let Some(r) = &self.reasoning_content {
+            m.insert("reasoning_content".into(), J::String(r.clone()));
+        }
+        if !self.tool_calls.is_empty() {
+            let calls = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    let mut call = Map::new();
+                    if let Some(id) = &c.id {
+                        call.insert("id".into(), J::String(id.clone()));
+                    }
+                    call.insert("type".into(), J::String("function".into()));
+                    let mut f = Map::new();
+                    f.insert("name".into(), J::String(c.name.clone()));
+                    f.insert("arguments".into(), style.arguments(&c.arguments));
+                    call.insert("function".into(), J::Object(f));
+                    J::Object(call)
+                })
+                .collect();
+            m.insert("tool_calls".into(), J::Array(calls));
+        }
+        if let Some(id) = &self.tool_call_id {
+            m.insert("tool_call_id".into(), J::String(id.clone()));
+        }
+        if let Some(n) = &self.name {
+            m.insert("name".into(), J::String(n.clone()));
+        }
+        J::Object(m)
+    }
 }
 
 impl std::fmt::Debug for ChatMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatMessage")
-            .field("role", &self.role)
-            .field("content_len", &self.content.len())
-            .finish()
+            .field("role", &self.role.len())
+            .field("content_len", &self.content.as_ref().map(String::len))
+            .field("tool_calls", &self.tool_calls.len())
+            .finish_non_exhaustive()
     }
+}
+
+/// How messages are shown to a template. Templates disagree on the form of earlier tool calls' arguments
+/// (Qwen, Mistral: an object they serialize themselves; DeepSeek: the JSON text they concatenate) and on
+/// a null `content` beside tool calls (Qwen3 needs a string, DeepSeek-V3 renders calls only beside a
+/// none); the style that renders a probe conversation's calls is found once per template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenderStyle {
+    /// Arguments given as JSON text are parsed into an object first.
+    pub arguments_as_object: bool,
+    pub null_content: NullContent,
+}
+
+/// What a message without content shows the template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NullContent {
+    /// No `content` key (transformers 5 drops null-valued keys).
+    Drop,
+    /// `content` is none (transformers 4).
+    Keep,
+    /// `content` is the empty string.
+    Empty,
+}
+
+impl RenderStyle {
+    /// The styles tried, in order: transformers 5 with arguments parsed (as vLLM does) first.
+    pub const ALL: [RenderStyle; 6] = [
+        RenderStyle::new(true, NullContent::Drop),
+        RenderStyle::new(false, NullContent::Drop),
+        RenderStyle::new(false, NullContent::Keep),
+        RenderStyle::new(true, NullContent::Keep),
+        RenderStyle::new(true, NullContent::Empty),
+        RenderStyle::new(false, NullContent::Empty),
+    ];
+
+    pub const fn new(arguments_as_object: bool, null_content: NullContent) -> Self {
+        Self {
+            arguments_as_object,
+            null_content,
+        }
+    }
+
+    fn arguments(&self, a: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value as J;
+        match (a, self.arguments_as_object) {
+            (J::String(text), true) => match serde_json::from_str::<J>(text) {
+                Ok(v @ J::Object(_)) => v,
+                _ => a.clone(),
+            },
+            (J::String(_), false) => a.clone(),
+            (other, true) => other.clone(),
+            (other, false) => {
+                let mut out = String::new();
+                python_json(other, None, 0, &mut out);
+                J::String(out)
+            }
+        }
+    }
+}
+
+/// What a request adds to the template's variables besides the messages.
+#[derive(Default)]
+pub struct RenderOptions<'a> {
+    pub add_generation_prompt: bool,
+    /// OpenAI `tools` as the client sent them (`None`: the template sees `tools` as none).
+    pub tools: Option<&'a [serde_json::Value]>,
+    /// `chat_template_kwargs`: extra top-level variables (`enable_thinking`, `thinking`, …).
+    pub kwargs: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Why a template could not be used. Messages describe the template, never the conversation.
@@ -37,6 +184,9 @@ pub enum ChatError {
 /// A compiled chat template with the special tokens it may use.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
+    /// How this template wants earlier tool calls shown (found by [`ChatTemplate::probe_tool_style`]).
+    tool_style: RenderStyle,
     bos_token: String,
     eos_token: String,
 }
@@ -134,11 +284,15 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_owned())
             .map_err(|e| ChatError::Compile(e.to_string()))?;
-        Ok(Self {
+        let mut template = Self {
             env,
+            source: source.to_owned(),
+            tool_style: RenderStyle::ALL[0],
             bos_token: special_token(tokenizer_config, "bos_token"),
             eos_token: special_token(tokenizer_config, "eos_token"),
-        })
+        };
+        template.tool_style = template.probe_tool_style();
+        Ok(template)
     }
 
     /// The template a checkpoint ships, if any.
@@ -160,17 +314,124 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
+        self.render_with(
+            messages,
+            &RenderOptions {
+                add_generation_prompt,
+                ..RenderOptions::default()
+            },
+        )
+    }
+
+    /// Renders with tools and extra variables. Earlier tool calls are shown in the style found for this
+    /// template ([`RenderStyle`]); should that fail on a conversation, the other styles are tried.
+    /// Without earlier tool calls there is one render.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        options: &RenderOptions,
+    ) -> Result<String, ChatError> {
+        let has_calls = messages.iter().any(|m| !m.tool_calls.is_empty());
+        let styles: Vec<RenderStyle> = if has_calls {
+            std::iter::once(self.tool_style)
+                .chain(
+                    RenderStyle::ALL
+                        .into_iter()
+                        .filter(|s| *s != self.tool_style),
+                )
+                .collect()
+        } else {
+            vec![self.tool_style]
+        };
+        let mut first_error = None;
+        for style in styles {
+            match self.render_styled(messages, options, style) {
+                Ok(text) => return Ok(text),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or(ChatError::NoTemplate))
+    }
+
+    /// One render with messages shown in `style`.
+    pub fn render_styled(
+        &self,
+        messages: &[ChatMessage],
+        options: &RenderOptions,
+        style: RenderStyle,
+    ) -> Result<String, ChatError> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| ChatError::Compile(e.to_string()))?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
+        let shown: Vec<serde_json::Value> = messages.iter().map(|m| m.to_template(style)).collect();
+        let tools = options.tools.map(Value::from_serialize);
+        let base = context! {
+            messages => Value::from_serialize(&shown),
+            tools => tools,
+            add_generation_prompt => options.add_generation_prompt,
             bos_token => self.bos_token,
             eos_token => self.eos_token,
-        })
-        .map_err(|e| ChatError::Render(describe(&e)))
+        };
+        let ctx = match options.kwargs {
+            // Ours come first, so they win over a request variable of the same name.
+            Some(kw) => context! { ..base, ..Value::from_serialize(kw) },
+            None => base,
+        };
+        tmpl.render(ctx)
+            .map_err(|e| ChatError::Render(describe(&e)))
+    }
+
+    /// The first style in which a probe conversation (a call with null content, answered by a tool)
+    /// renders with its arguments visible; the first style when none does (templates without tools).
+    fn probe_tool_style(&self) -> RenderStyle {
+        const PROBE: &str = "moeserve_probe_7c1d";
+        if !self.source.contains("tool_calls") {
+            return RenderStyle::ALL[0];
+        }
+        let messages = [
+            ChatMessage::new("user", "q"),
+            ChatMessage {
+                role: "assistant".into(),
+                tool_calls: vec![MessageToolCall {
+                    id: Some("call00001".into()),
+                    name: "probe".into(),
+                    arguments: serde_json::Value::String(format!("{{\"v\": \"{PROBE}\"}}")),
+                }],
+                ..ChatMessage::default()
+            },
+            ChatMessage {
+                role: "tool".into(),
+                content: Some("r".into()),
+                tool_call_id: Some("call00001".into()),
+                name: Some("probe".into()),
+                ..ChatMessage::default()
+            },
+        ];
+        let options = RenderOptions {
+            add_generation_prompt: true,
+            ..RenderOptions::default()
+        };
+        RenderStyle::ALL
+            .into_iter()
+            .find(|&style| {
+                self.render_styled(&messages, &options, style)
+                    .is_ok_and(|text| text.contains(PROBE))
+            })
+            .unwrap_or(RenderStyle::ALL[0])
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the template reads `tools` at all (DeepSeek's do not: tools must then come from a
+    /// template made for them, `--chat-template`).
+    pub fn renders_tools(&self) -> bool {
+        self.source.contains("tools")
     }
 }
 

@@ -18,6 +18,7 @@ pub mod loader;
 pub mod logging;
 pub mod memory;
 pub mod model;
+pub mod parsers;
 pub mod plan;
 pub mod tokenizer;
 pub mod weights;

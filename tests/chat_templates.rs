@@ -40,3 +40,112 @@ fn templates_match_transformers() {
         "fixture, qwen3 and deepseek_v3 templates all checked"
     );
 }
+
+/// Real tool-calling templates (Qwen3, Qwen2.5, Kimi K2, DeepSeek V3 / V3.1, Mistral v0.3 / Nemo) render
+/// byte-identical to transformers' `apply_chat_template(messages, tools=…)`
+/// (`tests/fixtures/chat/tools/references.json`, `scripts/make_tool_fixtures.py`): conversations go through
+/// the API's request parser, with earlier calls' arguments as an object or as JSON text and a null content
+/// dropped (transformers 5) or kept, as each reference was made; a conversation transformers refuses is
+/// refused here too.
+#[test]
+fn tool_templates_match_transformers() {
+    use moeserve::chat::{NullContent, RenderOptions, RenderStyle};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat/tools");
+    let refs: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("references.json")).unwrap())
+            .unwrap();
+    let (mut rendered, mut refused) = (0, 0);
+    for r in &refs {
+        let name = r["template"].as_str().unwrap();
+        let source = std::fs::read_to_string(dir.join(format!("{name}.jinja"))).unwrap();
+        let cfg = serde_json::json!({"bos_token": r["bos_token"], "eos_token": r["eos_token"]});
+        let template = ChatTemplate::new(&source, Some(&cfg)).unwrap();
+        let mut body = serde_json::json!({"model": "m", "messages": r["messages"]});
+        if !r["tools"].is_null() {
+            body["tools"] = r["tools"].clone();
+        }
+        if r["kwargs"].as_object().is_some_and(|k| !k.is_empty()) {
+            body["chat_template_kwargs"] = r["kwargs"].clone();
+        }
+        let parsed = moeserve::api::validate::parse_chat(body.to_string().as_bytes(), 1000)
+            .unwrap_or_else(|e| panic!("{name} {}: {}", r["case"], e.message));
+        let null = if r["null_keys"] == "kept" {
+            NullContent::Keep
+        } else {
+            NullContent::Drop
+        };
+        let style = RenderStyle::new(r["arguments_form"].as_str() != Some("string"), null);
+        let options = RenderOptions {
+            add_generation_prompt: true,
+            tools: (!parsed.options.tools.is_empty()).then_some(&parsed.options.tools[..]),
+            kwargs: parsed.options.kwargs.as_ref(),
+        };
+        let ours = template.render_styled(&parsed.messages, &options, style);
+        let what = format!("{name} {} ({:?})", r["case"], style);
+        match r["rendered"].as_str() {
+            Some(want) => {
+                assert_eq!(
+                    ours.as_deref().unwrap_or_else(|e| panic!("{what}: {e}")),
+                    want,
+                    "{what}"
+                );
+                rendered += 1;
+            }
+            None => {
+                assert!(ours.is_err(), "{what}: transformers refuses it");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        rendered >= 70 && refused >= 10,
+        "{rendered} rendered, {refused} refused"
+    );
+}
+
+/// The production renderer tries arguments as an object first and falls back to JSON text (then a kept
+/// null content): DeepSeek's templates concatenate the text, Qwen's and Mistral's serialize the object.
+#[test]
+fn tool_call_arguments_take_the_form_each_template_needs() {
+    use moeserve::chat::{MessageToolCall, RenderOptions};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat/tools");
+    let call = MessageToolCall {
+        id: Some("call00001".into()),
+        name: "get_weather".into(),
+        arguments: serde_json::Value::String(r#"{"location":"Paris"}"#.into()),
+    };
+    let messages = vec![
+        ChatMessage::new("user", "Weather?"),
+        ChatMessage {
+            role: "assistant".into(),
+            content: None,
+            tool_calls: vec![call],
+            ..Default::default()
+        },
+        ChatMessage {
+            role: "tool".into(),
+            content: Some("21 C".into()),
+            tool_call_id: Some("call00001".into()),
+            ..Default::default()
+        },
+    ];
+    let options = RenderOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
+    for (name, expect) in [
+        ("qwen3", r#"{"location": "Paris"}"#),
+        ("mistral", r#""arguments": {"location": "Paris"}"#),
+        ("deepseek_v3", r#"{"location":"Paris"}"#),
+        ("deepseek_v3_1", r#"{"location":"Paris"}"#),
+    ] {
+        let source = std::fs::read_to_string(dir.join(format!("{name}.jinja"))).unwrap();
+        let cfg = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>"});
+        let text = ChatTemplate::new(&source, Some(&cfg))
+            .unwrap()
+            .render_with(&messages, &options)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(text.contains(expect), "{name}: {text}");
+        assert!(text.contains("21 C"), "{name}: {text}");
+    }
+}

@@ -11,9 +11,11 @@ use futures::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::auth::{ReserveError, TokenReservation};
+use super::chat_output::{ChatOutput, ChatParse};
+use super::completion_output::CompletionOutput;
 use super::error::ApiError;
 use super::metrics::Metrics;
-use super::output::{ChatOutput, Chunks, Common, CompletionOutput, Output, PromptEcho, PromptSide};
+use super::output::{Chunks, Common, Output, PromptEcho, PromptSide};
 use super::response::Usage;
 use super::AppState;
 use crate::engine::{EngineEvent, EngineHandle, RequestParams};
@@ -41,6 +43,8 @@ pub struct Job {
     pub echo: Vec<PromptEcho>,
     /// vLLM's `prompt_logprobs` field was asked for.
     pub prompt_logprobs: bool,
+    /// Chat: how the output is parsed (reasoning, tool calls).
+    pub chat: ChatParse,
 }
 
 /// Token counts of a streamed request, filled in while it streams (the access log reads them when the
@@ -203,7 +207,12 @@ pub async fn run(state: AppState, mut job: Job) -> Result<Response, ApiError> {
         state: state.clone(),
     };
     let output: Box<dyn Output> = match job.kind {
-        Kind::Chat => Box::new(ChatOutput::new(common, choices, prompt_tokens)),
+        Kind::Chat => Box::new(ChatOutput::new(
+            common,
+            choices,
+            prompt_tokens,
+            std::mem::take(&mut job.chat),
+        )),
         Kind::Completion => {
             let mut echoes = std::mem::take(&mut job.echo).into_iter();
             let sides = job

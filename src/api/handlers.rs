@@ -8,6 +8,7 @@ use axum::response::Response;
 use axum::Extension;
 
 use super::auth::KeyId;
+use super::chat_output::ChatParse;
 use super::error::ApiError;
 use super::generation::{self, Job, Kind};
 use super::output::{PromptEcho, TextOffsets};
@@ -15,6 +16,7 @@ use super::parse::with_parse_limits;
 use super::request::PromptField;
 use super::validate::{parse_chat, parse_completion, ParsedChat, ParsedCompletion, Validated};
 use super::AppState;
+use crate::chat::RenderOptions;
 use crate::engine::detokenize::IncrementalDecoder;
 
 /// The body, or 413 / 400 in OpenAI's format.
@@ -88,13 +90,15 @@ struct Prepared {
     validated: Validated,
     /// With `echo`: each prompt as echoed.
     echo: Vec<PromptEcho>,
+    /// Chat: how the output is parsed.
+    chat: ChatParse,
 }
 
 /// A prompt as `echo` shows it: the text as given (token-id prompts: decoded), each token's text, and
 /// where each token starts in the text (the incremental detokenizer's releases, as generated tokens).
 fn echo_of(state: &AppState, ids: &[u32], text: Option<&str>) -> PromptEcho {
     let tok = &state.engine.loaded.tokenizer;
-    let mut decoder = IncrementalDecoder::new();
+    let mut decoder = IncrementalDecoder::new(true);
     let mut offsets = TextOffsets::default();
     let mut decoded = String::new();
     let mut starts = Vec::with_capacity(ids.len());
@@ -122,17 +126,51 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
     let ParsedChat {
         model,
         messages,
+        options,
         validated: mut v,
     } = with_parse_limits(state.parse_limits(), || parse_chat(body, vocab))?;
     check_model(state, &model)?;
     let template = state.chat.as_ref().ok_or_else(|| {
         ApiError::bad_request("This model has no chat template; use /v1/completions")
     })?;
+    let format = state.output_format;
+    if options.tools_active() {
+        if !template.renders_tools() {
+            return Err(ApiError::invalid(
+                "tools",
+                "This model's chat template does not show tools to the model; start the server \
+                 with a --chat-template that does",
+            ));
+        }
+        if format.tools.is_none() {
+            return Err(ApiError::invalid(
+                "tools",
+                "No tool-call format is known for this model's chat template; start the server \
+                 with --tool-parser",
+            ));
+        }
+    }
+    let render = RenderOptions {
+        add_generation_prompt: true,
+        tools: (!options.tools.is_empty()).then_some(&options.tools[..]),
+        kwargs: options.kwargs.as_ref(),
+    };
     let text = template
-        .render(&messages, true)
+        .render_with(&messages, &render)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     drop(messages);
     check_prompt_bytes(state, text.len(), "messages")?;
+    let chat = ChatParse {
+        reasoning: format.reasoning,
+        tools: format.tools.filter(|_| options.tools_active()),
+        in_reasoning: format.reasoning.is_some_and(|r| r.open_at_end_of(&text)),
+        tool_choice: options.tool_choice.clone(),
+        parallel_tool_calls: options.parallel_tool_calls,
+    };
+    if !chat.is_plain() {
+        // Markers can be special tokens (Kimi's, Mistral's): the parser needs to see them.
+        v.params.skip_special_tokens = false;
+    }
     let prompt = state
         .engine
         .loaded
@@ -145,6 +183,7 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
         prompts: vec![prompt],
         validated: v,
         echo: Vec::new(),
+        chat,
     })
 }
 
@@ -212,6 +251,7 @@ fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiErro
         prompts,
         validated: v,
         echo,
+        chat: ChatParse::default(),
     })
 }
 
@@ -245,6 +285,7 @@ async fn answer(
         prompts,
         validated: v,
         echo,
+        chat,
     } = state
         .blocking(move |s| match kind {
             Kind::Chat => prepare_chat(s, &body),
@@ -264,6 +305,7 @@ async fn answer(
             max_tokens_explicit: v.max_tokens.is_some(),
             echo,
             prompt_logprobs: v.prompt_logprobs,
+            chat,
         },
     )
     .await

@@ -11,11 +11,11 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::chat_request::chat_messages;
 use super::error::ApiError;
 use super::handlers::{body_bytes, check_model};
 use super::request::MessageList;
 use super::AppState;
-use crate::chat::ChatMessage;
 
 /// The one model this server serves, as OpenAI's model object.
 fn model_object(state: &AppState) -> serde_json::Value {
@@ -108,22 +108,7 @@ fn tokenize_body(state: &AppState, body: &[u8]) -> Result<Vec<u32>, ApiError> {
     let (text, special) = match (req.prompt, req.messages) {
         (Some(p), None) => (p, req.add_special_tokens.unwrap_or(true)),
         (None, Some(msgs)) => {
-            let messages: Vec<ChatMessage> = msgs
-                .0
-                .into_iter()
-                .map(|m| ChatMessage {
-                    role: m.role,
-                    content: match m.content {
-                        Some(super::request::MessageContent::Text(t)) => t,
-                        Some(super::request::MessageContent::Parts(parts)) => parts
-                            .into_iter()
-                            .filter_map(|p| p.text)
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                        None => String::new(),
-                    },
-                })
-                .collect();
+            let messages = chat_messages(msgs.0)?;
             let template = state
                 .chat
                 .as_ref()

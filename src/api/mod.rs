@@ -2,6 +2,9 @@
 //! only), and serving with graceful shutdown (new requests get 503 while in-flight ones finish).
 
 pub mod auth;
+pub mod chat_output;
+pub mod chat_request;
+pub mod completion_output;
 pub mod error;
 pub mod generation;
 pub mod handlers;
@@ -53,6 +56,8 @@ pub struct AppState {
     /// A rendered prompt longer than this (bytes) cannot fit the context whatever it tokenizes to: it is
     /// refused before tokenizing (the context × the longest token's bytes).
     pub max_prompt_bytes: usize,
+    /// How chat output is split into reasoning, content and tool calls (from the template, or flags).
+    pub output_format: crate::parsers::OutputFormat,
     request_ids: Arc<AtomicU64>,
 }
 
@@ -68,7 +73,12 @@ impl AppState {
         let max_context = spec_ctx.min(kv_ctx);
         let longest_token = engine.loaded.tokenizer.longest_token_bytes().max(16);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let output_format = chat
+            .as_ref()
+            .map(|c| crate::parsers::OutputFormat::detect(c.source()))
+            .unwrap_or_default();
         Self {
+            output_format,
             chat: chat.map(Arc::new),
             model_name: model_name.into(),
             created: std::time::SystemTime::now()

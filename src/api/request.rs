@@ -64,6 +64,8 @@ pub struct GenerationFields {
     pub stream_options: Option<StreamOptions>,
     /// vLLM's extension: the prompt tokens' own logprobs with this many alternatives.
     pub prompt_logprobs: Option<i64>,
+    /// vLLM's: special tokens in the output text (`false`) or not (default).
+    pub skip_special_tokens: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +86,55 @@ pub enum MessageContent {
 pub struct RequestMessage {
     pub role: String,
     pub content: Option<MessageContent>,
+    /// An assistant turn's calls, sent back with the conversation.
+    pub tool_calls: Option<Vec<RequestToolCall>>,
+    /// A `tool` message: the call it answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
+    /// An assistant turn's reasoning, sent back (vLLM's name, and the newer one).
+    pub reasoning_content: Option<String>,
+    pub reasoning: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RequestToolCall {
+    pub id: Option<String>,
+    pub function: RequestFunctionCall,
+}
+
+#[derive(Deserialize)]
+pub struct RequestFunctionCall {
+    pub name: String,
+    /// JSON text as OpenAI sends it (some clients send the object).
+    pub arguments: Option<serde_json::Value>,
+}
+
+/// `tool_choice`: `"none"`, `"auto"`, `"required"`, or `{"type": "function", "function": {"name": …}}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoiceField {
+    Mode(String),
+    Named { function: NamedFunction },
+}
+
+#[derive(Deserialize)]
+pub struct NamedFunction {
+    pub name: String,
+}
+
+/// `response_format`: `{"type": "text" | "json_object" | "json_schema", "json_schema": {…}}`.
+#[derive(Deserialize)]
+pub struct ResponseFormatField {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub json_schema: Option<JsonSchemaField>,
+}
+
+#[derive(Deserialize)]
+pub struct JsonSchemaField {
+    pub name: Option<String>,
+    pub schema: Option<serde_json::Value>,
+    pub strict: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +144,13 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u64>,
     pub max_completion_tokens: Option<u64>,
+    /// OpenAI tool definitions, kept as sent (the chat template prints them).
+    pub tools: Option<Vec<serde_json::Value>>,
+    pub tool_choice: Option<ToolChoiceField>,
+    pub parallel_tool_calls: Option<bool>,
+    /// Extra chat-template variables (`enable_thinking`, …).
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    pub response_format: Option<ResponseFormatField>,
 }
 
 pub enum PromptField {

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::chat_request::{chat_messages, chat_options, ChatOptions};
 use super::error::ApiError;
 use super::parse::parse_body;
-use super::request::{
-    ChatRequest, CompletionRequest, GenerationFields, MessageContent, PromptField, StopField,
-};
+use super::request::{ChatRequest, CompletionRequest, GenerationFields, PromptField, StopField};
 use crate::chat::ChatMessage;
 use crate::engine::stop::StopStrings;
 use crate::engine::{RequestParams, SamplingParams};
@@ -20,9 +19,7 @@ use crate::engine::{RequestParams, SamplingParams};
 /// notices (a schema not enforced, a tool never called), so each is a 400 naming it.
 #[derive(Deserialize, Default)]
 struct NotImplemented {
-    tools: Option<Vec<serde::de::IgnoredAny>>,
     functions: Option<Vec<serde::de::IgnoredAny>>,
-    tool_choice: Option<Choice>,
     function_call: Option<Choice>,
     response_format: Option<ResponseFormat>,
     store: Option<bool>,
@@ -33,13 +30,11 @@ struct NotImplemented {
     add_generation_prompt: Option<bool>,
     continue_final_message: Option<bool>,
     include_stop_str_in_output: Option<bool>,
-    skip_special_tokens: Option<bool>,
     guided_json: Option<serde::de::IgnoredAny>,
     guided_regex: Option<serde::de::IgnoredAny>,
     guided_choice: Option<serde::de::IgnoredAny>,
     guided_grammar: Option<serde::de::IgnoredAny>,
     structured_outputs: Option<serde::de::IgnoredAny>,
-    chat_template_kwargs: Option<serde::de::IgnoredAny>,
     reasoning_effort: Option<serde::de::IgnoredAny>,
     logits_processors: Option<serde::de::IgnoredAny>,
     bad_words: Option<serde::de::IgnoredAny>,
@@ -79,19 +74,13 @@ fn refuse_unimplemented(body: &[u8]) -> Result<(), ApiError> {
         Some(Choice::Mode(m)) => m == "none" || m == "auto",
         Some(Choice::Other(_)) => false,
     };
-    if n.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return refuse("tools", "tool calling is not implemented yet");
-    }
     if n.functions.as_ref().is_some_and(|t| !t.is_empty()) {
-        return refuse("functions", "function calling is not implemented yet");
-    }
-    if !mode_ok(&n.tool_choice) {
-        return refuse("tool_choice", "only \"none\" or \"auto\" without tools");
+        return refuse("functions", "the deprecated `functions` API; use `tools`");
     }
     if !mode_ok(&n.function_call) {
         return refuse(
             "function_call",
-            "only \"none\" or \"auto\" without functions",
+            "the deprecated `function_call` API; use `tool_choice`",
         );
     }
     if n.response_format
@@ -138,13 +127,11 @@ fn refuse_unimplemented(body: &[u8]) -> Result<(), ApiError> {
             "include_stop_str_in_output",
             n.include_stop_str_in_output == Some(true),
         ),
-        ("skip_special_tokens", n.skip_special_tokens == Some(false)),
         ("guided_json", n.guided_json.is_some()),
         ("guided_regex", n.guided_regex.is_some()),
         ("guided_choice", n.guided_choice.is_some()),
         ("guided_grammar", n.guided_grammar.is_some()),
         ("structured_outputs", n.structured_outputs.is_some()),
-        ("chat_template_kwargs", n.chat_template_kwargs.is_some()),
         ("reasoning_effort", n.reasoning_effort.is_some()),
         ("logits_processors", n.logits_processors.is_some()),
         ("bad_words", n.bad_words.is_some()),
@@ -345,6 +332,7 @@ pub fn validate(
             logprobs,
             top_logprobs: top_logprobs as usize,
             prompt_logprobs,
+            skip_special_tokens: g.skip_special_tokens.unwrap_or(true),
         },
         echo,
         prompt_logprobs: prompt_logprobs.is_some(),
@@ -358,12 +346,13 @@ pub fn validate(
 pub struct ParsedChat {
     pub model: String,
     pub messages: Vec<ChatMessage>,
+    pub options: ChatOptions,
     pub validated: Validated,
 }
 
 /// Parses and validates a `/v1/chat/completions` body. Never panics; every failure is a 4xx ApiError.
 pub fn parse_chat(body: &[u8], vocab_size: usize) -> Result<ParsedChat, ApiError> {
-    let req: ChatRequest = parse_body(body)?;
+    let mut req: ChatRequest = parse_body(body)?;
     let gen: GenerationFields = parse_body(body)?;
     refuse_unimplemented(body)?;
     if req.messages.0.is_empty() {
@@ -372,32 +361,8 @@ pub fn parse_chat(body: &[u8], vocab_size: usize) -> Result<ParsedChat, ApiError
             "`messages` must not be empty",
         ));
     }
-    let mut messages = Vec::with_capacity(req.messages.0.len());
-    for (i, m) in req.messages.0.into_iter().enumerate() {
-        let content = match m.content {
-            None => String::new(),
-            Some(MessageContent::Text(t)) => t,
-            Some(MessageContent::Parts(parts)) => {
-                let mut texts = Vec::new();
-                for p in parts {
-                    match (p.kind.as_str(), p.text) {
-                        ("text", Some(t)) => texts.push(t),
-                        _ => {
-                            return Err(ApiError::invalid(
-                                &format!("messages[{i}].content"),
-                                "Only text content parts are supported",
-                            ))
-                        }
-                    }
-                }
-                texts.join("\n")
-            }
-        };
-        messages.push(ChatMessage {
-            role: m.role,
-            content,
-        });
-    }
+    let options = chat_options(&mut req)?;
+    let messages = chat_messages(std::mem::take(&mut req.messages.0))?;
     let logprobs = req.logprobs.unwrap_or(false);
     let top = req.top_logprobs.unwrap_or(0);
     if top > 0 && !logprobs {
@@ -422,6 +387,7 @@ pub fn parse_chat(body: &[u8], vocab_size: usize) -> Result<ParsedChat, ApiError
     Ok(ParsedChat {
         model: req.model,
         messages,
+        options,
         validated,
     })
 }
@@ -482,15 +448,16 @@ mod tests {
     fn unimplemented_fields_are_refused_by_name_neutral_values_accepted() {
         let base = r#""model": "m", "messages": [{"role": "user", "content": "hi"}]"#;
         for (extra, field) in [
-            (
-                r#""tools": [{"type": "function", "function": {"name": "f"}}]"#,
-                "tools",
-            ),
             (r#""tool_choice": "required""#, "tool_choice"),
             (
                 r#""tool_choice": {"type": "function", "function": {"name": "f"}}"#,
-                "tool_choice",
+                "tool_choice.function.name",
             ),
+            (
+                r#""tools": [{"type": "function", "function": {"name": "bad name"}}]"#,
+                "tools[0].function.name",
+            ),
+            (r#""tools": [{"type": "retrieval"}]"#, "tools[0].type"),
             (
                 r#""response_format": {"type": "json_object"}"#,
                 "response_format",
@@ -503,17 +470,14 @@ mod tests {
             (r#""min_tokens": 4"#, "min_tokens"),
             (r#""best_of": 3"#, "best_of"),
             (r#""guided_json": {"type": "object"}"#, "guided_json"),
-            (
-                r#""chat_template_kwargs": {"enable_thinking": false}"#,
-                "chat_template_kwargs",
-            ),
-            (r#""skip_special_tokens": false"#, "skip_special_tokens"),
         ] {
             let e = err(&format!("{{{base}, {extra}}}"));
             assert_eq!(e.param.as_deref(), Some(field), "{extra}");
         }
         for extra in [
             r#""tools": []"#,
+            r#""tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]"#,
+            r#""chat_template_kwargs": {"enable_thinking": false}"#,
             r#""tools": null"#,
             r#""tool_choice": "none""#,
             r#""response_format": {"type": "text"}"#,

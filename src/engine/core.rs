@@ -114,7 +114,7 @@ impl EngineCore {
             cached: 0,
             table: BlockTable::new(),
             sampler,
-            decoder: IncrementalDecoder::new(),
+            decoder: IncrementalDecoder::new(req.params.skip_special_tokens),
             stop: StopMatcher::new(req.params.stop.clone()),
             params: req.params,
             events: req.events,

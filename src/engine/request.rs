@@ -36,6 +36,8 @@ pub struct RequestParams {
     /// Return every prompt token's log-probability under the model (from the second token on) with this
     /// many alternatives ([`EngineEvent::PromptLogprobs`]).
     pub prompt_logprobs: Option<usize>,
+    /// Special tokens give no text (default); `false` keeps them (markers a parser reads).
+    pub skip_special_tokens: bool,
 }
 
 impl Default for RequestParams {
@@ -50,6 +52,7 @@ impl Default for RequestParams {
             logprobs: false,
             top_logprobs: 0,
             prompt_logprobs: None,
+            skip_special_tokens: true,
         }
     }
 }

@@ -51,7 +51,7 @@ impl Sequence {
             cached: 0,
             table: BlockTable::new(),
             sampler: Sampler::new(sampling).with_prompt(&self.tokens),
-            decoder: IncrementalDecoder::new(),
+            decoder: IncrementalDecoder::new(self.params.skip_special_tokens),
             stop: StopMatcher::new(self.params.stop.clone()),
             params: self.params.clone(),
             events: self.events.clone(),

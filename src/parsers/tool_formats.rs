@@ -1,0 +1,229 @@
+//! The tool-call formats models are trained on, as data: the markers around a call (and around a group of
+//! calls), and how a finished call's text splits into name, id and arguments.
+//!
+//! - Qwen / hermes: `<tool_call>\n{"name": N, "arguments": {…}}\n</tool_call>` (Qwen2, Qwen2.5, Qwen3).
+//! - Kimi K2: `<|tool_calls_section_begin|>` then per call `<|tool_call_begin|>functions.N:IDX
+//!   <|tool_call_argument_begin|>{…}<|tool_call_end|>`, then `<|tool_calls_section_end|>`.
+//! - DeepSeek V3 / R1: `<｜tool▁calls▁begin｜>` then per call `<｜tool▁call▁begin｜>function<｜tool▁sep｜>N
+//!   \n```json\n{…}\n```<｜tool▁call▁end｜>`; V3.1: `<｜tool▁call▁begin｜>N<｜tool▁sep｜>{…}<｜tool▁call▁end｜>`.
+//! - Mistral: `[TOOL_CALLS] [{"name": N, "arguments": {…}}, …]` (tokenizer v3, Mixtral-8x22B, Nemo) or,
+//!   from tokenizer v11 on, `[TOOL_CALLS]N[ARGS]{…}` once per call; both run to the end of the output.
+
+use serde_json::Value;
+
+/// A call read from the model's output. `arguments` is JSON text (compact, in the model's key order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedCall {
+    /// The model's own id for the call (Kimi K2 writes one); otherwise the server makes one.
+    pub id: Option<String>,
+    pub name: String,
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolFormat {
+    Hermes,
+    KimiK2,
+    DeepSeek,
+    Mistral,
+}
+
+/// The markers of one format.
+pub struct Markers {
+    /// Opens a group of calls (the calls inside still have their own markers).
+    pub section_begin: Option<&'static str>,
+    pub section_end: Option<&'static str>,
+    pub call_begin: &'static str,
+    /// Ends a call; `None`: the calls run to the end of the output (Mistral).
+    pub call_end: Option<&'static str>,
+}
+
+impl ToolFormat {
+    pub const ALL: [ToolFormat; 4] = [
+        ToolFormat::Hermes,
+        ToolFormat::KimiK2,
+        ToolFormat::DeepSeek,
+        ToolFormat::Mistral,
+    ];
+
+    /// The name used on the command line (`--tool-parser`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ToolFormat::Hermes => "qwen",
+            ToolFormat::KimiK2 => "kimi_k2",
+            ToolFormat::DeepSeek => "deepseek_v3",
+            ToolFormat::Mistral => "mistral",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "qwen" | "hermes" => Some(ToolFormat::Hermes),
+            "kimi_k2" | "kimi" => Some(ToolFormat::KimiK2),
+            "deepseek_v3" | "deepseek_v31" | "deepseek" => Some(ToolFormat::DeepSeek),
+            "mistral" => Some(ToolFormat::Mistral),
+            _ => None,
+        }
+    }
+
+    /// The format a chat template writes earlier calls in (and so the one its model was trained on).
+    pub fn detect(template: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| template.contains(f.markers().call_begin))
+    }
+
+    pub fn markers(self) -> Markers {
+        match self {
+            ToolFormat::Hermes => Markers {
+                section_begin: None,
+                section_end: None,
+                call_begin: "<tool_call>",
+                call_end: Some("</tool_call>"),
+            },
+            ToolFormat::KimiK2 => Markers {
+                section_begin: Some("<|tool_calls_section_begin|>"),
+                section_end: Some("<|tool_calls_section_end|>"),
+                call_begin: "<|tool_call_begin|>",
+                call_end: Some("<|tool_call_end|>"),
+            },
+            ToolFormat::DeepSeek => Markers {
+                section_begin: Some("<｜tool▁calls▁begin｜>"),
+                section_end: Some("<｜tool▁calls▁end｜>"),
+                call_begin: "<｜tool▁call▁begin｜>",
+                call_end: Some("<｜tool▁call▁end｜>"),
+            },
+            ToolFormat::Mistral => Markers {
+                section_begin: None,
+                section_end: None,
+                call_begin: "[TOOL_CALLS]",
+                call_end: None,
+            },
+        }
+    }
+
+    /// The calls in the text between a call's markers (for Mistral: everything after `[TOOL_CALLS]`).
+    /// `None` when it is not a well-formed call (the text is then shown as content).
+    pub fn parse_body(self, body: &str) -> Option<Vec<ParsedCall>> {
+        match self {
+            ToolFormat::Hermes => {
+                let v: Value = serde_json::from_str(body.trim()).ok()?;
+                call_object(&v).map(|c| vec![c])
+            }
+            ToolFormat::KimiK2 => {
+                let (id, args) = body.split_once("<|tool_call_argument_begin|>")?;
+                let id = id.trim();
+                // functions.get_weather:0 → get_weather
+                let name = id.split(':').next()?.rsplit('.').next()?;
+                Some(vec![ParsedCall {
+                    id: Some(id.to_owned()),
+                    name: valid_name(name)?,
+                    arguments: json_text(args)?,
+                }])
+            }
+            ToolFormat::DeepSeek => {
+                let (left, right) = body.split_once("<｜tool▁sep｜>")?;
+                let (name, args) = match right.split_once("```json") {
+                    // V3: function<｜tool▁sep｜>NAME\n```json\n{…}\n```
+                    Some((name, rest)) => (name, rest.trim().strip_suffix("```")?),
+                    // V3.1: NAME<｜tool▁sep｜>{…}
+                    None => (left, right),
+                };
+                Some(vec![ParsedCall {
+                    id: None,
+                    name: valid_name(name.trim())?,
+                    arguments: json_text(args)?,
+                }])
+            }
+            ToolFormat::Mistral => {
+                let body = body.trim();
+                if body.starts_with('[') {
+                    let v: Value = serde_json::from_str(body).ok()?;
+                    v.as_array()?.iter().map(call_object).collect()
+                } else {
+                    // v11: NAME[ARGS]{…}, calls separated by further [TOOL_CALLS] markers.
+                    body.split("[TOOL_CALLS]")
+                        .filter(|c| !c.trim().is_empty())
+                        .map(|call| {
+                            let (name, args) = call.split_once("[ARGS]")?;
+                            let name = name.split("[CALL_ID]").next()?;
+                            Some(ParsedCall {
+                                id: None,
+                                name: valid_name(name.trim())?,
+                                arguments: json_text(args)?,
+                            })
+                        })
+                        .collect()
+                }
+            }
+        }
+    }
+}
+
+/// `{"name": N, "arguments": {…}}` (also `parameters`, which some fine-tunes write).
+fn call_object(v: &Value) -> Option<ParsedCall> {
+    let name = valid_name(v.get("name")?.as_str()?)?;
+    let arguments = match v.get("arguments").or_else(|| v.get("parameters")) {
+        None => "{}".to_owned(),
+        // Arguments already given as JSON text.
+        Some(Value::String(s)) => json_text(s)?,
+        Some(args @ Value::Object(_)) => serde_json::to_string(args).ok()?,
+        Some(_) => return None,
+    };
+    Some(ParsedCall {
+        id: None,
+        name,
+        arguments,
+    })
+}
+
+/// The JSON object in `s`, as compact text.
+fn json_text(s: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(s.trim()).ok()?;
+    v.is_object().then(|| serde_json::to_string(&v).ok())?
+}
+
+/// A function name as OpenAI allows them (letters, digits, `_`, `-`, `.`, `:`; 1–64 characters).
+fn valid_name(s: &str) -> Option<String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    ok.then(|| s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_found_from_their_templates_markers() {
+        assert_eq!(
+            ToolFormat::detect("{{- '<tool_call>\\n' }}"),
+            Some(ToolFormat::Hermes)
+        );
+        assert_eq!(
+            ToolFormat::detect("[TOOL_CALLS] ["),
+            Some(ToolFormat::Mistral)
+        );
+        assert_eq!(ToolFormat::detect("plain"), None);
+        for f in ToolFormat::ALL {
+            assert_eq!(ToolFormat::from_name(f.name()), Some(f));
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_not_calls() {
+        assert_eq!(ToolFormat::Hermes.parse_body("{\"name\": \"f\""), None);
+        assert_eq!(ToolFormat::Hermes.parse_body("{\"arguments\": {}}"), None);
+        assert_eq!(
+            ToolFormat::Hermes.parse_body("{\"name\": \"bad name!\", \"arguments\": {}}"),
+            None
+        );
+        assert_eq!(ToolFormat::KimiK2.parse_body("functions.f:0"), None);
+        assert_eq!(
+            ToolFormat::DeepSeek.parse_body("f<｜tool▁sep｜>[1, 2]"),
+            None,
+            "arguments must be an object"
+        );
+    }
+}
