@@ -308,6 +308,16 @@ impl ChatTemplate {
         }
     }
 
+    /// A template from a Jinja file (`--chat-template`), with the checkpoint's special tokens.
+    pub fn from_file(path: &std::path::Path, source: &ModelSource) -> Result<Self, ChatError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ChatError::Compile(format!("{}: {e}", path.display())))?;
+        let cfg = source
+            .read_json(crate::tokenizer::TOKENIZER_CONFIG_FILE)
+            .map_err(|e| ChatError::Compile(e.to_string()))?;
+        Self::new(&text, cfg.as_ref())
+    }
+
     /// The prompt text for `messages`, ending with the assistant's turn when `add_generation_prompt`.
     pub fn render(
         &self,

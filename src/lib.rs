@@ -12,6 +12,7 @@ pub mod demo;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod grammar;
 pub mod inspect;
 pub mod kv;
 pub mod loader;

@@ -9,8 +9,10 @@ fn format_of(name: &str) -> ToolFormat {
     match name {
         "qwen" => ToolFormat::Hermes,
         "kimi_k2" => ToolFormat::KimiK2,
-        "deepseek_v3" | "deepseek_v3_1" => ToolFormat::DeepSeek,
-        "mistral" | "mistral_v11" => ToolFormat::Mistral,
+        "deepseek_v3" => ToolFormat::DeepSeekV3,
+        "deepseek_v3_1" => ToolFormat::DeepSeekV31,
+        "mistral" => ToolFormat::Mistral,
+        "mistral_v11" => ToolFormat::MistralV11,
         other => panic!("unknown format {other}"),
     }
 }

@@ -20,6 +20,8 @@ pub struct ChatParse {
     pub tools: Option<ToolFormat>,
     /// The prompt ends inside an open reasoning block.
     pub in_reasoning: bool,
+    /// The prompt ends with a closed (empty) reasoning block: no reasoning comes.
+    pub reasoning_closed: bool,
     pub tool_choice: ToolChoice,
     pub parallel_tool_calls: bool,
 }

@@ -24,9 +24,21 @@ pub enum ToolChoice {
     Named(String),
 }
 
+/// `response_format`.
+#[derive(Debug, Clone, Default)]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid under the schema (constrained whether or not `strict` is set, as vLLM does).
+    JsonSchema(Value),
+}
+
 /// The chat-only part of a request.
 #[derive(Default)]
 pub struct ChatOptions {
+    pub response_format: ResponseFormat,
     /// Tool definitions as sent (what the template prints); empty when `tool_choice` is `none`.
     pub tools: Vec<Value>,
     pub tool_choice: ToolChoice,
@@ -38,6 +50,16 @@ impl ChatOptions {
     /// Tool calls are expected in the output (and parsed out of it).
     pub fn tools_active(&self) -> bool {
         !self.tools.is_empty() && self.tool_choice != ToolChoice::None
+    }
+
+    /// Whether a tool asks for its arguments to follow its schema exactly (`strict: true`).
+    pub fn any_strict_tool(&self) -> bool {
+        self.tools.iter().any(|t| {
+            t.get("function")
+                .and_then(|f| f.get("strict"))
+                .and_then(Value::as_bool)
+                == Some(true)
+        })
     }
 
     /// The JSON schema of each tool's parameters, by name (for constrained calls).
@@ -145,7 +167,31 @@ pub fn chat_options(req: &mut ChatRequest) -> Result<ChatOptions, ApiError> {
     } else {
         tools
     };
+    let response_format =
+        match req.response_format.take() {
+            None => ResponseFormat::Text,
+            Some(f) => match f.kind.as_str() {
+                "text" => ResponseFormat::Text,
+                "json_object" => ResponseFormat::JsonObject,
+                "json_schema" => match f.json_schema.and_then(|j| j.schema) {
+                    Some(schema @ (Value::Object(_) | Value::Bool(_))) => {
+                        ResponseFormat::JsonSchema(schema)
+                    }
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "response_format.json_schema.schema",
+                            "`json_schema` needs a `schema` object",
+                        ))
+                    }
+                },
+                _ => return Err(ApiError::invalid(
+                    "response_format.type",
+                    "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\"",
+                )),
+            },
+        };
     Ok(ChatOptions {
+        response_format,
         tools,
         tool_choice,
         parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),

@@ -18,7 +18,7 @@ use super::metrics::Metrics;
 use super::output::{Chunks, Common, Output, PromptEcho, PromptSide};
 use super::response::Usage;
 use super::AppState;
-use crate::engine::{EngineEvent, EngineHandle, RequestParams};
+use crate::engine::{EngineEvent, EngineHandle, RequestParams, TokenConstraint};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -45,6 +45,8 @@ pub struct Job {
     pub prompt_logprobs: bool,
     /// Chat: how the output is parsed (reasoning, tool calls).
     pub chat: ChatParse,
+    /// What the output must follow (one prompt: chat).
+    pub constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 /// Token counts of a streamed request, filled in while it streams (the access log reads them when the
@@ -154,7 +156,7 @@ fn now() -> u64 {
 /// Submits every prompt; returns the merged stream of (choice index, event) and the guard.
 fn submit(
     state: &AppState,
-    job: &Job,
+    job: &mut Job,
 ) -> Result<
     (
         futures::stream::BoxStream<'static, (usize, EngineEvent)>,
@@ -170,7 +172,11 @@ fn submit(
     };
     let mut streams = Vec::new();
     for (p, prompt) in job.prompts.iter().enumerate() {
-        let (id, rx) = state.engine.submit(prompt.clone(), job.params.clone())?;
+        let (id, rx) = state.engine.submit_constrained(
+            prompt.clone(),
+            job.params.clone(),
+            job.constraint.take(),
+        )?;
         guard.ids.push(id);
         streams.push(
             UnboundedReceiverStream::new(rx)
@@ -191,7 +197,7 @@ fn submit(
 pub async fn run(state: AppState, mut job: Job) -> Result<Response, ApiError> {
     let prompt_tokens: usize = job.prompts.iter().map(|p| p.len()).sum();
     let reservation = reserve_tokens(&state, &mut job)?;
-    let (events, guard) = submit(&state, &job)?;
+    let (events, guard) = submit(&state, &mut job)?;
     let choices = job.prompts.len() * job.params.n;
     let common = Common {
         id: random_id(match job.kind {

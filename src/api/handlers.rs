@@ -14,10 +14,12 @@ use super::generation::{self, Job, Kind};
 use super::output::{PromptEcho, TextOffsets};
 use super::parse::with_parse_limits;
 use super::request::PromptField;
+use super::structured::constraint_for;
 use super::validate::{parse_chat, parse_completion, ParsedChat, ParsedCompletion, Validated};
 use super::AppState;
 use crate::chat::RenderOptions;
 use crate::engine::detokenize::IncrementalDecoder;
+use crate::engine::TokenConstraint;
 
 /// The body, or 413 / 400 in OpenAI's format.
 pub fn body_bytes(
@@ -92,6 +94,8 @@ struct Prepared {
     echo: Vec<PromptEcho>,
     /// Chat: how the output is parsed.
     chat: ChatParse,
+    /// Chat: what the output must follow (structured outputs).
+    constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 /// A prompt as `echo` shows it: the text as given (token-id prompts: decoded), each token's text, and
@@ -164,6 +168,7 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
         reasoning: format.reasoning,
         tools: format.tools.filter(|_| options.tools_active()),
         in_reasoning: format.reasoning.is_some_and(|r| r.open_at_end_of(&text)),
+        reasoning_closed: format.reasoning.is_some_and(|r| r.closed_at_end_of(&text)),
         tool_choice: options.tool_choice.clone(),
         parallel_tool_calls: options.parallel_tool_calls,
     };
@@ -171,6 +176,7 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
         // Markers can be special tokens (Kimi's, Mistral's): the parser needs to see them.
         v.params.skip_special_tokens = false;
     }
+    let constraint = constraint_for(state, &options, &chat)?;
     let prompt = state
         .engine
         .loaded
@@ -184,6 +190,7 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
         validated: v,
         echo: Vec::new(),
         chat,
+        constraint,
     })
 }
 
@@ -252,6 +259,7 @@ fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiErro
         validated: v,
         echo,
         chat: ChatParse::default(),
+        constraint: None,
     })
 }
 
@@ -286,6 +294,7 @@ async fn answer(
         validated: v,
         echo,
         chat,
+        constraint,
     } = state
         .blocking(move |s| match kind {
             Kind::Chat => prepare_chat(s, &body),
@@ -306,6 +315,7 @@ async fn answer(
             echo,
             prompt_logprobs: v.prompt_logprobs,
             chat,
+            constraint,
         },
     )
     .await

@@ -16,6 +16,7 @@ pub mod parse;
 pub mod request;
 pub mod response;
 pub mod server;
+pub mod structured;
 pub mod validate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,9 @@ pub struct AppState {
     pub max_prompt_bytes: usize,
     /// How chat output is split into reasoning, content and tool calls (from the template, or flags).
     pub output_format: crate::parsers::OutputFormat,
+    /// Structured outputs (`response_format`, constrained tool calls); `None` if the tokenizer cannot
+    /// give one (requests that need it get a 400).
+    pub grammars: Option<Arc<crate::grammar::Grammars>>,
     request_ids: Arc<AtomicU64>,
 }
 
@@ -77,7 +81,17 @@ impl AppState {
             .as_ref()
             .map(|c| crate::parsers::OutputFormat::detect(c.source()))
             .unwrap_or_default();
+        let loaded = &engine.loaded;
+        let grammars = crate::grammar::Grammars::new(
+            &loaded.tokenizer,
+            loaded.model.spec().vocab_size,
+            &loaded.generation.eos_token_ids,
+        )
+        .map_err(|e| tracing::warn!(error = %e, "structured outputs unavailable"))
+        .ok()
+        .map(Arc::new);
         Self {
+            grammars,
             output_format,
             chat: chat.map(Arc::new),
             model_name: model_name.into(),
@@ -131,6 +145,23 @@ impl AppState {
     /// Sets the request limits (allowed hosts, body deadline, message count).
     pub fn with_limits(mut self, limits: limits::RequestLimits) -> Self {
         self.limits = Arc::new(limits);
+        self
+    }
+
+    /// Splits chat output with these markers instead of those found in the chat template.
+    pub fn with_output_format(mut self, format: crate::parsers::OutputFormat) -> Self {
+        self.output_format = format;
+        self
+    }
+
+    /// Whitespace inside constrained JSON (at startup, while the grammars have one owner).
+    pub fn with_json_whitespace(mut self, whitespace: crate::grammar::JsonWhitespace) -> Self {
+        if let Some(g) = self.grammars.take() {
+            self.grammars = match Arc::try_unwrap(g) {
+                Ok(g) => Some(Arc::new(g.with_whitespace(whitespace))),
+                Err(shared) => Some(shared),
+            };
+        }
         self
     }
 

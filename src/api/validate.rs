@@ -61,7 +61,8 @@ struct ResponseFormat {
 }
 
 /// A 400 naming the first field of [`NotImplemented`] that is set to something this server would not honour.
-fn refuse_unimplemented(body: &[u8]) -> Result<(), ApiError> {
+/// `chat`: the body is a chat request (which implements `response_format`).
+fn refuse_unimplemented(body: &[u8], chat: bool) -> Result<(), ApiError> {
     let n: NotImplemented = parse_body(body)?;
     let refuse = |field: &str, what: &str| {
         Err(ApiError::invalid(
@@ -83,13 +84,14 @@ fn refuse_unimplemented(body: &[u8]) -> Result<(), ApiError> {
             "the deprecated `function_call` API; use `tool_choice`",
         );
     }
-    if n.response_format
-        .as_ref()
-        .is_some_and(|f| f.kind.as_deref().unwrap_or("text") != "text")
+    if !chat
+        && n.response_format
+            .as_ref()
+            .is_some_and(|f| f.kind.as_deref().unwrap_or("text") != "text")
     {
         return refuse(
             "response_format",
-            "structured outputs are not implemented yet",
+            "structured outputs are available on /v1/chat/completions",
         );
     }
     if n.store == Some(true) {
@@ -354,7 +356,7 @@ pub struct ParsedChat {
 pub fn parse_chat(body: &[u8], vocab_size: usize) -> Result<ParsedChat, ApiError> {
     let mut req: ChatRequest = parse_body(body)?;
     let gen: GenerationFields = parse_body(body)?;
-    refuse_unimplemented(body)?;
+    refuse_unimplemented(body, true)?;
     if req.messages.0.is_empty() {
         return Err(ApiError::invalid(
             "messages",
@@ -403,7 +405,7 @@ pub struct ParsedCompletion {
 pub fn parse_completion(body: &[u8], vocab_size: usize) -> Result<ParsedCompletion, ApiError> {
     let req: CompletionRequest = parse_body(body)?;
     let gen: GenerationFields = parse_body(body)?;
-    refuse_unimplemented(body)?;
+    refuse_unimplemented(body, false)?;
     let top = req.logprobs;
     if top.is_some_and(|t| t > 5) {
         return Err(ApiError::invalid(
@@ -459,12 +461,12 @@ mod tests {
             ),
             (r#""tools": [{"type": "retrieval"}]"#, "tools[0].type"),
             (
-                r#""response_format": {"type": "json_object"}"#,
-                "response_format",
+                r#""response_format": {"type": "json_schema", "json_schema": {}}"#,
+                "response_format.json_schema.schema",
             ),
             (
-                r#""response_format": {"type": "json_schema", "json_schema": {}}"#,
-                "response_format",
+                r#""response_format": {"type": "xml"}"#,
+                "response_format.type",
             ),
             (r#""store": true"#, "store"),
             (r#""min_tokens": 4"#, "min_tokens"),
@@ -481,6 +483,7 @@ mod tests {
             r#""tools": null"#,
             r#""tool_choice": "none""#,
             r#""response_format": {"type": "text"}"#,
+            r#""response_format": {"type": "json_object"}"#,
             r#""store": false"#,
             r#""min_tokens": 0"#,
             r#""best_of": 1"#,
@@ -496,6 +499,14 @@ mod tests {
         }
         let c = parse_completion(br#"{"model": "m", "prompt": "a", "suffix": "b"}"#, 100);
         assert_eq!(c.err().and_then(|e| e.param).as_deref(), Some("suffix"));
+        let c = parse_completion(
+            br#"{"model": "m", "prompt": "a", "response_format": {"type": "json_object"}}"#,
+            100,
+        );
+        assert_eq!(
+            c.err().and_then(|e| e.param).as_deref(),
+            Some("response_format")
+        );
     }
 
     #[test]

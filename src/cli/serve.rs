@@ -103,6 +103,66 @@ pub struct ServeArgs {
     /// Messages in one chat request at most.
     #[arg(long, value_parser = positive, default_value_t = 4096)]
     max_messages: usize,
+    /// A Jinja chat template file used instead of the checkpoint's (e.g. one that shows tools to a
+    /// model whose template does not).
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
+    /// Tool-call format: auto (from the chat template), none, qwen, kimi_k2, deepseek_v3, deepseek_v31,
+    /// mistral, mistral_v11.
+    #[arg(long, default_value = "auto", value_parser = tool_parser)]
+    tool_parser: Choice<moeserve::parsers::ToolFormat>,
+    /// Reasoning markers: auto (from the chat template), none, think (<think>…</think>), kimi
+    /// (◁think▷…◁/think▷).
+    #[arg(long, default_value = "auto", value_parser = reasoning_parser)]
+    reasoning_parser: Choice<moeserve::parsers::ReasoningMarkers>,
+    /// Whitespace inside JSON under `response_format` and constrained tool calls: flexible (compact or
+    /// pretty-printed, bounded at each place) or compact (none).
+    #[arg(long, default_value = "flexible", value_parser = json_whitespace)]
+    json_whitespace: moeserve::grammar::JsonWhitespace,
+}
+
+fn json_whitespace(s: &str) -> Result<moeserve::grammar::JsonWhitespace, String> {
+    match s {
+        "flexible" => Ok(moeserve::grammar::JsonWhitespace::Flexible),
+        "compact" => Ok(moeserve::grammar::JsonWhitespace::Compact),
+        other => Err(format!("unknown value `{other}` (flexible or compact)")),
+    }
+}
+
+/// A flag that is `auto` (detected), `none`, or a named value.
+#[derive(Debug, Clone, Copy)]
+enum Choice<T> {
+    Auto,
+    Off,
+    Named(T),
+}
+
+impl<T: Copy> Choice<T> {
+    fn resolve(self, detected: Option<T>) -> Option<T> {
+        match self {
+            Choice::Auto => detected,
+            Choice::Off => None,
+            Choice::Named(t) => Some(t),
+        }
+    }
+}
+
+fn choice<T>(s: &str, named: impl Fn(&str) -> Option<T>) -> Result<Choice<T>, String> {
+    match s {
+        "auto" => Ok(Choice::Auto),
+        "none" => Ok(Choice::Off),
+        other => named(other)
+            .map(Choice::Named)
+            .ok_or_else(|| format!("unknown value `{other}`")),
+    }
+}
+
+fn tool_parser(s: &str) -> Result<Choice<moeserve::parsers::ToolFormat>, String> {
+    choice(s, moeserve::parsers::ToolFormat::from_name)
+}
+
+fn reasoning_parser(s: &str) -> Result<Choice<moeserve::parsers::ReasoningMarkers>, String> {
+    choice(s, moeserve::parsers::ReasoningMarkers::from_name)
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -210,7 +270,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "model".into()),
             None => moeserve::loader::DEFAULT_MODEL.name.to_owned(),
         });
-    let chat = moeserve::chat::ChatTemplate::from_source(&loaded.source)?;
+    let chat = match &args.chat_template {
+        Some(file) => Some(moeserve::chat::ChatTemplate::from_file(
+            file,
+            &loaded.source,
+        )?),
+        None => moeserve::chat::ChatTemplate::from_source(&loaded.source)?,
+    };
+    let detected = chat
+        .as_ref()
+        .map(|c| moeserve::parsers::OutputFormat::detect(c.source()))
+        .unwrap_or_default();
+    let output_format = moeserve::parsers::OutputFormat {
+        tools: args.tool_parser.resolve(detected.tools),
+        reasoning: args.reasoning_parser.resolve(detected.reasoning),
+    };
     let (engine, engine_thread) = EngineHandle::start(loaded, config.clone())?;
     tracing::info!(
         kv_blocks = config.num_blocks,
@@ -224,6 +298,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(keys = keys.len(), "API keys required");
     }
     let state = moeserve::api::AppState::new(engine, chat, name, args.max_body_bytes)
+        .with_output_format(output_format)
+        .with_json_whitespace(args.json_whitespace)
         .with_keys(keys)
         .with_limits(RequestLimits {
             allowed_hosts,

@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::constraint::{ConstraintError, TokenConstraint, TokenMask};
 use super::detokenize::IncrementalDecoder;
 use super::request::{EngineEvent, EngineRequest, FinishReason, TokenLogprob};
 use super::sampler::{logprob_of, rank_of, top_logprobs, Sampler};
@@ -25,6 +26,17 @@ use crate::error::Result;
 use crate::kv::{BlockAllocator, BlockTable, KvCache};
 use crate::loader::LoadedModel;
 use crate::model::{Batch, LogitsOutput};
+
+/// Each constrained sequence's next mask (run beside the model's forward pass).
+fn compute_masks(
+    constrained: &mut [(SeqId, Box<dyn TokenConstraint>)],
+) -> HashMap<SeqId, std::result::Result<TokenMask, ConstraintError>> {
+    use rayon::prelude::*;
+    constrained
+        .par_iter_mut()
+        .map(|(id, c)| (*id, c.mask()))
+        .collect()
+}
 
 /// This step's chunk of `seq` under the token `budget` (a sequence sending prompt logprobs goes in
 /// chunks of at most [`PROMPT_LOGPROBS_ROWS`]).
@@ -121,6 +133,7 @@ impl EngineCore {
             pending_forks: n - 1,
             admitted: 0,
             prompt_logprobs_next: 1,
+            constraint: req.constraint,
         };
         self.stats.queued_requests.fetch_sub(1, Ordering::Relaxed);
         self.seqs.insert(id, seq);
@@ -140,6 +153,20 @@ impl EngineCore {
             self.finish(id, FinishReason::Abort, String::new());
         }
         self.publish();
+    }
+
+    /// A constraint could not go on for `id`: its request fails (every choice), with a message that
+    /// names no content.
+    fn fail_sequence(&mut self, id: SeqId, e: &ConstraintError) {
+        let Some(seq) = self.seqs.get(&id) else {
+            return;
+        };
+        tracing::warn!(seq = id, "constrained decoding stopped: {}", e.0);
+        let _ = seq.events.send(EngineEvent::Failed {
+            message: "structured output: the grammar could not continue".into(),
+        });
+        let rid = seq.request_id;
+        self.cancel(rid);
     }
 
     /// Fails every sequence (after an internal error), telling each client.
@@ -355,11 +382,30 @@ impl EngineCore {
         } else {
             LogitsOutput::Rows(selected)
         };
-        let logits = self
-            .loaded
-            .model
-            .forward(&batch, &self.kv, output)?
-            .to_vec2::<f32>()?;
+        // Constrained sequences that sample this step: their masks are computed while the model runs.
+        let mut constrained: Vec<(SeqId, Box<dyn TokenConstraint>)> = plan
+            .iter()
+            .filter_map(|&(id, chunk)| {
+                let seq = self.seqs.get_mut(&id)?;
+                let samples = seq.cached + chunk == seq.tokens.len() && seq.params.max_tokens > 0;
+                samples.then(|| seq.constraint.take().map(|c| (id, c)))?
+            })
+            .collect();
+        let (logits, mut masks) = {
+            let (model, kv) = (&self.loaded.model, &self.kv);
+            rayon::join(
+                || -> Result<Vec<Vec<f32>>> {
+                    Ok(model.forward(&batch, kv, output)?.to_vec2::<f32>()?)
+                },
+                || compute_masks(&mut constrained),
+            )
+        };
+        for (id, c) in constrained {
+            if let Some(seq) = self.seqs.get_mut(&id) {
+                seq.constraint = Some(c);
+            }
+        }
+        let logits = logits?;
         let tokens = batch.num_tokens();
         let step = self.stats.steps.fetch_add(1, Ordering::Relaxed);
         if step % EXPERT_LOAD_FLUSH_STEPS == EXPERT_LOAD_FLUSH_STEPS - 1 {
@@ -393,9 +439,27 @@ impl EngineCore {
             let row = first + count - 1;
             let children = self.fork_pending(id)?;
             samplers.push((id, row));
+            // Forked choices are in their parent's state: the same mask.
+            if let Some(Ok(mask)) = masks.get(&id).cloned() {
+                for &c in &children {
+                    masks.insert(c, Ok(mask.clone()));
+                }
+            }
             samplers.extend(children.into_iter().map(|c| (c, row)));
         }
-        for (id, row, token) in self.sample_all(&samplers, &logits) {
+        let mut allowed: HashMap<SeqId, TokenMask> = HashMap::new();
+        for (id, mask) in masks {
+            match mask {
+                Ok(m) => {
+                    allowed.insert(id, m);
+                }
+                Err(e) => {
+                    samplers.retain(|&(s, _)| s != id);
+                    self.fail_sequence(id, &e);
+                }
+            }
+        }
+        for (id, row, token) in self.sample_all(&samplers, &logits, &allowed) {
             self.advance_one(id, &logits[row], token);
         }
         self.publish();
@@ -512,6 +576,7 @@ impl EngineCore {
         &mut self,
         work: &[(SeqId, usize)],
         logits: &[Vec<f32>],
+        masks: &HashMap<SeqId, TokenMask>,
     ) -> Vec<(SeqId, usize, u32)> {
         use rayon::prelude::*;
         // Each sequence's place in `work` (delivery order) and its logits row.
@@ -527,7 +592,16 @@ impl EngineCore {
             .collect::<Vec<_>>()
             .into_par_iter()
             .filter_map(|(i, id, row, seq)| {
-                logits.get(row).map(|l| (i, id, row, seq.sampler.sample(l)))
+                let l = logits.get(row)?;
+                let token = match masks.get(&id) {
+                    Some(mask) => {
+                        let mut masked = l.clone();
+                        mask.apply(&mut masked);
+                        seq.sampler.sample(&masked)
+                    }
+                    None => seq.sampler.sample(l),
+                };
+                Some((i, id, row, token))
             })
             .collect();
         picked.sort_by_key(|p| p.0);
@@ -545,6 +619,17 @@ impl EngineCore {
         seq.sampler.observe(token);
         self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         seq.tokens.push(token);
+        // The constraint follows the chosen token; once it is complete the choice ends.
+        let mut constraint_done = false;
+        if let Some(c) = seq.constraint.as_mut() {
+            match c.accept(token) {
+                Ok(()) => constraint_done = c.is_finished(),
+                Err(e) => {
+                    self.fail_sequence(id, &e);
+                    return;
+                }
+            }
+        }
         let info = if seq.params.logprobs {
             vec![TokenLogprob {
                 token,
@@ -573,8 +658,12 @@ impl EngineCore {
                 }
             }
         }
-        if finish.is_none() && seq.generated() >= seq.params.max_tokens {
-            finish = Some(FinishReason::Length);
+        if finish.is_none() && (constraint_done || seq.generated() >= seq.params.max_tokens) {
+            finish = Some(if constraint_done {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            });
             let tail = seq
                 .decoder
                 .flush(&self.loaded.tokenizer)

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::compute::on_compute_pool;
+use super::constraint::TokenConstraint;
 use super::core::EngineCore;
 use super::request::{EngineEvent, EngineRequest, FinishReason, RequestParams};
 use super::scheduler::SchedulerConfig;
@@ -58,6 +59,16 @@ pub fn generate(
     prompt_ids: Vec<u32>,
     params: RequestParams,
 ) -> Result<GenerateOutput> {
+    generate_constrained(loaded, prompt_ids, params, None)
+}
+
+/// [`generate`] with the sampled tokens restricted by `constraint` (structured outputs).
+pub fn generate_constrained(
+    loaded: &Arc<LoadedModel>,
+    prompt_ids: Vec<u32>,
+    params: RequestParams,
+    constraint: Option<Box<dyn TokenConstraint>>,
+) -> Result<GenerateOutput> {
     if prompt_ids.is_empty() {
         return Err(Error::Batch("the prompt is empty".into()));
     }
@@ -91,6 +102,7 @@ pub fn generate(
         prompt: prompt_ids.clone(),
         params: Arc::new(params),
         events: tx,
+        constraint,
     });
     let out = GenerateOutput {
         prompt_ids,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::compute::compute_pool;
+use super::constraint::TokenConstraint;
 use super::core::EngineCore;
 use super::request::{EngineEvent, EngineRequest, RequestParams};
 use super::scheduler::SchedulerConfig;
@@ -77,6 +78,16 @@ impl EngineHandle {
         prompt: Vec<u32>,
         params: RequestParams,
     ) -> std::result::Result<(u64, UnboundedReceiver<EngineEvent>), SubmitError> {
+        self.submit_constrained(prompt, params, None)
+    }
+
+    /// Queues a request whose tokens `constraint` restricts (structured outputs, tool calls).
+    pub fn submit_constrained(
+        &self,
+        prompt: Vec<u32>,
+        params: RequestParams,
+        constraint: Option<Box<dyn TokenConstraint>>,
+    ) -> std::result::Result<(u64, UnboundedReceiver<EngineEvent>), SubmitError> {
         if self.stats.shutting_down.load(Ordering::Relaxed) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -93,6 +104,7 @@ impl EngineHandle {
             prompt,
             params: Arc::new(params),
             events,
+            constraint,
         };
         if self.tx.send(Command::Submit(req)).is_err() {
             self.stats.queued_requests.fetch_sub(1, Ordering::Relaxed);

@@ -2,6 +2,7 @@
 //! (continuous batching); the scheduler, sampler, incremental detokenizer and stop matching live here.
 
 pub mod compute;
+pub mod constraint;
 pub mod core;
 pub mod detokenize;
 pub mod generate;
@@ -13,7 +14,8 @@ pub mod sequence;
 pub mod stats;
 pub mod stop;
 
-pub use generate::{generate, GenerateOutput, GenerateTiming};
+pub use constraint::{ConstraintError, TokenConstraint, TokenMask};
+pub use generate::{generate, generate_constrained, GenerateOutput, GenerateTiming};
 pub use handle::{EngineHandle, SubmitError};
 pub use request::{EngineEvent, FinishReason, RequestParams, TokenLogprob};
 pub use sampler::{Sampler, SamplingParams};

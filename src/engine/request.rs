@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::constraint::TokenConstraint;
 use super::sampler::SamplingParams;
 use super::stop::StopStrings;
 
@@ -75,6 +76,8 @@ pub struct EngineRequest {
     pub prompt: Vec<u32>,
     pub params: Arc<RequestParams>,
     pub events: UnboundedSender<EngineEvent>,
+    /// Restricts which tokens may be sampled (structured outputs); each choice gets its own copy.
+    pub constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 impl std::fmt::Debug for EngineRequest {
@@ -83,6 +86,7 @@ impl std::fmt::Debug for EngineRequest {
             .field("id", &self.id)
             .field("prompt_tokens", &self.prompt.len())
             .field("params", &self.params)
+            .field("constrained", &self.constraint.is_some())
             .finish()
     }
 }

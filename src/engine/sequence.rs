@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::constraint::TokenConstraint;
 use super::detokenize::IncrementalDecoder;
 use super::request::{EngineEvent, RequestParams};
 use super::sampler::Sampler;
@@ -34,6 +35,8 @@ pub struct Sequence {
     pub admitted: u64,
     /// The next prompt position whose log-probability is still to be sent (prompt logprobs).
     pub prompt_logprobs_next: usize,
+    /// Which tokens may be sampled next (structured outputs).
+    pub constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 impl Sequence {
@@ -58,6 +61,7 @@ impl Sequence {
             pending_forks: 0,
             admitted: self.admitted,
             prompt_logprobs_next: self.prompt_len,
+            constraint: self.constraint.as_ref().map(|c| c.fork()),
         }
     }
 

@@ -43,6 +43,12 @@ impl ReasoningMarkers {
         }
     }
 
+    /// Whether the prompt ends with a closed reasoning block (a template told not to think writes an
+    /// empty one): the output is the answer, no reasoning comes first.
+    pub fn closed_at_end_of(&self, prompt: &str) -> bool {
+        prompt.trim_end().ends_with(self.end)
+    }
+
     /// Whether generation starts inside reasoning: the prompt opened a reasoning block it did not close
     /// (DeepSeek-R1 and thinking templates prefill `<think>\n`).
     pub fn open_at_end_of(&self, prompt: &str) -> bool {

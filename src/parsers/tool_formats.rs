@@ -4,7 +4,7 @@
 //! - Qwen / hermes: `<tool_call>\n{"name": N, "arguments": {…}}\n</tool_call>` (Qwen2, Qwen2.5, Qwen3).
 //! - Kimi K2: `<|tool_calls_section_begin|>` then per call `<|tool_call_begin|>functions.N:IDX
 //!   <|tool_call_argument_begin|>{…}<|tool_call_end|>`, then `<|tool_calls_section_end|>`.
-//! - DeepSeek V3 / R1: `<｜tool▁calls▁begin｜>` then per call `<｜tool▁call▁begin｜>function<｜tool▁sep｜>N
+//! - DeepSeek V3 / R1 (told from V3.1 by the ```json fence in its template): `<｜tool▁calls▁begin｜>` then per call `<｜tool▁call▁begin｜>function<｜tool▁sep｜>N
 //!   \n```json\n{…}\n```<｜tool▁call▁end｜>`; V3.1: `<｜tool▁call▁begin｜>N<｜tool▁sep｜>{…}<｜tool▁call▁end｜>`.
 //! - Mistral: `[TOOL_CALLS] [{"name": N, "arguments": {…}}, …]` (tokenizer v3, Mixtral-8x22B, Nemo) or,
 //!   from tokenizer v11 on, `[TOOL_CALLS]N[ARGS]{…}` once per call; both run to the end of the output.
@@ -24,8 +24,14 @@ pub struct ParsedCall {
 pub enum ToolFormat {
     Hermes,
     KimiK2,
-    DeepSeek,
+    /// DeepSeek V3 / R1: `function<｜tool▁sep｜>NAME` and the arguments in a ```json fence.
+    DeepSeekV3,
+    /// DeepSeek V3.1: `NAME<｜tool▁sep｜>{…}`.
+    DeepSeekV31,
+    /// Tokenizer v3 (Mixtral-8x22B, Mistral-7B v0.3, Nemo): one JSON list of calls.
     Mistral,
+    /// Tokenizer v11+: `[TOOL_CALLS]NAME[ARGS]{…}` per call.
+    MistralV11,
 }
 
 /// The markers of one format.
@@ -39,11 +45,13 @@ pub struct Markers {
 }
 
 impl ToolFormat {
-    pub const ALL: [ToolFormat; 4] = [
+    pub const ALL: [ToolFormat; 6] = [
         ToolFormat::Hermes,
         ToolFormat::KimiK2,
-        ToolFormat::DeepSeek,
+        ToolFormat::DeepSeekV3,
+        ToolFormat::DeepSeekV31,
         ToolFormat::Mistral,
+        ToolFormat::MistralV11,
     ];
 
     /// The name used on the command line (`--tool-parser`).
@@ -51,8 +59,10 @@ impl ToolFormat {
         match self {
             ToolFormat::Hermes => "qwen",
             ToolFormat::KimiK2 => "kimi_k2",
-            ToolFormat::DeepSeek => "deepseek_v3",
+            ToolFormat::DeepSeekV3 => "deepseek_v3",
+            ToolFormat::DeepSeekV31 => "deepseek_v31",
             ToolFormat::Mistral => "mistral",
+            ToolFormat::MistralV11 => "mistral_v11",
         }
     }
 
@@ -60,17 +70,24 @@ impl ToolFormat {
         match name {
             "qwen" | "hermes" => Some(ToolFormat::Hermes),
             "kimi_k2" | "kimi" => Some(ToolFormat::KimiK2),
-            "deepseek_v3" | "deepseek_v31" | "deepseek" => Some(ToolFormat::DeepSeek),
+            "deepseek_v3" | "deepseek_r1" => Some(ToolFormat::DeepSeekV3),
+            "deepseek_v31" => Some(ToolFormat::DeepSeekV31),
             "mistral" => Some(ToolFormat::Mistral),
+            "mistral_v11" => Some(ToolFormat::MistralV11),
             _ => None,
         }
     }
 
     /// The format a chat template writes earlier calls in (and so the one its model was trained on).
     pub fn detect(template: &str) -> Option<Self> {
-        Self::ALL
+        let found = Self::ALL
             .into_iter()
-            .find(|f| template.contains(f.markers().call_begin))
+            .find(|f| template.contains(f.markers().call_begin))?;
+        Some(match found {
+            ToolFormat::DeepSeekV3 if !template.contains("```json") => ToolFormat::DeepSeekV31,
+            ToolFormat::Mistral if template.contains("[ARGS]") => ToolFormat::MistralV11,
+            other => other,
+        })
     }
 
     pub fn markers(self) -> Markers {
@@ -87,13 +104,13 @@ impl ToolFormat {
                 call_begin: "<|tool_call_begin|>",
                 call_end: Some("<|tool_call_end|>"),
             },
-            ToolFormat::DeepSeek => Markers {
+            ToolFormat::DeepSeekV3 | ToolFormat::DeepSeekV31 => Markers {
                 section_begin: Some("<｜tool▁calls▁begin｜>"),
                 section_end: Some("<｜tool▁calls▁end｜>"),
                 call_begin: "<｜tool▁call▁begin｜>",
                 call_end: Some("<｜tool▁call▁end｜>"),
             },
-            ToolFormat::Mistral => Markers {
+            ToolFormat::Mistral | ToolFormat::MistralV11 => Markers {
                 section_begin: None,
                 section_end: None,
                 call_begin: "[TOOL_CALLS]",
@@ -121,7 +138,7 @@ impl ToolFormat {
                     arguments: json_text(args)?,
                 }])
             }
-            ToolFormat::DeepSeek => {
+            ToolFormat::DeepSeekV3 | ToolFormat::DeepSeekV31 => {
                 let (left, right) = body.split_once("<｜tool▁sep｜>")?;
                 let (name, args) = match right.split_once("```json") {
                     // V3: function<｜tool▁sep｜>NAME\n```json\n{…}\n```
@@ -135,7 +152,7 @@ impl ToolFormat {
                     arguments: json_text(args)?,
                 }])
             }
-            ToolFormat::Mistral => {
+            ToolFormat::Mistral | ToolFormat::MistralV11 => {
                 let body = body.trim();
                 if body.starts_with('[') {
                     let v: Value = serde_json::from_str(body).ok()?;
@@ -221,7 +238,7 @@ mod tests {
         );
         assert_eq!(ToolFormat::KimiK2.parse_body("functions.f:0"), None);
         assert_eq!(
-            ToolFormat::DeepSeek.parse_body("f<｜tool▁sep｜>[1, 2]"),
+            ToolFormat::DeepSeekV31.parse_body("f<｜tool▁sep｜>[1, 2]"),
             None,
             "arguments must be an object"
         );

@@ -116,6 +116,19 @@ impl TextTokenizer {
         }
     }
 
+    /// Tokens added on top of the model's vocabulary (special and control tokens, chat and tool-call
+    /// markers), with their text.
+    pub fn added_tokens(&self) -> Vec<(u32, String)> {
+        match &self.backend {
+            Backend::Hf(t) => t
+                .get_added_tokens_decoder()
+                .into_iter()
+                .map(|(id, tok)| (id, tok.content))
+                .collect(),
+            Backend::Tiktoken(t) => t.added_tokens(),
+        }
+    }
+
     /// The raw bytes of one token, as OpenAI's logprobs `bytes` carry them: for a token that is only part
     /// of a character (byte-level BPE, SentencePiece `<0xHH>` byte fallback, tiktoken) its own bytes, not
     /// the replacement character its text decodes to.

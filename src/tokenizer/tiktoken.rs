@@ -136,6 +136,14 @@ impl TiktokenTokenizer {
             .copied()
     }
 
+    /// The special tokens (`<|im_end|>`, tool-call markers, reserved ones) and their ids.
+    pub fn added_tokens(&self) -> Vec<(u32, String)> {
+        self.specials
+            .iter()
+            .map(|(t, &id)| (id, t.clone()))
+            .collect()
+    }
+
     pub fn vocab_size(&self) -> usize {
         (self.base + NUM_RESERVED_SPECIAL_TOKENS) as usize
     }

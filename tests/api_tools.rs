@@ -1,0 +1,385 @@
+//! Tool calling and structured outputs through a real client (`async-openai`) against `moeserve serve`
+//! on the embedded default model (a tiny random Qwen3-MoE with a 4k context) with Qwen3's real chat template (`--chat-template`, hermes `<tool_call>`
+//! format): a forced call comes back as `tool_calls` (streamed in OpenAI's pieces and not, `n` > 1), a
+//! named one finishes with `stop`, `response_format` gives JSON under the schema, a conversation with
+//! earlier calls and tool results renders, and what cannot be honoured is a 400 naming the field.
+
+mod common;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls, ChatCompletionNamedToolChoice,
+    ChatCompletionRequestAssistantMessageArgs, ChatCompletionRequestMessage,
+    ChatCompletionRequestToolMessageArgs, ChatCompletionRequestUserMessageArgs, ChatCompletionTool,
+    ChatCompletionToolChoiceOption, ChatCompletionTools, CreateChatCompletionRequest,
+    CreateChatCompletionRequestArgs, FinishReason, FunctionCall, FunctionName, FunctionObjectArgs,
+    ResponseFormat, ResponseFormatJsonSchema, ToolChoiceOptions,
+};
+use async_openai::Client;
+use common::server::Server;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn server() -> Server {
+    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/chat/tools/qwen3.jinja");
+    Server::start(
+        None,
+        &[
+            "--chat-template",
+            template.to_str().unwrap(),
+            // A random model spends whatever whitespace it is allowed.
+            "--json-whitespace",
+            "compact",
+        ],
+    )
+}
+
+fn client(server: &Server) -> Client<OpenAIConfig> {
+    Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(server.v1())
+            .with_api_key("unused"),
+    )
+}
+
+fn weather_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 4},
+            "days": {"type": "integer", "minimum": 1, "maximum": 9}
+        },
+        "required": ["city", "days"],
+        "additionalProperties": false
+    })
+}
+
+fn assert_weather_args(arguments: &str) {
+    let v: Value = serde_json::from_str(arguments).unwrap_or_else(|e| panic!("{e}: {arguments}"));
+    let o = v.as_object().unwrap();
+    assert_eq!(o.len(), 2, "{v}");
+    assert!(
+        o["city"].as_str().is_some_and(|c| c.chars().count() <= 4),
+        "{v}"
+    );
+    assert!(
+        o["days"].as_i64().is_some_and(|d| (1..=9).contains(&d)),
+        "{v}"
+    );
+}
+
+fn tools() -> Vec<ChatCompletionTools> {
+    let f = |name: &str, params: Value| {
+        ChatCompletionTools::Function(ChatCompletionTool {
+            function: FunctionObjectArgs::default()
+                .name(name)
+                .description("test tool")
+                .parameters(params)
+                .build()
+                .unwrap(),
+        })
+    };
+    vec![
+        f("get_weather", weather_schema()),
+        f(
+            "noop",
+            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+        ),
+    ]
+}
+
+fn user(text: &str) -> ChatCompletionRequestMessage {
+    ChatCompletionRequestUserMessageArgs::default()
+        .content(text)
+        .build()
+        .unwrap()
+        .into()
+}
+
+fn request(choice: ChatCompletionToolChoiceOption, n: u8) -> CreateChatCompletionRequest {
+    CreateChatCompletionRequestArgs::default()
+        .model("test-model")
+        .messages(vec![user("What is the weather?")])
+        .tools(tools())
+        .tool_choice(choice)
+        .parallel_tool_calls(false)
+        .max_completion_tokens(90u32)
+        .temperature(0.0)
+        .n(n)
+        .build()
+        .unwrap()
+}
+
+/// Drops the thinking block (Qwen3's template then writes an empty one): the answer comes at once.
+fn no_thinking(req: &CreateChatCompletionRequest) -> Value {
+    let mut body = serde_json::to_value(req).unwrap();
+    body["chat_template_kwargs"] = json!({"enable_thinking": false});
+    body
+}
+
+async fn post(server: &Server, body: &Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn required_tool_calls_come_back_as_tool_calls_streamed_and_not() {
+    let server = server();
+    let c = client(&server);
+    let req = request(
+        ChatCompletionToolChoiceOption::Mode(ToolChoiceOptions::Required),
+        2,
+    );
+    let resp = c
+        .chat()
+        .create_byot::<Value, async_openai::types::chat::CreateChatCompletionResponse>(no_thinking(
+            &req,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.choices.len(), 2);
+    let mut first_call: Option<ChatCompletionMessageToolCall> = None;
+    for choice in &resp.choices {
+        assert_eq!(choice.finish_reason, Some(FinishReason::ToolCalls));
+        assert_eq!(choice.message.content, None, "only calls");
+        let calls = choice.message.tool_calls.as_ref().expect("tool_calls");
+        assert_eq!(calls.len(), 1, "parallel_tool_calls: false");
+        let ChatCompletionMessageToolCalls::Function(call) = &calls[0] else {
+            panic!("a function call")
+        };
+        assert!(call.id.starts_with("call_"), "{}", call.id);
+        match call.function.name.as_str() {
+            "get_weather" => assert_weather_args(&call.function.arguments),
+            "noop" => assert_eq!(call.function.arguments, "{}"),
+            other => panic!("unknown tool {other}"),
+        }
+        first_call.get_or_insert(call.clone());
+    }
+    // Streamed: the call arrives as OpenAI sends it (id, type, name first; arguments in pieces), the
+    // same call as collected (greedy), finish_reason tool_calls.
+    let mut streamed = req.clone();
+    streamed.n = Some(1);
+    let mut body = no_thinking(&streamed);
+    body["stream"] = true.into();
+    let mut stream = c
+        .chat()
+        .create_stream_byot::<Value, async_openai::types::chat::CreateChatCompletionStreamResponse>(
+            body,
+        )
+        .await
+        .unwrap();
+    let (mut id, mut name, mut args, mut finish) = (None, String::new(), String::new(), None);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        for choice in chunk.choices {
+            for tc in choice.delta.tool_calls.unwrap_or_default() {
+                assert_eq!(tc.index, 0);
+                if let Some(i) = tc.id {
+                    assert!(id.is_none(), "the id comes once");
+                    id = Some(i);
+                }
+                if let Some(f) = tc.function {
+                    name.push_str(&f.name.unwrap_or_default());
+                    args.push_str(&f.arguments.unwrap_or_default());
+                }
+            }
+            if let Some(r) = choice.finish_reason {
+                finish = Some(r);
+            }
+        }
+    }
+    let want = first_call.unwrap();
+    assert!(id.is_some());
+    assert_eq!(name, want.function.name);
+    assert_eq!(args, want.function.arguments);
+    assert_eq!(finish, Some(FinishReason::ToolCalls));
+}
+
+#[tokio::test]
+async fn a_named_tool_is_the_one_called_and_finishes_with_stop() {
+    let server = server();
+    let choice = ChatCompletionToolChoiceOption::Function(ChatCompletionNamedToolChoice {
+        function: FunctionName {
+            name: "get_weather".into(),
+        },
+    });
+    let (status, v) = post(&server, &no_thinking(&request(choice, 1))).await;
+    assert_eq!(status, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "stop", "named: as OpenAI");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_weather_args(call["function"]["arguments"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn json_schema_responses_follow_the_schema_streamed_and_not() {
+    let server = server();
+    let c = client(&server);
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("test-model")
+        .messages(vec![user("Weather as JSON")])
+        .response_format(ResponseFormat::JsonSchema {
+            json_schema: ResponseFormatJsonSchema {
+                description: None,
+                name: "weather".into(),
+                schema: weather_schema(),
+                strict: Some(false),
+            },
+        })
+        .max_completion_tokens(90u32)
+        .temperature(0.0)
+        .build()
+        .unwrap();
+    let resp = c
+        .chat()
+        .create_byot::<Value, async_openai::types::chat::CreateChatCompletionResponse>(no_thinking(
+            &req,
+        ))
+        .await
+        .unwrap();
+    let content = resp.choices[0].message.content.clone().unwrap();
+    assert_weather_args(&content);
+    assert_eq!(resp.choices[0].finish_reason, Some(FinishReason::Stop));
+    let mut body = no_thinking(&req);
+    body["stream"] = true.into();
+    let mut stream = c
+        .chat()
+        .create_stream_byot::<Value, async_openai::types::chat::CreateChatCompletionStreamResponse>(
+            body,
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        for choice in chunk.unwrap().choices {
+            text.push_str(choice.delta.content.as_deref().unwrap_or_default());
+        }
+    }
+    assert_eq!(text, content);
+}
+
+/// An agent's second turn: the assistant's earlier call and the tool's result go back into the template.
+#[tokio::test]
+async fn earlier_calls_and_tool_results_render_into_the_next_turn() {
+    let server = server();
+    let call = ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+        id: "call_1".into(),
+        function: FunctionCall {
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Oslo","days":2}"#.into(),
+        },
+    });
+    let assistant: ChatCompletionRequestMessage =
+        ChatCompletionRequestAssistantMessageArgs::default()
+            .tool_calls(vec![call])
+            .build()
+            .unwrap()
+            .into();
+    let tool: ChatCompletionRequestMessage = ChatCompletionRequestToolMessageArgs::default()
+        .tool_call_id("call_1")
+        .content("sunny, 21 C")
+        .build()
+        .unwrap()
+        .into();
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("test-model")
+        .messages(vec![user("Weather in Oslo?"), assistant, tool])
+        .tools(tools())
+        .max_completion_tokens(5u32)
+        .build()
+        .unwrap();
+    // The prompt holds the earlier call's arguments and the result, as Qwen3's template writes them.
+    let mut tokenize = serde_json::to_value(&req).unwrap();
+    tokenize
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| k == "messages" || k == "model");
+    let toks: Value = reqwest::Client::new()
+        .post(server.url("/tokenize"))
+        .json(&tokenize)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text: Value = reqwest::Client::new()
+        .post(server.url("/detokenize"))
+        .json(&json!({"tokens": toks["tokens"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let prompt = text["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains(
+            r#"<tool_call>
+{"name": "get_weather", "arguments": {"city": "Oslo", "days": 2}}
+</tool_call>"#
+        ),
+        "{prompt}"
+    );
+    assert!(
+        prompt.contains("<tool_response>\nsunny, 21 C\n</tool_response>"),
+        "{prompt}"
+    );
+    let (status, v) = post(&server, &serde_json::to_value(&req).unwrap()).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn what_cannot_be_honoured_is_a_400_naming_the_field() {
+    let server = server();
+    let base = json!({"model": "test-model", "messages": [{"role": "user", "content": "hi"}]});
+    let with = |extra: Value| {
+        let mut b = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    for (body, param) in [
+        (
+            with(
+                json!({"response_format": {"type": "json_schema", "json_schema":
+                {"name": "x", "schema": {"type": "object", "properties": {"CANARY": {"not": {}}}}}}}),
+            ),
+            "response_format.json_schema.schema",
+        ),
+        (
+            with(
+                json!({"tools": tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            ),
+            "tool_choice.function.name",
+        ),
+        (
+            with(
+                json!({"tools": [{"type": "function", "function": {"name": "f",
+                "parameters": {"type": "object", "properties": {"a": {"type": "string", "format": "CANARY"}}}}}],
+                "tool_choice": "required"}),
+            ),
+            "tools[0].function.parameters",
+        ),
+        (
+            with(json!({"tools": tools(), "tool_choice": "required",
+                "response_format": {"type": "json_object"}})),
+            "response_format",
+        ),
+    ] {
+        let (status, v) = post(&server, &body).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+        assert!(!v.to_string().contains("CANARY"), "{v}");
+    }
+}
