@@ -77,6 +77,9 @@ async fn no_request_content_reaches_logs_files_or_metrics() {
             "8192",
             "--log-format",
             "json",
+            // A template that shows tools, so tool definitions, calls and schemas are exercised.
+            "--chat-template",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/chat/tools/qwen3.jinja"),
         ])
         .env("RUST_LOG", "trace")
         .env("HOME", &home)
@@ -128,10 +131,42 @@ async fn no_request_content_reaches_logs_files_or_metrics() {
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
     }
+    // Tools, earlier calls, tool results, reasoning, template variables and schemas: all content.
+    for stream in [false, true] {
+        let schema = json!({"type": "object", "properties": {c.next(): {"type": "string",
+            "description": c.next(), "maxLength": 3}}, "required": [], "additionalProperties": false});
+        let tools = json!([{"type": "function", "function": {"name": "get_x", "description": c.next(),
+            "parameters": schema.clone()}}]);
+        let messages = json!([{"role": "user", "content": c.next()},
+            {"role": "assistant", "content": null, "reasoning_content": c.next(),
+             "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_x", "arguments": json!({"q": c.next()}).to_string()}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": c.next()}]);
+        for extra in [
+            json!({"tools": tools.clone(), "tool_choice": "required"}),
+            json!({"tools": tools.clone(), "chat_template_kwargs": {"enable_thinking": false, "x": c.next()}}),
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema.clone()}}}),
+        ] {
+            let mut body = json!({"model": "m", "stream": stream, "max_tokens": 4, "messages": messages});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let resp = post("/v1/chat/completions", body.to_string()).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.unwrap();
+        }
+    }
+    // A schema that cannot be enforced: refused without echoing it.
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": c.next()}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s",
+            "schema": {"type": "string", "format": c.next()}}}});
+    let resp = post("/v1/chat/completions", body.to_string()).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    c.leaks_in(&resp.bytes().await.unwrap(), "the schema error");
     // Completions: text, list of texts, streamed, with stop strings.
     for stream in [false, true] {
         let body = json!({"model": "m", "prompt": [c.next(), c.next()], "max_tokens": 3, "stream": stream,
-            "stop": c.next(), "logprobs": 2});
+            "stop": c.next(), "logprobs": 2, "echo": true});
         let resp = post("/v1/completions", body.to_string()).await.unwrap();
         assert_eq!(resp.status(), 200);
         resp.bytes().await.unwrap();
