@@ -383,3 +383,44 @@ async fn what_cannot_be_honoured_is_a_400_naming_the_field() {
         assert!(!v.to_string().contains("CANARY"), "{v}");
     }
 }
+
+/// A thinking model whose template opens the reasoning block (as DeepSeek-R1's and Qwen3-Thinking's do):
+/// what it writes before `</think>` is `reasoning_content` (and `reasoning`), streamed as such, not
+/// `content`.
+#[tokio::test]
+async fn reasoning_goes_to_reasoning_content() {
+    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/chat/tools/thinking_test.jinja");
+    let server = Server::start(None, &["--chat-template", template.to_str().unwrap()]);
+    let body = json!({"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 8, "temperature": 0.0, "ignore_eos": true});
+    let (status, v) = post(&server, &body).await;
+    assert_eq!(status, 200, "{v}");
+    let message = &v["choices"][0]["message"];
+    let reasoning = message["reasoning_content"].as_str().unwrap_or_default();
+    assert!(!reasoning.is_empty(), "{v}");
+    assert_eq!(message["reasoning"], message["reasoning_content"]);
+    assert_eq!(message["content"], "", "{v}");
+    let mut streamed = body.clone();
+    streamed["stream"] = true.into();
+    let text = reqwest::Client::new()
+        .post(server.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut got = String::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(line).unwrap();
+        let delta = &chunk["choices"][0]["delta"];
+        assert!(delta["content"].as_str().unwrap_or_default().is_empty(), "{chunk}");
+        got.push_str(delta["reasoning_content"].as_str().unwrap_or_default());
+    }
+    assert_eq!(got, reasoning);
+}
