@@ -54,7 +54,7 @@ pub struct ChatOutput {
 
 /// An id for a call the model did not name: Mistral's templates want nine letters and digits back,
 /// others OpenAI's `call_…`.
-fn call_id(format: Option<ToolFormat>) -> String {
+pub(crate) fn call_id(format: Option<ToolFormat>) -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     if format == Some(ToolFormat::Mistral) {

@@ -17,6 +17,8 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::output::{Chunks, Common, Output, PromptEcho, PromptSide};
 use super::response::Usage;
+use super::responses::ResponsesSettings;
+use super::responses_output::ResponsesOutput;
 use super::AppState;
 use crate::engine::{EngineEvent, EngineHandle, RequestParams, TokenConstraint};
 
@@ -24,6 +26,8 @@ use crate::engine::{EngineEvent, EngineHandle, RequestParams, TokenConstraint};
 pub enum Kind {
     Chat,
     Completion,
+    /// The Responses API (a chat request underneath).
+    Responses,
 }
 
 pub struct Job {
@@ -47,6 +51,8 @@ pub struct Job {
     pub chat: ChatParse,
     /// What the output must follow (one prompt: chat).
     pub constraint: Option<Box<dyn TokenConstraint>>,
+    /// The Responses API: the settings its answer repeats.
+    pub responses: Option<ResponsesSettings>,
 }
 
 /// Token counts of a streamed request, filled in while it streams (the access log reads them when the
@@ -143,7 +149,9 @@ impl Drop for InFlight {
 fn random_id(prefix: &str) -> String {
     use rand::Rng;
     let n: u128 = rand::rng().random();
-    format!("{prefix}-{n:032x}")
+    // OpenAI: `chatcmpl-…`, `cmpl-…`, but `resp_…`.
+    let sep = if prefix == "resp" { '_' } else { '-' };
+    format!("{prefix}{sep}{n:032x}")
 }
 
 fn now() -> u64 {
@@ -203,6 +211,7 @@ pub async fn run(state: AppState, mut job: Job) -> Result<Response, ApiError> {
         id: random_id(match job.kind {
             Kind::Chat => "chatcmpl",
             Kind::Completion => "cmpl",
+            Kind::Responses => "resp",
         }),
         created: now(),
         stream: job.stream,
@@ -217,6 +226,11 @@ pub async fn run(state: AppState, mut job: Job) -> Result<Response, ApiError> {
             common,
             choices,
             prompt_tokens,
+            std::mem::take(&mut job.chat),
+        )),
+        Kind::Responses => Box::new(ResponsesOutput::new(
+            common,
+            job.responses.take().unwrap_or_default(),
             std::mem::take(&mut job.chat),
         )),
         Kind::Completion => {
@@ -408,11 +422,9 @@ impl SseState {
     /// Every choice finished: the usage chunk (when asked for) and `[DONE]`.
     fn on_end(&mut self) {
         let usage = self.run.on_end();
-        if self.include_usage {
-            let chunk = self.run.output.usage_chunk(usage);
-            self.pending.push_back(sse_event(chunk));
-        }
-        self.pending.push_back(Event::default().data("[DONE]"));
+        let mut out = Chunks::new();
+        self.run.output.closing(usage, self.include_usage, &mut out);
+        self.pending.extend(out.into_iter().map(sse_event));
         self.finished = true;
     }
 }

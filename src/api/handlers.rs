@@ -271,6 +271,15 @@ pub async fn chat_completions(
     answer(state, key, body, Kind::Chat).await
 }
 
+/// `POST /v1/responses`: the request becomes the equivalent chat request ([`super::responses`]).
+pub async fn responses(
+    State(state): State<AppState>,
+    key: Option<Extension<KeyId>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    answer(state, key, body, Kind::Responses).await
+}
+
 pub async fn completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyId>>,
@@ -289,16 +298,24 @@ async fn answer(
     let received = std::time::Instant::now();
     let key = key.map(|Extension(KeyId(id))| id);
     let body = body_bytes(&state, body)?;
-    let Prepared {
-        prompts,
-        validated: v,
-        echo,
-        chat,
-        constraint,
-    } = state
+    let (
+        Prepared {
+            prompts,
+            validated: v,
+            echo,
+            chat,
+            constraint,
+        },
+        responses,
+    ) = state
         .blocking(move |s| match kind {
-            Kind::Chat => prepare_chat(s, &body),
-            Kind::Completion => prepare_completion(s, &body),
+            Kind::Chat => Ok((prepare_chat(s, &body)?, None)),
+            Kind::Completion => Ok((prepare_completion(s, &body)?, None)),
+            Kind::Responses => {
+                let (chat_body, settings) =
+                    with_parse_limits(s.parse_limits(), || super::responses::to_chat_body(&body))?;
+                Ok((prepare_chat(s, &chat_body)?, Some(settings)))
+            }
         })
         .await?;
     generation::run(
@@ -316,6 +333,7 @@ async fn answer(
             prompt_logprobs: v.prompt_logprobs,
             chat,
             constraint,
+            responses,
         },
     )
     .await

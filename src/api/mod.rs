@@ -15,6 +15,8 @@ pub mod output;
 pub mod parse;
 pub mod request;
 pub mod response;
+pub mod responses;
+pub mod responses_output;
 pub mod server;
 pub mod structured;
 pub mod validate;
@@ -288,6 +290,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
+        .route("/v1/responses", post(handlers::responses))
         .route("/v1/models", get(misc::models))
         .route("/v1/models/{id}", get(misc::model))
         .route("/health", get(misc::health))

@@ -33,6 +33,14 @@ pub trait Output: Send {
     fn finish(&mut self, choice: usize, reason: FinishReason, text: String, out: &mut Chunks);
     /// The closing usage chunk of a stream.
     fn usage_chunk(&self, usage: Usage) -> String;
+    /// What closes a stream: the usage chunk when asked for (Chat Completions, Completions), then
+    /// `[DONE]`; the Responses API overrides this with its own closing event and no `[DONE]`.
+    fn closing(&mut self, usage: Usage, include_usage: bool, out: &mut Chunks) {
+        if include_usage {
+            out.push(self.usage_chunk(usage));
+        }
+        out.push("[DONE]".into());
+    }
     /// The collected response.
     fn body(&mut self, usage: Usage) -> String;
 }

@@ -104,6 +104,23 @@ const FIELD_NAMES: &[&str] = &[
     "modalities",
     "web_search_options",
     "documents",
+    "tool_calls",
+    "tool_call_id",
+    "function",
+    "name",
+    "arguments",
+    "parameters",
+    "json_schema",
+    "schema",
+    "input",
+    "instructions",
+    "max_output_tokens",
+    "output",
+    "call_id",
+    "format",
+    "reasoning",
+    "reasoning_content",
+    "parallel_tool_calls",
 ];
 
 /// A serde path with indices kept and only known field names shown.
