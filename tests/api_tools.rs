@@ -419,7 +419,10 @@ async fn reasoning_goes_to_reasoning_content() {
         }
         let chunk: Value = serde_json::from_str(line).unwrap();
         let delta = &chunk["choices"][0]["delta"];
-        assert!(delta["content"].as_str().unwrap_or_default().is_empty(), "{chunk}");
+        assert!(
+            delta["content"].as_str().unwrap_or_default().is_empty(),
+            "{chunk}"
+        );
         got.push_str(delta["reasoning_content"].as_str().unwrap_or_default());
     }
     assert_eq!(got, reasoning);
