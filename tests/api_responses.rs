@@ -84,6 +84,7 @@ async fn a_response_streamed_and_not() {
     // Stopped by max_output_tokens, or by the model's end of turn.
     let (status, closing) = if used == 6 {
         assert_eq!(v["incomplete_details"]["reason"], "max_output_tokens");
+        assert_eq!(message["status"], "incomplete", "the message was cut off");
         ("incomplete", "response.incomplete")
     } else {
         assert!(v["incomplete_details"].is_null());

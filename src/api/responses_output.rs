@@ -136,13 +136,18 @@ impl ResponsesOutput {
         }
     }
 
-    /// Closes the open item (its `done` events), if any.
-    fn close(&mut self, out: &mut Chunks) {
+    /// Closes the open item (its `done` events), if any; `incomplete`: the output was cut off in it.
+    fn close(&mut self, incomplete: bool, out: &mut Chunks) {
         let Some(item) = self.open.take() else {
             return;
         };
         let index = self.items.len();
-        let done = Self::item_value(&item, "completed");
+        let status = if incomplete {
+            "incomplete"
+        } else {
+            "completed"
+        };
+        let done = Self::item_value(&item, status);
         match item.kind {
             ItemKind::Message => {
                 let part = json!({"type": "output_text", "text": item.text, "annotations": [], "logprobs": []});
@@ -175,7 +180,7 @@ impl ResponsesOutput {
     /// Text of `kind`: into the open item of that kind (opening one, closing another, as needed).
     fn text(&mut self, kind: ItemKind, text: &str, out: &mut Chunks) {
         if self.open.as_ref().is_some_and(|o| o.kind != kind) {
-            self.close(out);
+            self.close(false, out);
         }
         let index = self.items.len();
         if self.open.is_none() {
@@ -231,7 +236,7 @@ impl ResponsesOutput {
 
     /// A finished tool call: its item, added, its arguments, done.
     fn call(&mut self, call: ParsedCall, out: &mut Chunks) {
-        self.close(out);
+        self.close(false, out);
         let index = self.items.len();
         let id = item_id("fc");
         let call_id = call.id.unwrap_or_else(|| call_id(self.parse.tools));
@@ -309,7 +314,7 @@ impl Output for ResponsesOutput {
             None => vec![Piece::Content(text)],
         };
         self.pieces(pieces, out);
-        self.close(out);
+        self.close(reason == FinishReason::Length, out);
         self.finish = Some(reason);
     }
 
