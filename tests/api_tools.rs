@@ -176,6 +176,7 @@ async fn required_tool_calls_come_back_as_tool_calls_streamed_and_not() {
         .await
         .unwrap();
     let (mut id, mut name, mut args, mut finish) = (None, String::new(), String::new(), None);
+    let mut pieces = 0;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.unwrap();
         for choice in chunk.choices {
@@ -187,7 +188,9 @@ async fn required_tool_calls_come_back_as_tool_calls_streamed_and_not() {
                 }
                 if let Some(f) = tc.function {
                     name.push_str(&f.name.unwrap_or_default());
-                    args.push_str(&f.arguments.unwrap_or_default());
+                    let a = f.arguments.unwrap_or_default();
+                    pieces += usize::from(!a.is_empty());
+                    args.push_str(&a);
                 }
             }
             if let Some(r) = choice.finish_reason {
@@ -199,6 +202,10 @@ async fn required_tool_calls_come_back_as_tool_calls_streamed_and_not() {
     assert!(id.is_some());
     assert_eq!(name, want.function.name);
     assert_eq!(args, want.function.arguments);
+    assert!(
+        pieces > 1,
+        "the arguments stream as they are generated ({pieces} pieces)"
+    );
     assert_eq!(finish, Some(FinishReason::ToolCalls));
 }
 

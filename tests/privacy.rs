@@ -79,7 +79,10 @@ async fn no_request_content_reaches_logs_files_or_metrics() {
             "json",
             // A template that shows tools, so tool definitions, calls and schemas are exercised.
             "--chat-template",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/chat/tools/qwen3.jinja"),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/chat/tools/qwen3.jinja"
+            ),
         ])
         .env("RUST_LOG", "trace")
         .env("HOME", &home)
@@ -147,11 +150,14 @@ async fn no_request_content_reaches_logs_files_or_metrics() {
             json!({"tools": tools.clone(), "chat_template_kwargs": {"enable_thinking": false, "x": c.next()}}),
             json!({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema.clone()}}}),
         ] {
-            let mut body = json!({"model": "m", "stream": stream, "max_tokens": 4, "messages": messages});
+            let mut body =
+                json!({"model": "m", "stream": stream, "max_tokens": 4, "messages": messages});
             for (k, v) in extra.as_object().unwrap() {
                 body[k] = v.clone();
             }
-            let resp = post("/v1/chat/completions", body.to_string()).await.unwrap();
+            let resp = post("/v1/chat/completions", body.to_string())
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 200);
             resp.bytes().await.unwrap();
         }
@@ -160,7 +166,9 @@ async fn no_request_content_reaches_logs_files_or_metrics() {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": c.next()}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "s",
             "schema": {"type": "string", "format": c.next()}}}});
-    let resp = post("/v1/chat/completions", body.to_string()).await.unwrap();
+    let resp = post("/v1/chat/completions", body.to_string())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     c.leaks_in(&resp.bytes().await.unwrap(), "the schema error");
     // Completions: text, list of texts, streamed, with stop strings.

@@ -39,6 +39,8 @@ struct ChatChoiceState {
     content: String,
     reasoning: String,
     calls: Vec<ToolCall>,
+    /// A streamed call left out (`parallel_tool_calls: false` and one was made): its arguments too.
+    skipping: bool,
     tokens: Vec<TokenLogprob>,
     finish: Option<FinishReason>,
 }
@@ -68,6 +70,55 @@ pub(crate) fn call_id(format: Option<ToolFormat>) -> String {
     }
 }
 
+/// A new call of choice `c`: its entry, and (streaming) the delta that carries its id, type and name.
+fn start_call(
+    c: &mut ChatChoiceState,
+    delta: &mut Delta,
+    id: Option<String>,
+    name: String,
+    format: Option<ToolFormat>,
+) {
+    let call = ToolCall {
+        id: id.unwrap_or_else(|| call_id(format)),
+        kind: "function",
+        function: FunctionCall {
+            name,
+            arguments: String::new(),
+        },
+    };
+    delta.tool_calls.push(ToolCallDelta {
+        index: c.calls.len(),
+        id: Some(call.id.clone()),
+        kind: Some("function"),
+        function: FunctionDelta {
+            name: Some(call.function.name.clone()),
+            arguments: String::new(),
+        },
+    });
+    c.calls.push(call);
+}
+
+/// More of the current call's arguments (merged into this delta's piece for that call when there is one).
+fn add_arguments(c: &mut ChatChoiceState, delta: &mut Delta, text: &str) {
+    let Some(call) = c.calls.last_mut() else {
+        return;
+    };
+    call.function.arguments.push_str(text);
+    let index = c.calls.len() - 1;
+    match delta.tool_calls.last_mut() {
+        Some(d) if d.index == index => d.function.arguments.push_str(text),
+        _ => delta.tool_calls.push(ToolCallDelta {
+            index,
+            id: None,
+            kind: None,
+            function: FunctionDelta {
+                name: None,
+                arguments: text.to_owned(),
+            },
+        }),
+    }
+}
+
 impl ChatOutput {
     pub fn new(common: Common, choices: usize, prompt_len: usize, parse: ChatParse) -> Self {
         let choices = (0..choices)
@@ -77,6 +128,7 @@ impl ChatOutput {
                 content: String::new(),
                 reasoning: String::new(),
                 calls: Vec::new(),
+                skipping: false,
                 tokens: Vec::new(),
                 finish: None,
             })
@@ -142,24 +194,24 @@ impl ChatOutput {
                     name,
                     arguments,
                 }) => {
-                    if single && !c.calls.is_empty() {
-                        continue; // parallel_tool_calls: false keeps the first call
+                    c.skipping = single && !c.calls.is_empty();
+                    if !c.skipping {
+                        // A call read whole: its start and all its arguments at once.
+                        start_call(c, &mut delta, id, name, format);
+                        add_arguments(c, &mut delta, &arguments);
                     }
-                    let call = ToolCall {
-                        id: id.unwrap_or_else(|| call_id(format)),
-                        kind: "function",
-                        function: FunctionCall { name, arguments },
-                    };
-                    delta.tool_calls.push(ToolCallDelta {
-                        index: c.calls.len(),
-                        id: Some(call.id.clone()),
-                        kind: Some("function"),
-                        function: FunctionDelta {
-                            name: Some(call.function.name.clone()),
-                            arguments: call.function.arguments.clone(),
-                        },
-                    });
-                    c.calls.push(call);
+                }
+                Piece::ToolCallBegin { id, name } => {
+                    // parallel_tool_calls: false keeps the first call
+                    c.skipping = single && !c.calls.is_empty();
+                    if !c.skipping {
+                        start_call(c, &mut delta, id, name, format);
+                    }
+                }
+                Piece::ToolCallArgs(text) => {
+                    if !c.skipping {
+                        add_arguments(c, &mut delta, &text);
+                    }
                 }
             }
         }

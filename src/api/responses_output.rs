@@ -12,7 +12,7 @@ use super::output::{to_json, Chunks, Common, Output};
 use super::response::Usage;
 use super::responses::ResponsesSettings;
 use crate::engine::{FinishReason, TokenLogprob};
-use crate::parsers::{ChatParser, ParsedCall, Piece};
+use crate::parsers::{ChatParser, Piece};
 
 /// The per-token events, typed (the rest are rare and built as JSON values).
 #[derive(Serialize)]
@@ -32,13 +32,17 @@ struct TextDelta<'a> {
 enum ItemKind {
     Message,
     Reasoning,
+    FunctionCall,
 }
 
-/// The output item text is going into.
+/// The output item text is going into (a function call's text is its arguments).
 struct OpenItem {
     kind: ItemKind,
     id: String,
     text: String,
+    /// Function calls: their call id and name.
+    call_id: String,
+    name: String,
 }
 
 pub struct ResponsesOutput {
@@ -51,6 +55,8 @@ pub struct ResponsesOutput {
     open: Option<OpenItem>,
     finish: Option<FinishReason>,
     sequence: u64,
+    /// A call left out (`parallel_tool_calls: false` and one was made), with its arguments.
+    skipping: bool,
 }
 
 fn item_id(prefix: &str) -> String {
@@ -72,6 +78,7 @@ impl ResponsesOutput {
             open: None,
             finish: None,
             sequence: 0,
+            skipping: false,
         }
     }
 
@@ -133,6 +140,10 @@ impl ResponsesOutput {
                 "type": "reasoning", "id": item.id, "summary": [],
                 "content": [{"type": "reasoning_text", "text": item.text}],
             }),
+            ItemKind::FunctionCall => json!({
+                "type": "function_call", "id": item.id, "call_id": item.call_id, "name": item.name,
+                "arguments": item.text, "status": status,
+            }),
         }
     }
 
@@ -169,6 +180,13 @@ impl ResponsesOutput {
                     out,
                 );
             }
+            ItemKind::FunctionCall => {
+                self.emit(
+                    json!({"type": "response.function_call_arguments.done", "item_id": item.id,
+                    "output_index": index, "arguments": item.text, "name": item.name}),
+                    out,
+                );
+            }
         }
         self.emit(
             json!({"type": "response.output_item.done", "output_index": index, "item": done}),
@@ -192,13 +210,15 @@ impl ResponsesOutput {
                     "rs"
                 }),
                 text: String::new(),
+                call_id: String::new(),
+                name: String::new(),
             };
             let added = match kind {
                 ItemKind::Message => {
                     json!({"type": "message", "id": item.id, "status": "in_progress",
                     "role": "assistant", "content": []})
                 }
-                ItemKind::Reasoning => json!({"type": "reasoning", "id": item.id, "summary": []}),
+                _ => json!({"type": "reasoning", "id": item.id, "summary": []}),
             };
             self.emit(
                 json!({"type": "response.output_item.added", "output_index": index, "item": added}),
@@ -216,7 +236,7 @@ impl ResponsesOutput {
                 let event = TextDelta {
                     kind: match kind {
                         ItemKind::Message => "response.output_text.delta",
-                        ItemKind::Reasoning => "response.reasoning_text.delta",
+                        _ => "response.reasoning_text.delta",
                     },
                     item_id: &item.id,
                     output_index: index,
@@ -234,37 +254,48 @@ impl ResponsesOutput {
         }
     }
 
-    /// A finished tool call: its item, added, its arguments, done.
-    fn call(&mut self, call: ParsedCall, out: &mut Chunks) {
+    /// A call begins: its item, added (arguments follow in [`Self::call_args`]).
+    fn call_begin(&mut self, id: Option<String>, name: String, out: &mut Chunks) {
         self.close(false, out);
         let index = self.items.len();
-        let id = item_id("fc");
-        let call_id = call.id.unwrap_or_else(|| call_id(self.parse.tools));
-        let item = |arguments: &str, status: &str| {
-            json!({"type": "function_call", "id": id, "call_id": call_id, "name": call.name,
-                "arguments": arguments, "status": status})
+        let item = OpenItem {
+            kind: ItemKind::FunctionCall,
+            id: item_id("fc"),
+            text: String::new(),
+            call_id: id.unwrap_or_else(|| call_id(self.parse.tools)),
+            name,
         };
+        let added = Self::item_value(&item, "in_progress");
         self.emit(
-            json!({"type": "response.output_item.added", "output_index": index,
-            "item": item("", "in_progress")}),
+            json!({"type": "response.output_item.added", "output_index": index, "item": added}),
             out,
         );
-        self.emit(
-            json!({"type": "response.function_call_arguments.delta", "item_id": id,
-            "output_index": index, "delta": call.arguments}),
-            out,
-        );
-        self.emit(
-            json!({"type": "response.function_call_arguments.done", "item_id": id,
-            "output_index": index, "arguments": call.arguments, "name": call.name}),
-            out,
-        );
-        let done = item(&call.arguments, "completed");
-        self.emit(
-            json!({"type": "response.output_item.done", "output_index": index, "item": done}),
-            out,
-        );
-        self.items.push(done);
+        self.open = Some(item);
+    }
+
+    /// More of the open call's arguments.
+    fn call_args(&mut self, text: &str, out: &mut Chunks) {
+        let index = self.items.len();
+        let Some(item) = self
+            .open
+            .as_mut()
+            .filter(|o| o.kind == ItemKind::FunctionCall)
+        else {
+            return;
+        };
+        item.text.push_str(text);
+        let event = json!({"type": "response.function_call_arguments.delta", "item_id": item.id,
+            "output_index": index, "delta": text});
+        self.emit(event, out);
+    }
+
+    /// A call was made (finished or open).
+    fn called(&self) -> bool {
+        self.items.iter().any(|i| i["type"] == "function_call")
+            || self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.kind == ItemKind::FunctionCall)
     }
 
     fn pieces(&mut self, pieces: Vec<Piece>, out: &mut Chunks) {
@@ -274,9 +305,21 @@ impl ResponsesOutput {
                 Piece::Content(t) => self.text(ItemKind::Message, &t, out),
                 Piece::Reasoning(t) => self.text(ItemKind::Reasoning, &t, out),
                 Piece::ToolCall(c) => {
-                    let called = self.items.iter().any(|i| i["type"] == "function_call");
-                    if !(single && called) {
-                        self.call(c, out);
+                    self.skipping = single && self.called();
+                    if !self.skipping {
+                        self.call_begin(c.id, c.name, out);
+                        self.call_args(&c.arguments, out);
+                    }
+                }
+                Piece::ToolCallBegin { id, name } => {
+                    self.skipping = single && self.called();
+                    if !self.skipping {
+                        self.call_begin(id, name, out);
+                    }
+                }
+                Piece::ToolCallArgs(t) => {
+                    if !self.skipping {
+                        self.call_args(&t, out);
                     }
                 }
             }

@@ -6,14 +6,19 @@
 
 pub mod tool_formats;
 
-pub use tool_formats::{ParsedCall, ToolFormat};
+use tool_formats::held_suffix;
+pub use tool_formats::{CallHeader, ParsedCall, ToolFormat};
 
-/// One piece of parsed output, in order.
+/// One piece of parsed output, in order. A call comes either whole (`ToolCall`: a layout read only at its
+/// end) or streamed: `ToolCallBegin` once its name is known, then its arguments' text in `ToolCallArgs`
+/// pieces as they are generated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
     Content(String),
     Reasoning(String),
     ToolCall(ParsedCall),
+    ToolCallBegin { id: Option<String>, name: String },
+    ToolCallArgs(String),
 }
 
 /// The markers around a model's reasoning.
@@ -107,6 +112,8 @@ pub struct ChatParser {
     /// Leading whitespace of the current kind of text is dropped (just after a marker).
     skip_leading: bool,
     calls: usize,
+    /// The call being streamed: where its arguments start in `buf` and how many bytes of them are out.
+    streaming: Option<(usize, usize)>,
 }
 
 impl ChatParser {
@@ -131,6 +138,7 @@ impl ChatParser {
             trailing_ws: String::new(),
             skip_leading: in_reasoning,
             calls: 0,
+            streaming: None,
         }
     }
 
@@ -189,7 +197,7 @@ impl ChatParser {
                     m.extend(t.section_end);
                 }
             }
-            Mode::Call => m.extend(tools.and_then(|t| t.call_end)),
+            Mode::Call => m.extend(self.tools.and_then(|f| f.call_terminator())),
             Mode::Rest => {}
         }
         m
@@ -204,6 +212,10 @@ impl ChatParser {
             .filter_map(|m| self.buf.find(m).map(|at| (at, *m)))
             .min_by_key(|&(at, _)| at);
         let Some((at, marker)) = found else {
+            if self.mode == Mode::Call {
+                self.stream_call(&markers, out);
+                return false;
+            }
             // No whole marker: give out text up to a possible marker start.
             if matches!(self.mode, Mode::Content | Mode::Reasoning | Mode::Section) {
                 let keep = held_suffix(&self.buf, &markers);
@@ -232,7 +244,7 @@ impl ChatParser {
                 if t.and_then(|t| t.section_begin) == Some(marker) {
                     self.in_section = true;
                     self.switch(Mode::Section);
-                } else if t.is_some_and(|t| t.call_end.is_none()) {
+                } else if self.tools.and_then(|f| f.call_terminator()).is_none() {
                     self.switch(Mode::Rest);
                 } else {
                     self.switch(Mode::Call);
@@ -248,7 +260,9 @@ impl ChatParser {
             }
             Mode::Call => {
                 self.close_call(&before, true, out);
-                let next = if self.in_section {
+                let next = if self.tools == Some(ToolFormat::MistralV11) {
+                    Mode::Call // `[TOOL_CALLS]` also opens the next call
+                } else if self.in_section {
                     Mode::Section
                 } else {
                     Mode::Content
@@ -262,16 +276,52 @@ impl ChatParser {
 
     fn switch(&mut self, mode: Mode) {
         self.mode = mode;
+        self.streaming = None;
         self.trailing_ws.clear();
         self.skip_leading = true;
     }
 
-    /// A call's text is complete (`closed`: by its end marker, else by the end of the output): its calls,
-    /// or (not well-formed) the text as it was, as content.
+    /// Inside a call (`buf` holds its text so far): once its name is known, its start; then as much of its
+    /// arguments as can no longer be part of what closes it.
+    fn stream_call(&mut self, terminators: &[&str], out: &mut Vec<Piece>) {
+        let Some(format) = self.tools else {
+            return;
+        };
+        if self.streaming.is_none() {
+            if let Some(CallHeader {
+                id,
+                name,
+                args_start,
+            }) = format.header(&self.buf)
+            {
+                self.calls += 1;
+                out.push(Piece::ToolCallBegin { id, name });
+                self.streaming = Some((args_start, 0));
+            }
+        }
+        if let Some((start, sent)) = self.streaming {
+            let safe = self.buf.len() - held_suffix(&self.buf, terminators);
+            let end = format.args_end(&self.buf, start, false).min(safe);
+            if end > start + sent {
+                out.push(Piece::ToolCallArgs(self.buf[start + sent..end].to_owned()));
+                self.streaming = Some((start, end - start));
+            }
+        }
+    }
+
+    /// A call's text is complete (`closed`: by its end marker, else by the end of the output): the rest of
+    /// a streamed call's arguments; or its calls, or (not well-formed) the text as it was, as content.
     fn close_call(&mut self, body: &str, closed: bool, out: &mut Vec<Piece>) {
         let Some(format) = self.tools else {
             return;
         };
+        if let Some((start, sent)) = self.streaming.take() {
+            let end = format.args_end(body, start, true);
+            if end > start + sent && body.is_char_boundary(start + sent) {
+                out.push(Piece::ToolCallArgs(body[start + sent..end].to_owned()));
+            }
+            return;
+        }
         match format.parse_body(body) {
             Some(calls) if !calls.is_empty() => {
                 self.calls += calls.len();
@@ -324,31 +374,19 @@ fn push_piece(out: &mut Vec<Piece>, p: Piece) {
     }
 }
 
-/// Bytes at the end of `buf` that could be the beginning of one of `markers` (held back).
-fn held_suffix(buf: &str, markers: &[&str]) -> usize {
-    let longest = markers.iter().map(|m| m.len()).max().unwrap_or(0);
-    (1..longest.min(buf.len() + 1))
-        .rev()
-        .find(|&k| {
-            let start = buf.len() - k;
-            buf.is_char_boundary(start) && markers.iter().any(|m| m.starts_with(&buf[start..]))
-        })
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// All pieces, text of one kind merged, a streamed call's arguments merged.
     fn parse_all(p: &mut ChatParser, pieces: &[&str]) -> Vec<Piece> {
-        let mut out = Vec::new();
-        for t in pieces {
-            for piece in p.push(t) {
-                push_piece(&mut out, piece);
+        let mut out: Vec<Piece> = Vec::new();
+        let all = pieces.iter().flat_map(|t| p.push(t)).collect::<Vec<_>>();
+        for piece in all.into_iter().chain(p.finish()) {
+            match (out.last_mut(), piece) {
+                (Some(Piece::ToolCallArgs(a)), Piece::ToolCallArgs(b)) => a.push_str(&b),
+                (_, piece) => push_piece(&mut out, piece),
             }
-        }
-        for piece in p.finish() {
-            push_piece(&mut out, piece);
         }
         out
     }
@@ -364,7 +402,8 @@ mod tests {
                 "m\n</thi",
                 "nk>\n\nOk.\n<tool",
                 "_call>\n{\"name\": \"f\", ",
-                "\"arguments\": {}}\n</tool_call>",
+                "\"arguments\": {",
+                "}}\n</tool_call>",
             ],
         );
         assert_eq!(
@@ -372,11 +411,11 @@ mod tests {
             vec![
                 Piece::Reasoning("hmm".into()),
                 Piece::Content("Ok.".into()),
-                Piece::ToolCall(ParsedCall {
+                Piece::ToolCallBegin {
                     id: None,
-                    name: "f".into(),
-                    arguments: "{}".into()
-                })
+                    name: "f".into()
+                },
+                Piece::ToolCallArgs("{}".into())
             ]
         );
     }

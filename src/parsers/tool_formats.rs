@@ -20,6 +20,15 @@ pub struct ParsedCall {
     pub arguments: String,
 }
 
+/// The start of a call, known before its arguments are complete (so they can be streamed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallHeader {
+    pub id: Option<String>,
+    pub name: String,
+    /// Where the arguments' JSON text starts in the call's text.
+    pub args_start: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolFormat {
     Hermes,
@@ -119,6 +128,83 @@ impl ToolFormat {
         }
     }
 
+    /// What ends one call and not the output: Mistral v11 calls run to the next `[TOOL_CALLS]` (which also
+    /// begins the next call); Mistral v3's list runs to the end of the output.
+    pub fn call_terminator(self) -> Option<&'static str> {
+        match self {
+            ToolFormat::MistralV11 => Some("[TOOL_CALLS]"),
+            other => other.markers().call_end,
+        }
+    }
+
+    /// The call's id and name once `body` (the call's text so far, after its opening marker) has them and
+    /// its arguments have begun; `None` before, or for a layout that cannot be streamed (it is then
+    /// parsed whole at its end).
+    pub fn header(self, body: &str) -> Option<CallHeader> {
+        let after = |body: &str, marker: &str| body.find(marker).map(|at| (at, at + marker.len()));
+        let (id, name, args_start) = match self {
+            ToolFormat::Hermes => {
+                let (name, start) = hermes_header(body)?;
+                (None, name, start)
+            }
+            ToolFormat::KimiK2 => {
+                let (at, start) = after(body, "<|tool_call_argument_begin|>")?;
+                let id = body[..at].trim();
+                let name = id.split(':').next()?.rsplit('.').next()?.to_owned();
+                (Some(id.to_owned()), name, start)
+            }
+            ToolFormat::DeepSeekV3 => {
+                let (_, sep) = after(body, "<｜tool▁sep｜>")?;
+                let (fence, start) = after(&body[sep..], "```json")?;
+                (None, body[sep..sep + fence].trim().to_owned(), sep + start)
+            }
+            ToolFormat::DeepSeekV31 => {
+                let (at, start) = after(body, "<｜tool▁sep｜>")?;
+                (None, body[..at].trim().to_owned(), start)
+            }
+            ToolFormat::MistralV11 => {
+                let (at, start) = after(body, "[ARGS]")?;
+                let name = body[..at].split("[CALL_ID]").next()?.trim().to_owned();
+                (None, name, start)
+            }
+            ToolFormat::Mistral => return None,
+        };
+        // The arguments have begun with an object (not text that quotes one).
+        let args_start =
+            args_start + (body.len() - args_start - body[args_start..].trim_start().len());
+        if !body[args_start..].starts_with('{') {
+            return None;
+        }
+        Some(CallHeader {
+            id,
+            name: valid_name(&name)?,
+            args_start,
+        })
+    }
+
+    /// Where the arguments end in `body`: when `complete`, their final end (before the closing `}` of
+    /// Qwen's wrapper object, or DeepSeek-V3's closing fence); otherwise how far they can be given out
+    /// now (held back: Qwen's last `}`, which may close the wrapper; DeepSeek-V3's last line, which may
+    /// be its closing fence).
+    pub fn args_end(self, body: &str, args_start: usize, complete: bool) -> usize {
+        let rest = &body[args_start..];
+        match (self, complete) {
+            (ToolFormat::Hermes, _) => rest.rfind('}').map_or(body.len(), |at| args_start + at),
+            (ToolFormat::DeepSeekV3, true) => {
+                let t = body.trim_end();
+                t.strip_suffix("```")
+                    .map_or(t.len(), |x| x.trim_end().len())
+            }
+            // The closing fence starts on a new line: hold from the last line break.
+            (ToolFormat::DeepSeekV3, false) => {
+                rest.rfind('\n').map_or(body.len(), |at| args_start + at)
+            }
+            (_, true) => body.trim_end().len(),
+            (_, false) => body.len(),
+        }
+        .max(args_start)
+    }
+
     /// The calls in the text between a call's markers (for Mistral: everything after `[TOOL_CALLS]`).
     /// `None` when it is not a well-formed call (the text is then shown as content).
     pub fn parse_body(self, body: &str) -> Option<Vec<ParsedCall>> {
@@ -175,6 +261,59 @@ impl ToolFormat {
             }
         }
     }
+}
+
+/// Bytes at the end of `buf` that could be the beginning of one of `markers` (held back).
+pub(crate) fn held_suffix(buf: &str, markers: &[&str]) -> usize {
+    let longest = markers.iter().map(|m| m.len()).max().unwrap_or(0);
+    (1..longest.min(buf.len() + 1))
+        .rev()
+        .find(|&k| {
+            let start = buf.len() - k;
+            buf.is_char_boundary(start) && markers.iter().any(|m| m.starts_with(&buf[start..]))
+        })
+        .unwrap_or(0)
+}
+
+/// `{"name": "N", "arguments": ` at the start of a Qwen call: the name and where the arguments start.
+fn hermes_header(body: &str) -> Option<(String, usize)> {
+    let b = body.as_bytes();
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    let lit = |i: &mut usize, s: &str| {
+        ws(i);
+        if body[*i..].starts_with(s) {
+            *i += s.len();
+            true
+        } else {
+            false
+        }
+    };
+    if !lit(&mut i, "{") || !lit(&mut i, "\"name\"") || !lit(&mut i, ":") {
+        return None;
+    }
+    ws(&mut i);
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut end = i + 1;
+    while end < b.len() && b[end] != b'"' {
+        end += if b[end] == b'\\' { 2 } else { 1 };
+    }
+    let name: String = serde_json::from_str(body.get(i..=end)?).ok()?;
+    i = end + 1;
+    if !lit(&mut i, ",") {
+        return None;
+    }
+    if !(lit(&mut i, "\"arguments\"") || lit(&mut i, "\"parameters\"")) || !lit(&mut i, ":") {
+        return None;
+    }
+    ws(&mut i);
+    (i < b.len()).then_some((name, i))
 }
 
 /// `{"name": N, "arguments": {…}}` (also `parameters`, which some fine-tunes write).
