@@ -2,7 +2,7 @@
 //! sample every sequence that reached its last token, detokenize, check stops, send events, free finished
 //! sequences' blocks (zeroed). Owned by the engine thread only.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use super::constraint::{ConstraintError, TokenConstraint, TokenMask};
 use super::detokenize::IncrementalDecoder;
 use super::request::{EngineEvent, EngineRequest, FinishReason, TokenLogprob};
 use super::sampler::{logprob_of, rank_of, top_logprobs, Sampler};
-use super::scheduler::{chunk_for, SchedulerConfig};
+use super::scheduler::{Scheduler, SchedulerConfig};
 use super::sequence::{SeqId, Sequence};
 use super::stats::EngineStats;
 use super::stop::{StopMatcher, StopOutcome};
@@ -19,11 +19,8 @@ use super::stop::{StopMatcher, StopOutcome};
 /// (one small copy; never per layer).
 const EXPERT_LOAD_FLUSH_STEPS: u64 = 64;
 
-/// Prompt tokens per step of a sequence that asked for prompt logprobs: each needs a row of logits
-/// (128 × a 150k vocabulary = 77 MB of f32), so its prefill goes in chunks of at most this many.
-const PROMPT_LOGPROBS_ROWS: usize = 128;
 use crate::error::Result;
-use crate::kv::{BlockAllocator, BlockTable, KvCache};
+use crate::kv::{BlockTable, KvCache};
 use crate::loader::LoadedModel;
 use crate::model::{Batch, LogitsOutput};
 
@@ -38,27 +35,12 @@ fn compute_masks(
         .collect()
 }
 
-/// This step's chunk of `seq` under the token `budget` (a sequence sending prompt logprobs goes in
-/// chunks of at most [`PROMPT_LOGPROBS_ROWS`]).
-fn chunk_of(seq: &Sequence, budget: usize) -> usize {
-    let chunk = chunk_for(seq.uncached(), budget);
-    if seq.wants_prompt_logprobs() {
-        chunk.min(PROMPT_LOGPROBS_ROWS)
-    } else {
-        chunk
-    }
-}
-
+/// Glue for one step: the [`Scheduler`] decides, the model runs over the KV cache (which this struct
+/// owns), tokens are sampled, and outputs go to each request's channel.
 pub struct EngineCore {
     loaded: Arc<LoadedModel>,
     kv: KvCache,
-    alloc: BlockAllocator,
-    config: SchedulerConfig,
-    seqs: HashMap<SeqId, Sequence>,
-    waiting: VecDeque<SeqId>,
-    running: Vec<SeqId>,
-    next_seq: SeqId,
-    admissions: u64,
+    sched: Scheduler,
     stats: Arc<EngineStats>,
 }
 
@@ -78,15 +60,9 @@ impl EngineCore {
             .kv_blocks_free
             .store(config.num_blocks, Ordering::Relaxed);
         Ok(Self {
-            alloc: BlockAllocator::new(config.num_blocks),
             kv,
             loaded,
-            config,
-            seqs: HashMap::new(),
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-            next_seq: 0,
-            admissions: 0,
+            sched: Scheduler::new(config),
             stats,
         })
     }
@@ -100,7 +76,7 @@ impl EngineCore {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.waiting.is_empty() || !self.running.is_empty()
+        self.sched.has_work()
     }
 
     pub fn kv(&self) -> &KvCache {
@@ -108,13 +84,12 @@ impl EngineCore {
     }
 
     pub fn free_blocks(&self) -> usize {
-        self.alloc.num_free()
+        self.sched.free_blocks()
     }
 
     /// Queues a request (its first choice; the others fork from it after prefill).
     pub fn add(&mut self, req: EngineRequest) {
-        let id = self.next_seq;
-        self.next_seq += 1;
+        let id = self.sched.next_id();
         let sampler = Sampler::new(req.params.sampling.clone()).with_prompt(&req.prompt);
         let n = req.params.n.max(1);
         let seq = Sequence {
@@ -136,20 +111,13 @@ impl EngineCore {
             constraint: req.constraint,
         };
         self.stats.queued_requests.fetch_sub(1, Ordering::Relaxed);
-        self.seqs.insert(id, seq);
-        self.waiting.push_back(id);
+        self.sched.add(seq);
         self.publish();
     }
 
     /// Cancels every choice of a request and frees its blocks.
     pub fn cancel(&mut self, request_id: u64) {
-        let ids: Vec<SeqId> = self
-            .seqs
-            .values()
-            .filter(|s| s.request_id == request_id)
-            .map(|s| s.id)
-            .collect();
-        for id in ids {
+        for id in self.sched.of_request(request_id) {
             self.finish(id, FinishReason::Abort, String::new());
         }
         self.publish();
@@ -158,7 +126,7 @@ impl EngineCore {
     /// A constraint could not go on for `id`: its request fails (every choice), with a message that
     /// names no content.
     fn fail_sequence(&mut self, id: SeqId, e: &ConstraintError) {
-        let Some(seq) = self.seqs.get(&id) else {
+        let Some(seq) = self.sched.get(id) else {
             return;
         };
         tracing::warn!(seq = id, "constrained decoding stopped: {}", e.0);
@@ -171,7 +139,7 @@ impl EngineCore {
 
     /// Fails every sequence (after an internal error), telling each client.
     pub fn fail_all(&mut self, message: &str) {
-        for seq in self.seqs.values() {
+        for seq in self.sched.sequences() {
             let _ = seq.events.send(EngineEvent::Failed {
                 message: message.to_owned(),
             });
@@ -181,8 +149,7 @@ impl EngineCore {
 
     /// Aborts everything (shutdown).
     pub fn abort_all(&mut self) {
-        let ids: Vec<SeqId> = self.seqs.keys().copied().collect();
-        for id in ids {
+        for id in self.sched.ids() {
             self.finish(id, FinishReason::Abort, String::new());
         }
         self.publish();
@@ -191,21 +158,19 @@ impl EngineCore {
     fn publish(&self) {
         let s = &self.stats;
         s.waiting_sequences
-            .store(self.waiting.len(), Ordering::Relaxed);
+            .store(self.sched.waiting(), Ordering::Relaxed);
         s.running_sequences
-            .store(self.running.len(), Ordering::Relaxed);
+            .store(self.sched.running(), Ordering::Relaxed);
         s.kv_blocks_free
-            .store(self.alloc.num_free(), Ordering::Relaxed);
+            .store(self.sched.free_blocks(), Ordering::Relaxed);
     }
 
     /// Removes a sequence, frees (and zeroes) its blocks, and tells the client.
     fn finish(&mut self, id: SeqId, reason: FinishReason, text: String) {
-        let Some(mut seq) = self.seqs.remove(&id) else {
+        let Some((seq, freed)) = self.sched.remove(id) else {
             return;
         };
-        self.running.retain(|&r| r != id);
-        self.waiting.retain(|&w| w != id);
-        self.release_blocks(&mut seq.table);
+        self.zero(&freed);
         // Published before the client hears of the finish, so observers never see stale counts.
         self.publish();
         let _ = seq.events.send(EngineEvent::Finished {
@@ -225,145 +190,40 @@ impl EngineCore {
         }
     }
 
-    fn release_blocks(&mut self, table: &mut BlockTable) {
-        match table.release(&mut self.alloc) {
-            Ok(freed) => {
-                if let Err(e) = self.kv.zero_blocks(&freed) {
-                    tracing::error!(error = %e, "zeroing freed KV blocks failed");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "releasing KV blocks failed"),
+    /// Zeroes freed blocks in every layer before they are reused.
+    fn zero(&mut self, freed: &[u32]) {
+        if freed.is_empty() {
+            return;
         }
-    }
-
-    /// Frees the newest running sequence's blocks and puts it back at the head of the queue.
-    fn preempt_newest(&mut self, except: Option<SeqId>) -> bool {
-        let victim = self
-            .running
-            .iter()
-            .filter(|&&id| Some(id) != except)
-            .max_by_key(|&&id| self.seqs.get(&id).map_or(0, |s| s.admitted))
-            .copied();
-        let Some(victim) = victim else {
-            return false;
-        };
-        self.running.retain(|&r| r != victim);
-        if let Some(mut seq) = self.seqs.remove(&victim) {
-            self.release_blocks(&mut seq.table);
-            seq.cached = 0;
-            self.seqs.insert(victim, seq);
+        if let Err(e) = self.kv.zero_blocks(freed) {
+            tracing::error!(error = %e, "zeroing freed KV blocks failed");
         }
-        self.waiting.push_front(victim);
-        self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(seq = victim, "preempted for KV blocks");
-        true
-    }
-
-    /// Reserves blocks for `len` tokens of `id`, preempting newer sequences when short.
-    fn reserve(&mut self, id: SeqId, len: usize) -> bool {
-        loop {
-            let bs = self.config.block_size;
-            let Some(seq) = self.seqs.get_mut(&id) else {
-                return false;
-            };
-            if seq.table.blocks_needed(len, bs) <= self.alloc.num_free() {
-                return seq.table.reserve(len, bs, &mut self.alloc).is_ok();
-            }
-            if !self.preempt_newest(Some(id)) {
-                return false;
-            }
-        }
-    }
-
-    /// Decides this step's work: (sequence, number of tokens).
-    fn schedule(&mut self) -> Vec<(SeqId, usize)> {
-        let mut budget = self.config.max_batch_tokens;
-        let mut plan = Vec::new();
-        // Running sequences in admission order: decodes, then unfinished prefills.
-        let mut order = self.running.clone();
-        order.sort_by_key(|id| {
-            (
-                self.seqs.get(id).is_none_or(|s| s.is_prefilling()),
-                self.seqs.get(id).map_or(0, |s| s.admitted),
-            )
-        });
-        for id in order {
-            if budget == 0 {
-                break;
-            }
-            if !self.running.contains(&id) {
-                continue; // preempted while planning
-            }
-            let Some(seq) = self.seqs.get(&id) else {
-                continue;
-            };
-            let chunk = chunk_of(seq, budget);
-            let target = seq.cached + chunk;
-            if self.reserve(id, target) {
-                plan.push((id, chunk));
-                budget -= chunk;
-            } else if target.div_ceil(self.config.block_size) > self.config.num_blocks {
-                // Longer than the whole cache: it can never continue.
-                self.finish(id, FinishReason::Length, String::new());
-            } else {
-                // Not even alone does it fit now: it waits for blocks and is recomputed later.
-                self.running.retain(|&r| r != id);
-                if let Some(mut seq) = self.seqs.remove(&id) {
-                    self.release_blocks(&mut seq.table);
-                    seq.cached = 0;
-                    self.seqs.insert(id, seq);
-                }
-                self.waiting.push_front(id);
-            }
-        }
-        plan.retain(|(id, _)| self.running.contains(id));
-        // Admit waiting sequences.
-        while budget > 0 && self.running.len() < self.config.max_running {
-            let Some(&id) = self.waiting.front() else {
-                break;
-            };
-            let Some(seq) = self.seqs.get(&id) else {
-                self.waiting.pop_front();
-                continue;
-            };
-            let chunk = chunk_of(seq, budget);
-            let target = seq.cached + chunk;
-            let bs = self.config.block_size;
-            if seq.table.blocks_needed(target, bs) > self.alloc.num_free() {
-                break; // wait for blocks; running sequences are not preempted for newcomers
-            }
-            self.waiting.pop_front();
-            self.admissions += 1;
-            if let Some(seq) = self.seqs.get_mut(&id) {
-                seq.admitted = self.admissions;
-                if seq.table.reserve(target, bs, &mut self.alloc).is_err() {
-                    self.waiting.push_front(id);
-                    break;
-                }
-            }
-            self.running.push(id);
-            plan.push((id, chunk));
-            budget -= chunk;
-        }
-        plan
     }
 
     /// Runs one step. Returns the number of tokens processed (0 when idle).
     pub fn step(&mut self) -> Result<usize> {
-        let plan = self.schedule();
+        let step_plan = self.sched.schedule();
+        self.zero(&step_plan.freed);
+        self.stats
+            .preemptions
+            .fetch_add(step_plan.preempted as u64, Ordering::Relaxed);
+        for id in step_plan.unfit {
+            self.finish(id, FinishReason::Length, String::new());
+        }
+        let plan = step_plan.work;
         self.publish();
         if plan.is_empty() {
             return Ok(0);
         }
         let started = std::time::Instant::now();
-        let bs = self.config.block_size;
+        let bs = self.sched.config().block_size;
         let mut batch = Batch::default();
         // Logits rows of each planned sequence: (first, count). All rows of its chunk when it wants prompt
         // logprobs, else its last row only.
         let mut rows: Vec<(usize, usize)> = Vec::with_capacity(plan.len());
         let mut selected: Vec<u32> = Vec::new();
         for &(id, chunk) in &plan {
-            if let Some(seq) = self.seqs.get(&id) {
+            if let Some(seq) = self.sched.get(id) {
                 let start = batch.num_tokens();
                 batch.push(
                     &seq.tokens[seq.cached..seq.cached + chunk],
@@ -386,7 +246,7 @@ impl EngineCore {
         let mut constrained: Vec<(SeqId, Box<dyn TokenConstraint>)> = plan
             .iter()
             .filter_map(|&(id, chunk)| {
-                let seq = self.seqs.get_mut(&id)?;
+                let seq = self.sched.get_mut(id)?;
                 let samples = seq.cached + chunk == seq.tokens.len() && seq.params.max_tokens > 0;
                 samples.then(|| seq.constraint.take().map(|c| (id, c)))?
             })
@@ -401,7 +261,7 @@ impl EngineCore {
             )
         };
         for (id, c) in constrained {
-            if let Some(seq) = self.seqs.get_mut(&id) {
+            if let Some(seq) = self.sched.get_mut(id) {
                 seq.constraint = Some(c);
             }
         }
@@ -415,13 +275,13 @@ impl EngineCore {
         let mut samplers: Vec<(SeqId, usize)> = Vec::new();
         for (&(id, chunk), &(first, count)) in plan.iter().zip(&rows) {
             if self
-                .seqs
-                .get(&id)
+                .sched
+                .get(id)
                 .is_some_and(|s| s.wants_prompt_logprobs())
             {
                 self.send_prompt_logprobs(id, &logits[first..first + count]);
             }
-            let done = match self.seqs.get_mut(&id) {
+            let done = match self.sched.get_mut(id) {
                 Some(seq) => {
                     seq.cached += chunk;
                     seq.cached == seq.tokens.len()
@@ -431,7 +291,7 @@ impl EngineCore {
             if !done {
                 continue;
             }
-            if self.seqs.get(&id).is_some_and(|s| s.params.max_tokens == 0) {
+            if self.sched.get(id).is_some_and(|s| s.params.max_tokens == 0) {
                 // Only the prompt was wanted (its logprobs): every choice ends here.
                 self.finish(id, FinishReason::Length, String::new());
                 continue;
@@ -477,7 +337,7 @@ impl EngineCore {
     /// sent twice). Rows are reduced in parallel.
     fn send_prompt_logprobs(&mut self, id: SeqId, logits: &[Vec<f32>]) {
         use rayon::prelude::*;
-        let Some(seq) = self.seqs.get_mut(&id) else {
+        let Some(seq) = self.sched.get_mut(id) else {
             return;
         };
         let top = seq.params.prompt_logprobs.unwrap_or(0);
@@ -512,62 +372,14 @@ impl EngineCore {
         });
     }
 
-    /// After the prompt of a multi-choice request is prefilled, the other choices share its full blocks and
-    /// get a copy of its partly filled last block (one block per layer, whatever the pool's size). Returns
-    /// the choices forked now; they sample their first token from the same logits. A choice that finds the
-    /// running limit reached or no free block waits in the queue instead, with no blocks, and computes the
-    /// prompt itself when admitted — forks never bypass `max_running` and never fail for want of blocks.
+    /// Forks the pending choices of `id` after its prompt ([`Scheduler::fork_pending`]), copying the
+    /// partly filled last block for each; returns the choices that sample now.
     fn fork_pending(&mut self, id: SeqId) -> Result<Vec<SeqId>> {
-        let mut children = Vec::new();
-        let mut deferred = Vec::new();
-        let Some(parent) = self.seqs.get_mut(&id) else {
-            return Ok(children);
-        };
-        let forks = std::mem::take(&mut parent.pending_forks);
-        let bs = self.config.block_size;
-        for k in 1..=forks {
-            let Some(parent) = self.seqs.get(&id) else {
-                break;
-            };
-            let mut child = parent.fork(self.next_seq, k);
-            self.next_seq += 1;
-            let len = parent.tokens.len();
-            let full = len / bs;
-            let partial = len % bs != 0;
-            let blocks = parent.table.blocks();
-            let fits = self.running.len() < self.config.max_running
-                && blocks.len() >= full + usize::from(partial)
-                && (!partial || self.alloc.num_free() > 0);
-            if !fits {
-                deferred.push(child);
-                continue;
-            }
-            let mut child_blocks = blocks[..full].to_vec();
-            let last = partial.then(|| blocks[full]);
-            for &b in &child_blocks {
-                self.alloc.retain(b)?;
-            }
-            if let Some(last) = last {
-                // Each choice writes its own next tokens into the partly filled block: it gets a copy.
-                if let Some(fresh) = self.alloc.allocate() {
-                    self.kv.copy_block(last, fresh)?;
-                    child_blocks.push(fresh);
-                }
-            }
-            child.table.adopt(child_blocks);
-            child.cached = len;
-            let cid = child.id;
-            self.seqs.insert(cid, child);
-            self.running.push(cid);
-            children.push(cid);
+        let forks = self.sched.fork_pending(id)?;
+        for (src, dst) in forks.copies {
+            self.kv.copy_block(src, dst)?;
         }
-        // Waiting choices go ahead of requests not yet admitted, in choice order.
-        for child in deferred.into_iter().rev() {
-            let cid = child.id;
-            self.seqs.insert(cid, child);
-            self.waiting.push_front(cid);
-        }
-        Ok(children)
+        Ok(forks.children)
     }
 
     /// Samples the next token of each `(sequence, logits row)` in parallel: each sequence has its own
@@ -586,9 +398,9 @@ impl EngineCore {
             .map(|(i, &(id, row))| (id, (i, row)))
             .collect();
         let mut picked: Vec<(usize, SeqId, usize, u32)> = self
-            .seqs
-            .iter_mut()
-            .filter_map(|(id, seq)| place.get(id).map(|&(i, row)| (i, *id, row, seq)))
+            .sched
+            .sequences_mut()
+            .filter_map(|seq| place.get(&seq.id).map(|&(i, row)| (i, seq.id, row, seq)))
             .collect::<Vec<_>>()
             .into_par_iter()
             .filter_map(|(i, id, row, seq)| {
@@ -613,7 +425,7 @@ impl EngineCore {
 
     fn advance_one(&mut self, id: SeqId, logits: &[f32], token: u32) {
         let eos = &self.loaded.generation.eos_token_ids;
-        let Some(seq) = self.seqs.get_mut(&id) else {
+        let Some(seq) = self.sched.get_mut(id) else {
             return;
         };
         seq.sampler.observe(token);
