@@ -69,10 +69,12 @@ pub struct StepPlan {
     pub preempted: usize,
 }
 
-/// A multi-choice request's forks after its prompt: the choices that run now (sampling from the
-/// parent's logits row) and the blocks to copy (the parent's partly filled last block, one per child).
+/// A multi-choice request's forks after its prompt: every choice made (with its number `k`), those that
+/// run now (sampling from the parent's logits row; the others wait in the queue), and the blocks to copy
+/// (the parent's partly filled last block, one per running child).
 #[derive(Debug, Default)]
 pub struct Forks {
+    pub created: Vec<(SeqId, usize)>,
     pub children: Vec<SeqId>,
     pub copies: Vec<(u32, u32)>,
 }
@@ -314,6 +316,7 @@ impl Scheduler {
                 break;
             };
             let mut child = parent.fork(child_id, k);
+            forks.created.push((child_id, k));
             let len = parent.tokens.len();
             let full = len / bs;
             let partial = len % bs != 0;
@@ -364,11 +367,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::engine::detokenize::IncrementalDecoder;
     use crate::engine::request::RequestParams;
-    use crate::engine::sampler::{Sampler, SamplingParams};
-    use crate::engine::stop::StopMatcher;
-    use crate::kv::BlockTable;
 
     fn config(num_blocks: usize, max_batch_tokens: usize, max_running: usize) -> SchedulerConfig {
         SchedulerConfig {
@@ -387,25 +386,7 @@ mod tests {
             n,
             ..Default::default()
         });
-        let (events, _) = tokio::sync::mpsc::unbounded_channel();
-        s.add(Sequence {
-            id,
-            request_id: request,
-            choice: 0,
-            tokens: vec![1; prompt],
-            prompt_len: prompt,
-            cached: 0,
-            table: BlockTable::new(),
-            sampler: Sampler::new(SamplingParams::default()),
-            decoder: IncrementalDecoder::default(),
-            stop: StopMatcher::new(params.stop.clone()),
-            params,
-            events,
-            pending_forks: n - 1,
-            admitted: 0,
-            prompt_logprobs_next: 1,
-            constraint: None,
-        });
+        s.add(Sequence::new(id, request, vec![1; prompt], params));
         id
     }
 

@@ -1,15 +1,10 @@
-//! One choice of one request as the engine tracks it: its tokens, how many are in the KV cache, its block
-//! table, sampler, incremental detokenizer and stop matcher.
+//! One choice of one request as the scheduler tracks it: its tokens, how many are in the KV cache, its block
+//! table and the request's parameters. Plain data, model-free: sampling state lives in the model runner
+//! ([`super::runner`]), detokenizing and the client's channel in the output processor ([`super::output`]).
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedSender;
-
-use super::constraint::TokenConstraint;
-use super::detokenize::IncrementalDecoder;
-use super::request::{EngineEvent, RequestParams};
-use super::sampler::Sampler;
-use super::stop::StopMatcher;
+use super::request::RequestParams;
 use crate::kv::BlockTable;
 
 pub type SeqId = u64;
@@ -24,27 +19,36 @@ pub struct Sequence {
     /// Tokens whose keys/values are in the cache.
     pub cached: usize,
     pub table: BlockTable,
-    pub sampler: Sampler,
-    pub decoder: IncrementalDecoder,
-    pub stop: StopMatcher,
     pub params: Arc<RequestParams>,
-    pub events: UnboundedSender<EngineEvent>,
     /// Choices still to be forked from this one once its prompt is prefilled (n > 1).
     pub pending_forks: usize,
     /// Admission order; the newest running sequence is preempted first.
     pub admitted: u64,
     /// The next prompt position whose log-probability is still to be sent (prompt logprobs).
     pub prompt_logprobs_next: usize,
-    /// Which tokens may be sampled next (structured outputs).
-    pub constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 impl Sequence {
-    /// Choice `k` of the same request (`k` ≥ 1): the same tokens and parameters, its own sampler (seeded
-    /// `seed + k`), detokenizer and stop matcher, no blocks and nothing cached yet.
+    /// The first choice of a request.
+    pub fn new(id: SeqId, request_id: u64, prompt: Vec<u32>, params: Arc<RequestParams>) -> Self {
+        Self {
+            id,
+            request_id,
+            choice: 0,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            cached: 0,
+            table: BlockTable::new(),
+            pending_forks: params.n.max(1) - 1,
+            params,
+            admitted: 0,
+            prompt_logprobs_next: 1,
+        }
+    }
+
+    /// Choice `k` of the same request (`k` ≥ 1): the same tokens and parameters, no blocks and nothing
+    /// cached yet, its prompt's logprobs already sent by its parent.
     pub fn fork(&self, id: SeqId, k: usize) -> Sequence {
-        let mut sampling = self.params.sampling.clone();
-        sampling.seed = sampling.seed.map(|s| s.wrapping_add(k as u64));
         Sequence {
             id,
             request_id: self.request_id,
@@ -53,15 +57,10 @@ impl Sequence {
             prompt_len: self.prompt_len,
             cached: 0,
             table: BlockTable::new(),
-            sampler: Sampler::new(sampling).with_prompt(&self.tokens),
-            decoder: IncrementalDecoder::new(self.params.skip_special_tokens),
-            stop: StopMatcher::new(self.params.stop.clone()),
             params: self.params.clone(),
-            events: self.events.clone(),
             pending_forks: 0,
             admitted: self.admitted,
             prompt_logprobs_next: self.prompt_len,
-            constraint: self.constraint.as_ref().map(|c| c.fork()),
         }
     }
 
