@@ -20,7 +20,9 @@ use super::response::Usage;
 use super::responses::ResponsesSettings;
 use super::responses_output::ResponsesOutput;
 use super::AppState;
-use crate::engine::{EngineEvent, EngineHandle, RequestParams, TokenConstraint};
+use std::sync::Arc;
+
+use crate::engine::{EngineEvent, EngineHandle, PrefixKey, RequestParams, TokenConstraint};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -53,6 +55,8 @@ pub struct Job {
     pub constraint: Option<Box<dyn TokenConstraint>>,
     /// The Responses API: the settings its answer repeats.
     pub responses: Option<ResponsesSettings>,
+    /// Each prompt's place in the prefix cache (empty: caching off).
+    pub prefixes: Vec<Option<Arc<PrefixKey>>>,
 }
 
 /// Token counts of a streamed request, filled in while it streams (the access log reads them when the
@@ -184,6 +188,7 @@ fn submit(
             prompt.clone(),
             job.params.clone(),
             job.constraint.take(),
+            job.prefixes.get(p).cloned().flatten(),
         )?;
         guard.ids.push(id);
         streams.push(
@@ -251,6 +256,7 @@ pub async fn run(state: AppState, mut job: Job) -> Result<Response, ApiError> {
         n: job.params.n,
         prompt_tokens,
         completion_tokens: 0,
+        cached_tokens: (!job.prefixes.is_empty()).then_some(0),
         timing: Timing::new(job.received, choices),
         key: job.key,
         reservation,
@@ -273,6 +279,8 @@ struct Running {
     n: usize,
     prompt_tokens: usize,
     completion_tokens: usize,
+    /// Prompt tokens served from the prefix cache (`None`: caching off).
+    cached_tokens: Option<usize>,
     timing: Timing,
     key: Option<String>,
     /// Tokens held against the key's limit; settled to what was used when the request ends or is
@@ -300,9 +308,13 @@ impl Running {
                 reason,
                 text,
                 completion_tokens,
+                cached_tokens,
                 ..
             } => {
                 self.completion_tokens += completion_tokens;
+                if let Some(c) = &mut self.cached_tokens {
+                    *c += cached_tokens;
+                }
                 self.output.finish(idx, reason, text, out);
             }
             EngineEvent::PromptLogprobs { tokens, ranks, .. } => {
@@ -317,7 +329,10 @@ impl Running {
     /// Every choice finished: the request's tokens are counted (globally, per key, its latency).
     fn on_end(&mut self) -> Usage {
         self.guard.done = true;
-        let usage = Usage::new(self.prompt_tokens, self.completion_tokens);
+        let mut usage = Usage::new(self.prompt_tokens, self.completion_tokens);
+        if let Some(cached) = self.cached_tokens {
+            usage = usage.with_cached(cached);
+        }
         self.state
             .metrics
             .e2e

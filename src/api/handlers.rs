@@ -298,6 +298,7 @@ async fn answer(
     let received = std::time::Instant::now();
     let key = key.map(|Extension(KeyId(id))| id);
     let body = body_bytes(&state, body)?;
+    let tenant_key = key.clone();
     let (
         Prepared {
             prompts,
@@ -307,15 +308,23 @@ async fn answer(
             constraint,
         },
         responses,
+        prefixes,
     ) = state
-        .blocking(move |s| match kind {
-            Kind::Chat => Ok((prepare_chat(s, &body)?, None)),
-            Kind::Completion => Ok((prepare_completion(s, &body)?, None)),
-            Kind::Responses => {
-                let (chat_body, settings) =
-                    with_parse_limits(s.parse_limits(), || super::responses::to_chat_body(&body))?;
-                Ok((prepare_chat(s, &chat_body)?, Some(settings)))
-            }
+        .blocking(move |s| {
+            let (prepared, responses) = match kind {
+                Kind::Chat => (prepare_chat(s, &body)?, None),
+                Kind::Completion => (prepare_completion(s, &body)?, None),
+                Kind::Responses => {
+                    let (chat_body, settings) = with_parse_limits(s.parse_limits(), || {
+                        super::responses::to_chat_body(&body)
+                    })?;
+                    (prepare_chat(s, &chat_body)?, Some(settings))
+                }
+            };
+            // The prompts' places in the prefix cache, under the tenant the server derives from the
+            // authenticated key (hashing them here keeps that work off the engine thread).
+            let prefixes = s.prefix_keys(&prepared.prompts, tenant_key.as_deref());
+            Ok((prepared, responses, prefixes))
         })
         .await?;
     generation::run(
@@ -334,6 +343,7 @@ async fn answer(
             chat,
             constraint,
             responses,
+            prefixes,
         },
     )
     .await

@@ -121,6 +121,36 @@ impl Collector for EngineCollector {
             "Tokens sampled by the engine.",
             s.generated_tokens.load(Relaxed),
         )?;
+        gauge(
+            &mut e,
+            "prefix_cache_blocks",
+            "KV blocks the prefix cache holds.",
+            s.prefix_cached_blocks.load(Relaxed) as u64,
+        )?;
+        counter(
+            &mut e,
+            "prefix_cache_queried_tokens",
+            "Prompt tokens looked up in the prefix cache.",
+            s.prefix_queried_tokens.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "prefix_cache_hit_tokens",
+            "Prompt tokens served from the prefix cache.",
+            s.prefix_hit_tokens.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "prefix_cache_evictions",
+            "Cached blocks evicted to make room.",
+            s.prefix_evictions.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "prefix_cache_expirations",
+            "Cached blocks dropped when their TTL ran out.",
+            s.prefix_expirations.load(Relaxed),
+        )?;
         let h = &s.step_seconds;
         h.encode(e.encode_descriptor(
             "engine_step_seconds",

@@ -64,6 +64,9 @@ pub struct AppState {
     /// Structured outputs (`response_format`, constrained tool calls); `None` if the tokenizer cannot
     /// give one (requests that need it get a 400).
     pub grammars: Option<Arc<crate::grammar::Grammars>>,
+    /// Per-process random secret that tenant keys of the prefix cache are derived with (never leaves
+    /// the process; a restart makes every cached prefix unreachable).
+    tenant_secret: Arc<[u8; 32]>,
     request_ids: Arc<AtomicU64>,
 }
 
@@ -92,7 +95,14 @@ impl AppState {
         .map_err(|e| tracing::warn!(error = %e, "structured outputs unavailable"))
         .ok()
         .map(Arc::new);
+        let tenant_secret = {
+            use rand::Rng;
+            let mut secret = [0u8; 32];
+            rand::rng().fill(&mut secret);
+            Arc::new(secret)
+        };
         Self {
+            tenant_secret,
             grammars,
             output_format,
             chat: chat.map(Arc::new),
@@ -148,6 +158,44 @@ impl AppState {
     pub fn with_limits(mut self, limits: limits::RequestLimits) -> Self {
         self.limits = Arc::new(limits);
         self
+    }
+
+    /// The prefix-cache tenant of a request: a keyed hash of the API key id it was authenticated with
+    /// (one anonymous tenant without keys). Clients cannot choose it: no request field reaches it.
+    pub fn tenant(&self, key_id: Option<&str>) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(*self.tenant_secret);
+        match key_id {
+            Some(id) => {
+                h.update(b"key:");
+                h.update(id.as_bytes());
+            }
+            None => h.update(b"anonymous"),
+        }
+        h.finalize().into()
+    }
+
+    /// Each prompt's place in the prefix cache (empty when caching is off).
+    pub fn prefix_keys(
+        &self,
+        prompts: &[Vec<u32>],
+        key_id: Option<&str>,
+    ) -> Vec<Option<Arc<crate::engine::PrefixKey>>> {
+        if self.engine.config.prefix_cache_ttl.is_none() {
+            return Vec::new();
+        }
+        let seed = crate::kv::prefix_cache::chain_seed(&self.tenant(key_id));
+        let bs = self.engine.config.block_size;
+        prompts
+            .iter()
+            .map(|p| {
+                Some(Arc::new(crate::engine::PrefixKey {
+                    seed,
+                    prompt_hashes: crate::kv::prefix_cache::chain(&seed, p, bs),
+                }))
+            })
+            .collect()
     }
 
     /// Splits chat output with these markers instead of those found in the chat template.

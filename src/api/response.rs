@@ -10,6 +10,14 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// With prefix caching on: the prompt tokens served from the cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: usize,
 }
 
 impl Usage {
@@ -18,7 +26,16 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: None,
         }
+    }
+
+    /// The same counts, with `cached` prompt tokens served from the prefix cache.
+    pub fn with_cached(mut self, cached: usize) -> Self {
+        self.prompt_tokens_details = Some(PromptTokensDetails {
+            cached_tokens: cached,
+        });
+        self
     }
 }
 

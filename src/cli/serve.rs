@@ -115,6 +115,13 @@ pub struct ServeArgs {
     /// (◁think▷…◁/think▷).
     #[arg(long, default_value = "auto", value_parser = reasoning_parser)]
     reasoning_parser: Choice<moeserve::parsers::ReasoningMarkers>,
+    /// Automatic prefix caching (per tenant, memory only, zeroed when dropped): `off` keeps nothing past
+    /// a request.
+    #[arg(long, value_enum, default_value = "on")]
+    prefix_cache: OnOff,
+    /// Seconds an unused cached prefix block is kept.
+    #[arg(long, value_parser = seconds, default_value = "300")]
+    prefix_cache_ttl: Duration,
     /// Whitespace inside JSON under `response_format` and constrained tool calls: flexible (compact or
     /// pretty-printed, bounded at each place) or compact (none).
     #[arg(long, default_value = "flexible", value_parser = json_whitespace)]
@@ -127,6 +134,12 @@ fn json_whitespace(s: &str) -> Result<moeserve::grammar::JsonWhitespace, String>
         "compact" => Ok(moeserve::grammar::JsonWhitespace::Compact),
         other => Err(format!("unknown value `{other}` (flexible or compact)")),
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 /// A flag that is `auto` (detected), `none`, or a named value.
@@ -259,6 +272,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_waiting: args.max_queue,
         block_size,
         num_blocks,
+        prefix_cache_ttl: (args.prefix_cache == OnOff::On).then_some(args.prefix_cache_ttl),
     };
     let name = args
         .served_model_name

@@ -69,7 +69,7 @@ impl EngineCore {
     /// Queues a request (its first choice; the others fork from it after prefill).
     pub fn add(&mut self, req: EngineRequest) {
         let id = self.sched.next_id();
-        let seq = Sequence::new(id, req.id, req.prompt, req.params);
+        let seq = Sequence::new(id, req.id, req.prompt, req.params).with_prefix(req.prefix);
         self.runner
             .add(id, &seq.params, &seq.tokens, req.constraint);
         self.output.add(&seq, req.events);
@@ -103,11 +103,25 @@ impl EngineCore {
         self.abort_all();
     }
 
-    /// Aborts everything (shutdown).
+    /// Aborts everything and empties the prefix cache (shutdown), zeroing what it held.
     pub fn abort_all(&mut self) {
         for id in self.sched.ids() {
             self.finish(id, FinishReason::Abort, String::new());
         }
+        let freed = self.sched.clear_prefix_cache();
+        self.runner.zero(&freed);
+        self.publish();
+    }
+
+    /// When the next cached prefix block expires.
+    pub fn next_expiry(&self) -> Option<std::time::Instant> {
+        self.sched.next_expiry()
+    }
+
+    /// Drops (and zeroes) the cached prefix blocks whose time is up.
+    pub fn expire(&mut self) {
+        let freed = self.sched.expire();
+        self.runner.zero(&freed);
         self.publish();
     }
 
@@ -119,6 +133,14 @@ impl EngineCore {
             .store(self.sched.running(), Ordering::Relaxed);
         s.kv_blocks_free
             .store(self.sched.free_blocks(), Ordering::Relaxed);
+        if let Some((blocks, c)) = self.sched.prefix_stats() {
+            s.prefix_cached_blocks.store(blocks, Ordering::Relaxed);
+            s.prefix_queried_tokens
+                .store(c.queried_tokens, Ordering::Relaxed);
+            s.prefix_hit_tokens.store(c.hit_tokens, Ordering::Relaxed);
+            s.prefix_evictions.store(c.evictions, Ordering::Relaxed);
+            s.prefix_expirations.store(c.expirations, Ordering::Relaxed);
+        }
     }
 
     /// Removes a sequence from all three rooms, zeroes its freed blocks, and tells the client.
@@ -169,6 +191,7 @@ impl EngineCore {
             if seq.pending_forks > 0 {
                 let (params, prompt) = (seq.params.clone(), seq.tokens.clone());
                 let forks = self.sched.fork_pending(id)?;
+                self.runner.zero(&forks.freed);
                 for &(child, k) in &forks.created {
                     self.runner.fork(id, child, k, &params, &prompt);
                     if let Some(c) = self.sched.get(child) {

@@ -90,6 +90,7 @@ pub fn generate_constrained(
         max_waiting: 1,
         block_size,
         num_blocks: (prompt_ids.len() + params.max_tokens + 1).div_ceil(block_size),
+        prefix_cache_ttl: None,
     };
     let stats = Arc::new(EngineStats::default());
     stats
@@ -103,6 +104,7 @@ pub fn generate_constrained(
         params: Arc::new(params),
         events: tx,
         constraint,
+        prefix: None,
     });
     let out = GenerateOutput {
         prompt_ids,

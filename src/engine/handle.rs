@@ -14,6 +14,7 @@ use super::constraint::TokenConstraint;
 use super::core::EngineCore;
 use super::request::{EngineEvent, EngineRequest, RequestParams};
 use super::scheduler::SchedulerConfig;
+use super::sequence::PrefixKey;
 use super::stats::EngineStats;
 use crate::error::Result;
 use crate::loader::LoadedModel;
@@ -78,7 +79,7 @@ impl EngineHandle {
         prompt: Vec<u32>,
         params: RequestParams,
     ) -> std::result::Result<(u64, UnboundedReceiver<EngineEvent>), SubmitError> {
-        self.submit_constrained(prompt, params, None)
+        self.submit_constrained(prompt, params, None, None)
     }
 
     /// Queues a request whose tokens `constraint` restricts (structured outputs, tool calls).
@@ -87,6 +88,7 @@ impl EngineHandle {
         prompt: Vec<u32>,
         params: RequestParams,
         constraint: Option<Box<dyn TokenConstraint>>,
+        prefix: Option<Arc<PrefixKey>>,
     ) -> std::result::Result<(u64, UnboundedReceiver<EngineEvent>), SubmitError> {
         if self.stats.shutting_down.load(Ordering::Relaxed) {
             return Err(SubmitError::ShuttingDown);
@@ -105,6 +107,7 @@ impl EngineHandle {
             params: Arc::new(params),
             events,
             constraint,
+            prefix,
         };
         if self.tx.send(Command::Submit(req)).is_err() {
             self.stats.queued_requests.fetch_sub(1, Ordering::Relaxed);
@@ -140,9 +143,23 @@ fn run(core: &mut EngineCore, rx: mpsc::Receiver<Command>) {
         } else if draining {
             break;
         } else {
-            match rx.recv() {
-                Ok(c) => Some(c),
-                Err(_) => break,
+            // Idle: wait for a command, waking when a cached prefix block expires (it is zeroed then).
+            match core.next_expiry() {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(wait) {
+                        Ok(c) => Some(c),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            core.expire();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => break,
+                },
             }
         };
         let mut next = first;

@@ -19,6 +19,7 @@ pub mod stop;
 pub use constraint::{ConstraintError, TokenConstraint, TokenMask};
 pub use generate::{generate, generate_constrained, GenerateOutput, GenerateTiming};
 pub use handle::{EngineHandle, SubmitError};
-pub use request::{EngineEvent, FinishReason, RequestParams, TokenLogprob};
+pub use request::{EngineEvent, EngineRequest, FinishReason, RequestParams, TokenLogprob};
 pub use sampler::{Sampler, SamplingParams};
 pub use scheduler::SchedulerConfig;
+pub use sequence::PrefixKey;

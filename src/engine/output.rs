@@ -151,6 +151,7 @@ impl OutputProcessor {
             reason,
             text,
             completion_tokens: seq.generated(),
+            cached_tokens: seq.prefix_hit,
         });
         // Choices never forked (cancelled before prefill ended) finish too.
         for k in 0..seq.pending_forks {
@@ -159,6 +160,7 @@ impl OutputProcessor {
                 reason,
                 text: String::new(),
                 completion_tokens: 0,
+                cached_tokens: 0,
             });
         }
     }

@@ -8,6 +8,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::constraint::TokenConstraint;
 use super::sampler::SamplingParams;
+use super::sequence::PrefixKey;
 use super::stop::StopStrings;
 
 /// Why a choice stopped.
@@ -78,6 +79,8 @@ pub struct EngineRequest {
     pub events: UnboundedSender<EngineEvent>,
     /// Restricts which tokens may be sampled (structured outputs); each choice gets its own copy.
     pub constraint: Option<Box<dyn TokenConstraint>>,
+    /// The prompt's place in the prefix cache (its tenant's chain); `None`: not cached.
+    pub prefix: Option<Arc<PrefixKey>>,
 }
 
 impl std::fmt::Debug for EngineRequest {
@@ -113,6 +116,8 @@ pub enum EngineEvent {
         reason: FinishReason,
         text: String,
         completion_tokens: usize,
+        /// Prompt tokens served from the prefix cache (the request's first choice).
+        cached_tokens: usize,
     },
     /// Log-probabilities of prompt tokens `from..from + tokens.len()` (position 0 has none), sent while
     /// the prompt is computed, before any Delta; `ranks[i]` is token i's rank (1 = most likely).

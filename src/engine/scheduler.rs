@@ -9,7 +9,8 @@ use std::collections::{HashMap, VecDeque};
 
 use super::sequence::{SeqId, Sequence};
 use crate::error::Result;
-use crate::kv::BlockAllocator;
+use crate::kv::prefix_cache::PrefixCacheCounters;
+use crate::kv::{BlockAllocator, PrefixCache};
 
 /// Limits of the scheduler.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct SchedulerConfig {
     pub max_waiting: usize,
     pub block_size: usize,
     pub num_blocks: usize,
+    /// Prefix caching: how long an unused cached block is kept (`None`: off).
+    pub prefix_cache_ttl: Option<std::time::Duration>,
 }
 
 impl Default for SchedulerConfig {
@@ -32,6 +35,7 @@ impl Default for SchedulerConfig {
             max_waiting: 256,
             block_size: 16,
             num_blocks: 4096,
+            prefix_cache_ttl: None,
         }
     }
 }
@@ -77,11 +81,15 @@ pub struct Forks {
     pub created: Vec<(SeqId, usize)>,
     pub children: Vec<SeqId>,
     pub copies: Vec<(u32, u32)>,
+    /// Cached blocks evicted to make room for the copies (to be zeroed first).
+    pub freed: Vec<u32>,
 }
 
 pub struct Scheduler {
     config: SchedulerConfig,
     alloc: BlockAllocator,
+    /// Full blocks kept after their sequences, by tenant and token chain (`None`: caching off).
+    prefix: Option<PrefixCache>,
     seqs: HashMap<SeqId, Sequence>,
     waiting: VecDeque<SeqId>,
     running: Vec<SeqId>,
@@ -93,6 +101,7 @@ impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         Self {
             alloc: BlockAllocator::new(config.num_blocks),
+            prefix: config.prefix_cache_ttl.map(PrefixCache::new),
             config,
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
@@ -104,6 +113,92 @@ impl Scheduler {
 
     pub fn config(&self) -> &SchedulerConfig {
         &self.config
+    }
+
+    /// Blocks the prefix cache holds, and its counters.
+    pub fn prefix_stats(&self) -> Option<(usize, PrefixCacheCounters)> {
+        self.prefix.as_ref().map(|c| (c.len(), c.counters))
+    }
+
+    /// When the next cached block expires (the engine wakes for it when idle).
+    pub fn next_expiry(&self) -> Option<std::time::Instant> {
+        self.prefix.as_ref().and_then(|c| c.next_expiry())
+    }
+
+    /// Drops expired cached blocks now; returns those freed (to be zeroed).
+    pub fn expire(&mut self) -> Vec<u32> {
+        match &mut self.prefix {
+            Some(c) => c.expire(&mut self.alloc),
+            None => Vec::new(),
+        }
+    }
+
+    /// Empties the prefix cache (shutdown): the blocks freed, to be zeroed.
+    pub fn clear_prefix_cache(&mut self) -> Vec<u32> {
+        match &mut self.prefix {
+            Some(c) => c.clear(&mut self.alloc),
+            None => Vec::new(),
+        }
+    }
+
+    /// Blocks that can be had now: free ones and cached ones only the cache holds.
+    fn available(&self) -> usize {
+        self.alloc.num_free() + self.prefix.as_ref().map_or(0, |c| c.evictable(&self.alloc))
+    }
+
+    /// Makes `need` blocks free, evicting cached ones if needed (freed ones go to `freed`, to be zeroed).
+    fn make_room(&mut self, need: usize, freed: &mut Vec<u32>) {
+        let short = need.saturating_sub(self.alloc.num_free());
+        if short > 0 {
+            if let Some(c) = &mut self.prefix {
+                freed.extend(c.evict(short, &mut self.alloc));
+            }
+        }
+    }
+
+    /// Offers `seq`'s computed full blocks to the prefix cache (before its table is released).
+    fn offer(&mut self, seq: &Sequence) {
+        let Some(cache) = &mut self.prefix else {
+            return;
+        };
+        if seq.prefix.is_none() {
+            return;
+        }
+        let bs = self.config.block_size;
+        let full = (seq.cached / bs).min(seq.table.blocks().len());
+        let hashes = seq.block_hashes(full, bs);
+        cache.insert(
+            &hashes,
+            &seq.table.blocks()[..hashes.len()],
+            &mut self.alloc,
+        );
+    }
+
+    /// Adopts the cached blocks of `id`'s longest cached prefix (never all of its tokens: the last one is
+    /// always computed, for its logits).
+    fn adopt_cached_prefix(&mut self, id: SeqId) {
+        let bs = self.config.block_size;
+        let (Some(cache), Some(seq)) = (&mut self.prefix, self.seqs.get_mut(&id)) else {
+            return;
+        };
+        let Some(key) = seq.prefix.clone() else {
+            return;
+        };
+        if seq.cached != 0 || !seq.table.blocks().is_empty() {
+            return;
+        }
+        if key.prompt_hashes.is_empty() {
+            return;
+        }
+        // A preempted sequence also finds the blocks of what it generated (offered when preempted).
+        let hashes = seq.block_hashes((seq.tokens.len() - 1) / bs, bs);
+        let blocks = cache.lookup(&hashes, seq.prompt_len, bs, &mut self.alloc);
+        let hit = blocks.len() * bs;
+        seq.table.adopt(blocks);
+        seq.cached = hit;
+        if seq.generated() == 0 && seq.admitted == 0 {
+            seq.prefix_hit = hit;
+        }
     }
 
     /// A fresh sequence id.
@@ -171,6 +266,7 @@ impl Scheduler {
         let mut seq = self.seqs.remove(&id)?;
         self.running.retain(|&r| r != id);
         self.waiting.retain(|&w| w != id);
+        self.offer(&seq);
         let freed = self.release(&mut seq);
         Some((seq, freed))
     }
@@ -189,6 +285,7 @@ impl Scheduler {
     fn requeue(&mut self, id: SeqId, freed: &mut Vec<u32>) {
         self.running.retain(|&r| r != id);
         if let Some(mut seq) = self.seqs.remove(&id) {
+            self.offer(&seq);
             freed.extend(self.release(&mut seq));
             seq.cached = 0;
             self.seqs.insert(id, seq);
@@ -220,7 +317,12 @@ impl Scheduler {
             let Some(seq) = self.seqs.get_mut(&id) else {
                 return false;
             };
-            if seq.table.blocks_needed(len, bs) <= self.alloc.num_free() {
+            let need = seq.table.blocks_needed(len, bs);
+            if need <= self.available() {
+                self.make_room(need, &mut plan.freed);
+                let Some(seq) = self.seqs.get_mut(&id) else {
+                    return false;
+                };
                 return seq.table.reserve(len, bs, &mut self.alloc).is_ok();
             }
             if !self.preempt_newest(Some(id), plan) {
@@ -231,7 +333,10 @@ impl Scheduler {
 
     /// Decides this step's work.
     pub fn schedule(&mut self) -> StepPlan {
-        let mut plan = StepPlan::default();
+        let mut plan = StepPlan {
+            freed: self.expire(),
+            ..StepPlan::default()
+        };
         let mut budget = self.config.max_batch_tokens;
         // Running sequences in admission order: decodes, then unfinished prefills.
         let mut order = self.running.clone();
@@ -271,16 +376,30 @@ impl Scheduler {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
-            let Some(seq) = self.seqs.get(&id) else {
+            if !self.seqs.contains_key(&id) {
                 self.waiting.pop_front();
+                continue;
+            }
+            self.adopt_cached_prefix(id);
+            let Some(seq) = self.seqs.get(&id) else {
                 continue;
             };
             let chunk = chunk_of(seq, budget);
             let target = seq.cached + chunk;
             let bs = self.config.block_size;
-            if seq.table.blocks_needed(target, bs) > self.alloc.num_free() {
-                break; // wait for blocks; running sequences are not preempted for newcomers
+            let need = seq.table.blocks_needed(target, bs);
+            if need > self.available() {
+                // Wait for blocks (running sequences are not preempted for newcomers); cached blocks
+                // adopted for it go back.
+                if let Some(mut seq) = self.seqs.remove(&id) {
+                    plan.freed.extend(self.release(&mut seq));
+                    seq.cached = 0;
+                    seq.prefix_hit = 0;
+                    self.seqs.insert(id, seq);
+                }
+                break;
             }
+            self.make_room(need, &mut plan.freed);
             self.waiting.pop_front();
             self.admissions += 1;
             if let Some(seq) = self.seqs.get_mut(&id) {
@@ -323,7 +442,7 @@ impl Scheduler {
             let blocks = parent.table.blocks();
             let fits = self.running.len() < self.config.max_running
                 && blocks.len() >= full + usize::from(partial)
-                && (!partial || self.alloc.num_free() > 0);
+                && (!partial || self.available() > 0);
             if !fits {
                 deferred.push(child);
                 continue;
@@ -335,6 +454,7 @@ impl Scheduler {
             }
             if let Some(last) = last {
                 // Each choice writes its own next tokens into the partly filled block: it gets a copy.
+                self.make_room(1, &mut forks.freed);
                 if let Some(fresh) = self.alloc.allocate() {
                     forks.copies.push((last, fresh));
                     child_blocks.push(fresh);
@@ -361,7 +481,6 @@ mod tests {
     //! The policy with no model: sequences are plain token lists, a "step" advances what was planned
     //! and appends one token to every sequence whose prompt is done.
 
-    use std::collections::HashSet;
     use std::sync::Arc;
 
     use rand::{Rng, SeedableRng};
@@ -376,6 +495,7 @@ mod tests {
             max_waiting: 1000,
             block_size: 4,
             num_blocks,
+            prefix_cache_ttl: None,
         }
     }
 
@@ -410,13 +530,121 @@ mod tests {
         sampled
     }
 
-    /// Every block is free or held; a block held by several sequences is shared (forks).
+    /// Every block is free or held (by sequences or the prefix cache); a block held by several is shared
+    /// (forks, cached prefixes), and its refcount counts exactly its holders.
     fn assert_blocks_accounted(s: &Scheduler) {
-        let held: HashSet<u32> = s
-            .sequences()
-            .flat_map(|q| q.table.blocks().iter().copied())
-            .collect();
-        assert_eq!(held.len() + s.free_blocks(), s.config.num_blocks);
+        let mut holders: HashMap<u32, u32> = HashMap::new();
+        for b in s.sequences().flat_map(|q| q.table.blocks().iter().copied()) {
+            *holders.entry(b).or_default() += 1;
+        }
+        for b in s.prefix.iter().flat_map(|c| c.blocks()) {
+            *holders.entry(b).or_default() += 1;
+        }
+        assert_eq!(holders.len() + s.free_blocks(), s.config.num_blocks);
+        for (b, n) in holders {
+            assert_eq!(s.alloc.refcount(b), n, "block {b}");
+        }
+    }
+
+    /// Queues `tokens` for `tenant` with prefix caching; returns its sequence id.
+    fn add_cached(s: &mut Scheduler, tokens: Vec<u32>, tenant: u8, request: u64) -> SeqId {
+        use crate::kv::prefix_cache::{chain, chain_seed};
+        let id = s.next_id();
+        let seed = chain_seed(&[tenant; 32]);
+        let key = crate::engine::sequence::PrefixKey {
+            seed,
+            prompt_hashes: chain(&seed, &tokens, s.config.block_size),
+        };
+        s.add(
+            Sequence::new(id, request, tokens, Arc::new(RequestParams::default()))
+                .with_prefix(Some(Arc::new(key))),
+        );
+        id
+    }
+
+    fn cached_config(num_blocks: usize, ttl: std::time::Duration) -> SchedulerConfig {
+        SchedulerConfig {
+            prefix_cache_ttl: Some(ttl),
+            ..config(num_blocks, 100, 8)
+        }
+    }
+
+    /// Runs `id` alone until its prompt is in the cache and one token generated, then removes it.
+    fn serve_once(s: &mut Scheduler, id: SeqId) {
+        let plan = s.schedule();
+        assert!(plan.work.iter().any(|w| w.0 == id));
+        run(s, &plan);
+        s.remove(id);
+    }
+
+    #[test]
+    fn the_same_tenant_reuses_a_prefix_another_tenant_does_not() {
+        let mut s = Scheduler::new(cached_config(32, std::time::Duration::from_secs(60)));
+        let prompt: Vec<u32> = (0..14).collect(); // 3 full blocks of 4, and 2 tokens
+        let a = add_cached(&mut s, prompt.clone(), 1, 1);
+        serve_once(&mut s, a);
+        assert_eq!(
+            s.prefix.as_ref().unwrap().len(),
+            3,
+            "its computed full blocks are kept"
+        );
+        assert_blocks_accounted(&s);
+        // Same tenant, same prompt: 12 tokens come from the cache, 2 are computed.
+        let b = add_cached(&mut s, prompt.clone(), 1, 2);
+        let plan = s.schedule();
+        assert_eq!(plan.work, [(b, 2)]);
+        assert_eq!(s.get(b).unwrap().prefix_hit, 12);
+        assert_blocks_accounted(&s);
+        run(&mut s, &plan);
+        s.remove(b);
+        // Another tenant with the same prompt computes all of it.
+        let c = add_cached(&mut s, prompt.clone(), 2, 3);
+        let plan = s.schedule();
+        assert_eq!(plan.work, [(c, 14)]);
+        assert_eq!(s.get(c).unwrap().prefix_hit, 0);
+        run(&mut s, &plan);
+        s.remove(c);
+        // A prompt sharing only its first block hits that block.
+        let mut other = prompt.clone();
+        other[5] = 999;
+        let d = add_cached(&mut s, other, 1, 4);
+        let plan = s.schedule();
+        assert_eq!(plan.work, [(d, 10)]);
+        assert_blocks_accounted(&s);
+    }
+
+    #[test]
+    fn cached_blocks_expire_and_come_back_to_be_zeroed() {
+        let mut s = Scheduler::new(cached_config(16, std::time::Duration::ZERO));
+        let a = add_cached(&mut s, (0..9).collect(), 1, 1);
+        serve_once(&mut s, a);
+        let cached: Vec<u32> = s.prefix.as_ref().unwrap().blocks().collect();
+        assert_eq!(cached.len(), 2);
+        let mut freed = s.expire();
+        freed.sort();
+        let mut want = cached.clone();
+        want.sort();
+        assert_eq!(
+            freed, want,
+            "expired blocks are freed, for the engine to zero"
+        );
+        assert_eq!(s.free_blocks(), 16);
+    }
+
+    #[test]
+    fn cached_blocks_make_room_before_anyone_waits_or_is_preempted() {
+        let mut s = Scheduler::new(cached_config(6, std::time::Duration::from_secs(60)));
+        let a = add_cached(&mut s, (0..17).collect(), 1, 1); // 5 blocks, 4 full ones cached after
+        serve_once(&mut s, a);
+        assert_eq!(s.prefix.as_ref().unwrap().len(), 4);
+        assert_eq!(s.free_blocks(), 2);
+        // A new prompt needing 4 blocks: the cache gives up its least recently used ones.
+        let b = add_cached(&mut s, (100..113).collect(), 2, 2);
+        let plan = s.schedule();
+        assert_eq!(plan.work, [(b, 13)]);
+        assert_eq!(plan.preempted, 0);
+        assert_eq!(plan.freed.len(), 2, "two evicted, to be zeroed");
+        assert_blocks_accounted(&s);
     }
 
     #[test]
@@ -571,6 +799,7 @@ mod tests {
             for id in s.ids() {
                 s.remove(id);
             }
+            s.clear_prefix_cache();
             assert_eq!(s.free_blocks(), 24, "seed {seed}: every block back");
         }
     }

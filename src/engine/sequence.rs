@@ -5,7 +5,16 @@
 use std::sync::Arc;
 
 use super::request::RequestParams;
+use crate::kv::prefix_cache::{chain_hash, BlockHash};
 use crate::kv::BlockTable;
+
+/// Where a sequence's blocks sit in the prefix cache: its tenant's chain seed and the hashes of its
+/// prompt's full blocks (computed off the engine thread, when the request was prepared).
+#[derive(Debug, Clone)]
+pub struct PrefixKey {
+    pub seed: BlockHash,
+    pub prompt_hashes: Vec<BlockHash>,
+}
 
 pub type SeqId = u64;
 
@@ -26,6 +35,10 @@ pub struct Sequence {
     pub admitted: u64,
     /// The next prompt position whose log-probability is still to be sent (prompt logprobs).
     pub prompt_logprobs_next: usize,
+    /// Prefix caching for this sequence (`None`: not cached, not looked up).
+    pub prefix: Option<Arc<PrefixKey>>,
+    /// Prompt tokens found in the prefix cache when first admitted (usage `cached_tokens`).
+    pub prefix_hit: usize,
 }
 
 impl Sequence {
@@ -43,7 +56,32 @@ impl Sequence {
             params,
             admitted: 0,
             prompt_logprobs_next: 1,
+            prefix: None,
+            prefix_hit: 0,
         }
+    }
+
+    /// The same sequence, cached under `key`.
+    pub fn with_prefix(mut self, key: Option<Arc<PrefixKey>>) -> Self {
+        self.prefix = key;
+        self
+    }
+
+    /// The hashes of its first `blocks` full blocks: the prompt's, then those of generated tokens.
+    pub fn block_hashes(&self, blocks: usize, block_size: usize) -> Vec<BlockHash> {
+        let Some(key) = &self.prefix else {
+            return Vec::new();
+        };
+        let mut out: Vec<BlockHash> = key.prompt_hashes.iter().take(blocks).copied().collect();
+        let mut h = out.last().copied().unwrap_or(key.seed);
+        for i in out.len()..blocks {
+            let Some(tokens) = self.tokens.get(i * block_size..(i + 1) * block_size) else {
+                break;
+            };
+            h = chain_hash(&h, tokens);
+            out.push(h);
+        }
+        out
     }
 
     /// Choice `k` of the same request (`k` ≥ 1): the same tokens and parameters, no blocks and nothing
@@ -61,6 +99,8 @@ impl Sequence {
             pending_forks: 0,
             admitted: self.admitted,
             prompt_logprobs_next: self.prompt_len,
+            prefix: self.prefix.clone(),
+            prefix_hit: 0,
         }
     }
 

@@ -20,6 +20,13 @@ pub struct EngineStats {
     pub batch_tokens: AtomicU64,
     pub prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
+    /// Prefix cache: prompt tokens looked up / found cached, blocks held, evictions (for room) and
+    /// expirations (TTL).
+    pub prefix_queried_tokens: AtomicU64,
+    pub prefix_hit_tokens: AtomicU64,
+    pub prefix_cached_blocks: AtomicUsize,
+    pub prefix_evictions: AtomicU64,
+    pub prefix_expirations: AtomicU64,
     pub shutting_down: AtomicBool,
 }
 
@@ -37,6 +44,11 @@ impl Default for EngineStats {
             batch_tokens: AtomicU64::new(0),
             prompt_tokens: AtomicU64::new(0),
             generated_tokens: AtomicU64::new(0),
+            prefix_queried_tokens: AtomicU64::new(0),
+            prefix_hit_tokens: AtomicU64::new(0),
+            prefix_cached_blocks: AtomicUsize::new(0),
+            prefix_evictions: AtomicU64::new(0),
+            prefix_expirations: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
         }
     }

@@ -4,7 +4,9 @@
 pub mod allocator;
 pub mod block_table;
 pub mod cache;
+pub mod prefix_cache;
 
 pub use allocator::BlockAllocator;
 pub use block_table::BlockTable;
 pub use cache::KvCache;
+pub use prefix_cache::{BlockHash, PrefixCache};
