@@ -60,8 +60,15 @@ struct BenchArgs {
     /// Bearer key, if the server needs one.
     #[arg(long, env = "MOESERVE_BENCH_API_KEY")]
     api_key: Option<String>,
-    #[arg(long, value_parser = ["random", "sharegpt"], default_value = "random")]
+    /// random, sharegpt, or multiturn (conversations re-sending their growing history each turn).
+    #[arg(long, value_parser = ["random", "sharegpt", "multiturn"], default_value = "random")]
     dataset: String,
+    /// Turns per conversation (with --dataset multiturn).
+    #[arg(long, default_value_t = 10)]
+    turns: usize,
+    /// New tokens each turn adds (with --dataset multiturn).
+    #[arg(long, default_value_t = 100)]
+    turn_len: usize,
     /// ShareGPT-format JSON file (with --dataset sharegpt).
     #[arg(long)]
     dataset_path: Option<PathBuf>,
@@ -253,6 +260,9 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     use moeserve::bench;
+    if args.dataset == "multiturn" {
+        return run_multiturn(&args);
+    }
     let requests = match args.dataset.as_str() {
         "sharegpt" => {
             let path = args
@@ -343,6 +353,41 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.result_json {
         let v = serde_json::json!({"base_url": args.base_url, "dataset": args.dataset,
             "num_prompts": args.num_prompts, "runs": summaries});
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
+    }
+    Ok(())
+}
+
+/// `bench --dataset multiturn`: per-turn TTFT of conversations that re-send their history.
+fn run_multiturn(args: &BenchArgs) -> anyhow::Result<()> {
+    use moeserve::bench;
+    let cfg = bench::BenchConfig {
+        base_url: args.base_url.trim_end_matches('/').to_owned(),
+        model: args.model.clone(),
+        api_key: args.api_key.clone(),
+        request_rate: None,
+        max_concurrency: args.max_concurrency,
+        ignore_eos: args.ignore_eos,
+        warmup: 0,
+        seed: args.seed,
+        percentiles: args.percentiles.clone(),
+        progress: false,
+    };
+    let mt = bench::multiturn::MultiTurn {
+        conversations: args.num_prompts,
+        turns: args.turns,
+        turn_len: args.turn_len,
+        output_len: args.random_output_len,
+        vocab: args.random_vocab,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let turns = runtime.block_on(bench::multiturn::run(&cfg, &mt))?;
+    print!("{}", bench::multiturn::table(&turns));
+    if let Some(path) = &args.result_json {
+        let v = serde_json::json!({"base_url": args.base_url, "dataset": "multiturn",
+            "conversations": mt.conversations, "turns": turns});
         std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
     }
     Ok(())

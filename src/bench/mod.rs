@@ -5,6 +5,7 @@
 //! Poisson at `--request-rate` (or all at once) under an optional concurrency cap. Prompt and output text
 //! are neither printed nor saved: the JSON result holds counts and timings only.
 
+pub mod multiturn;
 pub mod plot;
 pub mod stats;
 
@@ -115,7 +116,7 @@ pub fn sharegpt_dataset(
     Ok(out)
 }
 
-fn client(cfg: &BenchConfig) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client(cfg: &BenchConfig) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(key) = &cfg.api_key {
         headers.insert(
@@ -148,7 +149,7 @@ pub async fn discover_model(cfg: &BenchConfig) -> anyhow::Result<String> {
 }
 
 /// Sends one streamed completion and times it.
-async fn send(
+pub(crate) async fn send(
     client: &reqwest::Client,
     url: &str,
     model: &str,
@@ -204,6 +205,9 @@ async fn send(
                 };
                 if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                     result.prompt_tokens = u["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+                    result.cached_tokens = u["prompt_tokens_details"]["cached_tokens"]
+                        .as_u64()
+                        .unwrap_or(0) as usize;
                     result.output_tokens = u["completion_tokens"].as_u64().unwrap_or(0) as usize;
                 }
                 let has_text = v["choices"].as_array().is_some_and(|c| {

@@ -9,6 +9,8 @@ use serde::Serialize;
 pub struct RequestResult {
     pub success: bool,
     pub prompt_tokens: usize,
+    /// Prompt tokens the server served from its prefix cache (`usage.prompt_tokens_details`).
+    pub cached_tokens: usize,
     pub output_tokens: usize,
     /// Seconds.
     pub ttft: f64,
