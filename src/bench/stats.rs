@@ -235,6 +235,7 @@ mod tests {
         let r = RequestResult {
             success: true,
             prompt_tokens: 5,
+            cached_tokens: 0,
             output_tokens: 11,
             ttft: 0.1,
             latency: 1.1,
