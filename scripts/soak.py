@@ -43,7 +43,7 @@ STATS = defaultdict(Counter)  # traffic kind -> sent, ok, 4xx, 429, 5xx, conn_er
 DROPS = defaultdict(list)  # kind -> seconds until the server ended the connection
 COLUMNS = ["sent", "ok", "4xx", "429", "5xx", "conn_err", "bad", "nonjson_4xx", "closed", "dropped"]
 CHAT = "/v1/chat/completions"
-KV_LINE = re.compile(r"^(moeserve_kv_blocks_(?:free|total))(?:\{.*\})?[ \t]+([-+0-9.eE]+|NaN)", re.M)
+KV_LINE = re.compile(r"^(moeserve_kv_blocks_(?:free|total)|moeserve_prefix_cache_blocks)(?:\{.*\})?[ \t]+([-+0-9.eE]+|NaN)", re.M)
 
 
 class Ctx:
@@ -312,7 +312,11 @@ async def kv_blocks(ctx):
     vals = {}
     for m in KV_LINE.finditer(raw.decode("utf-8", "replace")):  # name[{labels}] value [timestamp]
         vals[m[1]] = vals.get(m[1], 0.0) + float(m[2])
-    return vals.get("moeserve_kv_blocks_free"), vals.get("moeserve_kv_blocks_total")
+    free = vals.get("moeserve_kv_blocks_free")
+    # Blocks the prefix cache keeps are evictable: free for any request that needs them.
+    if free is not None:
+        free += vals.get("moeserve_prefix_cache_blocks", 0)
+    return free, vals.get("moeserve_kv_blocks_total")
 
 
 def pct(values, q):

@@ -405,7 +405,14 @@ async fn engine_step_metrics_count_every_step_and_token() {
 
 #[tokio::test]
 async fn cancelled_stream_frees_its_blocks() {
-    let server = Server::start(None, &["--kv-blocks", "256"]);
+    // Without the prefix cache every block comes back; with it, the full ones stay cached (evictable).
+    for cache in ["off", "on"] {
+        cancelled_stream_frees_its_blocks_with(cache).await;
+    }
+}
+
+async fn cancelled_stream_frees_its_blocks_with(cache: &str) {
+    let server = Server::start(None, &["--kv-blocks", "256", "--prefix-cache", cache]);
     let total = metric(&server, "kv_blocks_total").await;
     assert_eq!(metric(&server, "kv_blocks_free").await, total);
     let resp = reqwest::Client::new()
@@ -426,15 +433,22 @@ async fn cancelled_stream_frees_its_blocks() {
     drop(body);
     let mut freed = false;
     for _ in 0..100 {
-        if metric(&server, "kv_blocks_free").await == total
+        let cached = metric(&server, "prefix_cache_blocks").await;
+        if metric(&server, "kv_blocks_free").await + cached == total
             && metric(&server, "running_sequences").await == 0.0
         {
             freed = true;
+            if cache == "off" {
+                assert_eq!(cached, 0.0);
+            }
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(freed, "blocks not freed after the client went away");
+    assert!(
+        freed,
+        "blocks not freed after the client went away (cache {cache})"
+    );
 }
 
 /// The `data:` payloads of an SSE body, in order.
