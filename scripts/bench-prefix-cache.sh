@@ -6,8 +6,9 @@ set -u
 cd "$(dirname "$0")/.."
 BIN=target/release/moeserve
 MODEL=weights/bench-q8_0.gguf
-run() {  # $1 = on|off, $2 = conversations, $3 = out file
-  $BIN serve --model $MODEL --port 0 --threads 2 --prefix-cache $1 --max-running-seqs 16 > /tmp/mt_server.out 2>/tmp/mt_server.err &
+run() {  # $1 = on|off, $2 = conversations, $3 = out file, $4 = --max-batch-tokens (default 2048)
+  $BIN serve --model $MODEL --port 0 --threads 2 --prefix-cache $1 --max-running-seqs 16 \
+     --max-batch-tokens ${4:-2048} > /tmp/mt_server.out 2>/tmp/mt_server.err &
   pid=$!
   for i in $(seq 1 120); do
     addr=$(head -1 /tmp/mt_server.out 2>/dev/null | sed -n 's/^moeserve listening on //p')
@@ -22,4 +23,6 @@ run on 1 /tmp/mt_on_1.json
 run off 1 /tmp/mt_off_1.json
 run on 8 /tmp/mt_on_8.json
 run off 8 /tmp/mt_off_8.json
-cat /tmp/mt_*_1.json.txt /tmp/mt_*_8.json.txt
+run on 8 /tmp/mt_on_8_256.json 256
+run off 8 /tmp/mt_off_8_256.json 256
+cat /tmp/mt_*.json.txt
