@@ -434,3 +434,78 @@ async fn reasoning_goes_to_reasoning_content() {
     }
     assert_eq!(got, reasoning);
 }
+
+/// vLLM's guided decoding fields, on completions and chat: the output is one of the choices, matches the
+/// regex, or is JSON under the schema — whatever the random weights.
+#[tokio::test]
+async fn vllm_guided_decoding_fields_constrain_the_output() {
+    let server = server();
+    let complete = |extra: Value| {
+        let mut body = json!({"model": "test-model", "prompt": "Answer:", "max_tokens": 40,
+            "temperature": 1.0, "seed": 7, "n": 3});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let texts = |v: &Value| -> Vec<String> {
+        v["choices"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let post_to = |path: &'static str, body: Value| {
+        let url = server.url(path);
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, v) = post_to(
+        "/v1/completions",
+        complete(json!({"guided_choice": ["positive", "negative", "neutral"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    for t in texts(&v) {
+        assert!(
+            ["positive", "negative", "neutral"].contains(&t.as_str()),
+            "{t:?}"
+        );
+    }
+    let (status, v) = post_to(
+        "/v1/completions",
+        complete(json!({"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}/x"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    for t in texts(&v) {
+        let b = t.as_bytes();
+        assert!(
+            b.len() == 8
+                && b[..3].iter().all(u8::is_ascii_digit)
+                && b[3] == b'-'
+                && b[4..6].iter().all(u8::is_ascii_lowercase)
+                && &b[6..] == b"/x",
+            "{t:?}"
+        );
+    }
+    let chat = json!({"model": "test-model", "messages": [{"role": "user", "content": "Weather?"}],
+        "chat_template_kwargs": {"enable_thinking": false}, "max_tokens": 90, "temperature": 0.0,
+        "guided_json": weather_schema()});
+    let (status, v) = post_to("/v1/chat/completions", chat.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_weather_args(v["choices"][0]["message"]["content"].as_str().unwrap());
+    let mut both = chat;
+    both["response_format"] = json!({"type": "json_object"});
+    let (status, v) = post_to("/v1/chat/completions", both).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["param"], "guided_json");
+}

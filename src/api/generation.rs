@@ -183,11 +183,13 @@ fn submit(
         done: false,
     };
     let mut streams = Vec::new();
+    // One compiled constraint; each prompt gets its own copy.
+    let constraint = job.constraint.take();
     for (p, prompt) in job.prompts.iter().enumerate() {
         let (id, rx) = state.engine.submit_constrained(
             prompt.clone(),
             job.params.clone(),
-            job.constraint.take(),
+            constraint.as_ref().map(|c| c.fork()),
             job.prefixes.get(p).cloned().flatten(),
         )?;
         guard.ids.push(id);

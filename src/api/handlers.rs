@@ -14,7 +14,7 @@ use super::generation::{self, Job, Kind};
 use super::output::{PromptEcho, TextOffsets};
 use super::parse::with_parse_limits;
 use super::request::PromptField;
-use super::structured::constraint_for;
+use super::structured::{completion_constraint, constraint_for};
 use super::validate::{parse_chat, parse_completion, ParsedChat, ParsedCompletion, Validated};
 use super::AppState;
 use crate::chat::RenderOptions;
@@ -176,7 +176,7 @@ fn prepare_chat(state: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
         // Markers can be special tokens (Kimi's, Mistral's): the parser needs to see them.
         v.params.skip_special_tokens = false;
     }
-    let constraint = constraint_for(state, &options, &chat)?;
+    let constraint = constraint_for(state, &options, &chat, v.guided.as_ref())?;
     let prompt = state
         .engine
         .loaded
@@ -254,12 +254,13 @@ fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiErro
     } else {
         Vec::new()
     };
+    let constraint = completion_constraint(state, v.guided.as_ref())?;
     Ok(Prepared {
         prompts,
         validated: v,
         echo,
         chat: ChatParse::default(),
-        constraint: None,
+        constraint,
     })
 }
 

@@ -66,6 +66,24 @@ pub struct GenerationFields {
     pub prompt_logprobs: Option<i64>,
     /// vLLM's: special tokens in the output text (`false`) or not (default).
     pub skip_special_tokens: Option<bool>,
+    /// vLLM's guided decoding (current and legacy names).
+    pub structured_outputs: Option<StructuredOutputsField>,
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+}
+
+/// vLLM's `structured_outputs`: one of `json`, `regex`, `choice`, `json_object` (`grammar` and
+/// `structural_tag` are refused).
+#[derive(Deserialize, Default)]
+pub struct StructuredOutputsField {
+    pub json: Option<serde_json::Value>,
+    pub regex: Option<String>,
+    pub choice: Option<Vec<String>>,
+    pub json_object: Option<bool>,
+    pub grammar: Option<String>,
+    pub structural_tag: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]

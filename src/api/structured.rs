@@ -7,15 +7,42 @@
 use super::chat_output::ChatParse;
 use super::chat_request::{ChatOptions, ResponseFormat, ToolChoice};
 use super::error::ApiError;
+use super::validate::Guided;
 use super::AppState;
 use crate::engine::TokenConstraint;
 use crate::grammar::{Constraint, GrammarError, OutputStart, ToolCalls};
+
+/// vLLM's guided decoding as a constraint.
+pub fn guided_constraint(guided: &Guided) -> (Constraint, &'static str) {
+    match guided {
+        Guided::Json(schema) => (Constraint::JsonSchema(schema.clone()), "guided_json"),
+        Guided::JsonObject => (Constraint::JsonObject, "structured_outputs.json_object"),
+        Guided::Regex(rx) => (Constraint::Regex(rx.clone()), "guided_regex"),
+        Guided::Choice(c) => (Constraint::Choice(c.clone()), "guided_choice"),
+    }
+}
+
+/// Compiles vLLM's guided decoding for a completions request (no reasoning or tool format involved).
+pub fn completion_constraint(
+    state: &AppState,
+    guided: Option<&Guided>,
+) -> Result<Option<Box<dyn TokenConstraint>>, ApiError> {
+    let Some(guided) = guided else {
+        return Ok(None);
+    };
+    let (constraint, param) = guided_constraint(guided);
+    let matcher = grammars(state)?
+        .compile(&constraint, OutputStart::default())
+        .map_err(|e| ApiError::invalid(param, e.to_string()))?;
+    Ok(Some(Box::new(matcher)))
+}
 
 /// The constraint for this request's output, if any.
 pub fn constraint_for(
     state: &AppState,
     options: &ChatOptions,
     parse: &ChatParse,
+    guided: Option<&Guided>,
 ) -> Result<Option<Box<dyn TokenConstraint>>, ApiError> {
     let forced_tool = matches!(
         options.tool_choice,
@@ -32,6 +59,19 @@ pub fn constraint_for(
         reasoning: parse.reasoning.filter(|_| !parse.reasoning_closed),
         in_reasoning: parse.in_reasoning,
     };
+    if let Some(g) = guided {
+        if json || forced_tool {
+            return Err(ApiError::invalid(
+                guided_constraint(g).1,
+                "guided decoding cannot be combined with `response_format` or a forced `tool_choice`",
+            ));
+        }
+        let (constraint, param) = guided_constraint(g);
+        let matcher = grammars(state)?
+            .compile(&constraint, start)
+            .map_err(|e| ApiError::invalid(param, e.to_string()))?;
+        return Ok(Some(Box::new(matcher)));
+    }
     let (constraint, param) = match &options.response_format {
         ResponseFormat::JsonObject => (Constraint::JsonObject, "response_format"),
         ResponseFormat::JsonSchema(schema) => (

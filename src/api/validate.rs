@@ -30,11 +30,6 @@ struct NotImplemented {
     add_generation_prompt: Option<bool>,
     continue_final_message: Option<bool>,
     include_stop_str_in_output: Option<bool>,
-    guided_json: Option<serde::de::IgnoredAny>,
-    guided_regex: Option<serde::de::IgnoredAny>,
-    guided_choice: Option<serde::de::IgnoredAny>,
-    guided_grammar: Option<serde::de::IgnoredAny>,
-    structured_outputs: Option<serde::de::IgnoredAny>,
     reasoning_effort: Option<serde::de::IgnoredAny>,
     logits_processors: Option<serde::de::IgnoredAny>,
     bad_words: Option<serde::de::IgnoredAny>,
@@ -129,11 +124,6 @@ fn refuse_unimplemented(body: &[u8], chat: bool) -> Result<(), ApiError> {
             "include_stop_str_in_output",
             n.include_stop_str_in_output == Some(true),
         ),
-        ("guided_json", n.guided_json.is_some()),
-        ("guided_regex", n.guided_regex.is_some()),
-        ("guided_choice", n.guided_choice.is_some()),
-        ("guided_grammar", n.guided_grammar.is_some()),
-        ("structured_outputs", n.structured_outputs.is_some()),
         ("reasoning_effort", n.reasoning_effort.is_some()),
         ("logits_processors", n.logits_processors.is_some()),
         ("bad_words", n.bad_words.is_some()),
@@ -159,6 +149,92 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f64>, A
     }
 }
 
+/// Guided decoding as vLLM's extension fields ask for it.
+#[derive(Debug, Clone)]
+pub enum Guided {
+    Json(serde_json::Value),
+    JsonObject,
+    Regex(String),
+    Choice(Vec<String>),
+}
+
+/// Choices in one `guided_choice` at most.
+pub const MAX_CHOICES: usize = 256;
+
+/// vLLM's `structured_outputs` / `guided_*` fields, at most one kind.
+fn guided(g: &GenerationFields) -> Result<Option<Guided>, ApiError> {
+    let so = g.structured_outputs.as_ref();
+    if g.guided_grammar.is_some() || so.is_some_and(|s| s.grammar.is_some()) {
+        let field = if g.guided_grammar.is_some() {
+            "guided_grammar"
+        } else {
+            "structured_outputs.grammar"
+        };
+        return Err(ApiError::invalid(
+            field,
+            "grammars are not supported; use a JSON schema, a regex or choices",
+        ));
+    }
+    if so.is_some_and(|s| s.structural_tag.is_some()) {
+        return Err(ApiError::invalid(
+            "structured_outputs.structural_tag",
+            "structural tags are not supported; use `tools`",
+        ));
+    }
+    let json = |v: &serde_json::Value, field: &str| match v {
+        // vLLM accepts the schema as JSON text too.
+        serde_json::Value::String(text) => serde_json::from_str(text)
+            .map(Guided::Json)
+            .map_err(|_| ApiError::invalid(field, "the schema is not valid JSON")),
+        other => Ok(Guided::Json(other.clone())),
+    };
+    let mut found: Vec<(&str, Guided)> = Vec::new();
+    if let Some(v) = &g.guided_json {
+        found.push(("guided_json", json(v, "guided_json")?));
+    }
+    if let Some(r) = &g.guided_regex {
+        found.push(("guided_regex", Guided::Regex(r.clone())));
+    }
+    if let Some(c) = &g.guided_choice {
+        found.push(("guided_choice", Guided::Choice(c.clone())));
+    }
+    if let Some(s) = so {
+        if let Some(v) = &s.json {
+            found.push((
+                "structured_outputs.json",
+                json(v, "structured_outputs.json")?,
+            ));
+        }
+        if let Some(r) = &s.regex {
+            found.push(("structured_outputs.regex", Guided::Regex(r.clone())));
+        }
+        if let Some(c) = &s.choice {
+            found.push(("structured_outputs.choice", Guided::Choice(c.clone())));
+        }
+        if s.json_object == Some(true) {
+            found.push(("structured_outputs.json_object", Guided::JsonObject));
+        }
+    }
+    if found.len() > 1 {
+        return Err(ApiError::invalid(
+            found[1].0,
+            "only one kind of guided decoding per request",
+        ));
+    }
+    let Some((field, guided)) = found.pop() else {
+        return Ok(None);
+    };
+    if let Guided::Choice(c) = &guided {
+        if c.is_empty() || c.len() > MAX_CHOICES {
+            return Err(ApiError::invalid(
+                field,
+                format!("give between 1 and {MAX_CHOICES} choices"),
+            ));
+        }
+    }
+    Ok(Some(guided))
+}
+
 /// Validated parameters, before the prompt length is known.
 pub struct Validated {
     pub params: RequestParams,
@@ -170,6 +246,8 @@ pub struct Validated {
     pub echo: bool,
     /// vLLM's `prompt_logprobs` was asked for (answered in its own field).
     pub prompt_logprobs: bool,
+    /// vLLM's guided decoding.
+    pub guided: Option<Guided>,
 }
 
 pub const MAX_N: u64 = 64;
@@ -338,6 +416,7 @@ pub fn validate(
         },
         echo,
         prompt_logprobs: prompt_logprobs.is_some(),
+        guided: guided(g)?,
         max_tokens,
         stream,
         include_usage: stream && g.stream_options.as_ref().is_some_and(|o| o.include_usage),
@@ -471,7 +550,11 @@ mod tests {
             (r#""store": true"#, "store"),
             (r#""min_tokens": 4"#, "min_tokens"),
             (r#""best_of": 3"#, "best_of"),
-            (r#""guided_json": {"type": "object"}"#, "guided_json"),
+            (r#""guided_grammar": "start: x""#, "guided_grammar"),
+            (
+                r#""guided_choice": ["a"], "guided_regex": "b""#,
+                "guided_choice",
+            ),
         ] {
             let e = err(&format!("{{{base}, {extra}}}"));
             assert_eq!(e.param.as_deref(), Some(field), "{extra}");

@@ -26,6 +26,14 @@ pub(super) fn grammar(
         Constraint::JsonObject => json_rule(g, &json!({"type": "object"}))?,
         Constraint::JsonSchema(schema) => json_rule(g, schema)?,
         Constraint::ToolCalls(calls) => tool_calls(g, calls, &mut rules)?,
+        Constraint::Regex(rx) => {
+            rules.push(format!("ANSWER: /{}/", slash_escaped(rx)));
+            "ANSWER".into()
+        }
+        Constraint::Choice(choices) => {
+            let alternatives: Vec<String> = choices.iter().map(|c| quote(c)).collect();
+            format!("({})", alternatives.join(" | "))
+        }
     };
     // Between calls and after reasoning: a line break or a few spaces, never a run to loop in.
     rules.push(r"WS: /[\x20\x0A\x0D\x09]{1,4}/".into());
@@ -33,6 +41,23 @@ pub(super) fn grammar(
         "%llguidance {{}}\nstart: {prefix}{body}\n{}\n",
         rules.join("\n")
     ))
+}
+
+/// A regular expression inside Lark's one-line `/…/`: unescaped slashes escaped, line breaks written as
+/// escapes.
+fn slash_escaped(rx: &str) -> String {
+    let mut out = String::with_capacity(rx.len());
+    let mut escaped = false;
+    for c in rx.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '/' if !escaped => out.push_str("\\/"),
+            _ => out.push(c),
+        }
+        escaped = c == '\\' && !escaped;
+    }
+    out
 }
 
 /// `%json {…}` for a schema, with the client's `x-guidance` options replaced by ours.

@@ -45,6 +45,10 @@ pub enum Constraint {
     /// JSON valid under this schema (`json_schema`, strict or not, as vLLM does).
     JsonSchema(Value),
     ToolCalls(ToolCalls),
+    /// Text matching this regular expression (vLLM's `guided_regex`).
+    Regex(String),
+    /// Exactly one of these texts (vLLM's `guided_choice`).
+    Choice(Vec<String>),
 }
 
 /// Tool calls in the model's own format, their arguments valid under the tools' schemas.
@@ -212,8 +216,9 @@ fn schema_error(message: &str) -> GrammarError {
         "the schema has a `$ref` that does not point into the schema (#/...)"
     } else if m.contains("too large") || m.contains("too big") || m.contains("stack level") {
         "the schema is too large"
-    } else if m.contains("pattern") || m.contains("regex") {
-        "the schema has a `pattern` that cannot be used (no look-around or back-references)"
+    } else if m.contains("pattern") || m.contains("regex") || m.contains("lexer") {
+        "a regular expression (a `pattern`, `guided_regex`) cannot be used (no look-around or \
+         back-references)"
     } else {
         "the schema is not valid JSON Schema or uses features that cannot be enforced"
     })
