@@ -83,6 +83,7 @@ async fn preemption_under_kv_pressure_keeps_outputs_exact() {
         max_waiting: 64,
         block_size: 4,
         num_blocks: 16,
+        prefix_cache_ttl: None,
     };
     let (outs, expected, engine) = run_all(config, "mixtral").await;
     assert_eq!(outs, expected);
@@ -102,6 +103,7 @@ async fn tiny_token_budget_chunks_prefill() {
         max_waiting: 64,
         block_size: 8,
         num_blocks: 128,
+        prefix_cache_ttl: None,
     };
     let (outs, expected, engine) = run_all(config, "olmoe").await;
     assert_eq!(outs, expected);

@@ -3,8 +3,7 @@
 
 use super::output::{finish_str, to_json, Chunks, Common, Output, PromptSide, TextOffsets};
 use super::response::{
-    Completion, CompletionChoice, CompletionLogprobs, PromptLogprobs, PromptTokenLogprobs,
-    RankedLogprob, TopMap, Usage,
+    Completion, CompletionChoice, CompletionLogprobs, PromptLogprobs, TopMap, Usage,
 };
 use crate::engine::{FinishReason, TokenLogprob};
 
@@ -115,41 +114,9 @@ impl CompletionOutput {
             out.push(self.chunk(CompletionChoice {
                 index: p * self.common.n + k,
                 text: text.clone(),
-                logprobs: legacy.as_ref().map(|l| {
-                    CompletionLogprobs {
-                        tokens: l.tokens.clone(),
-                        token_logprobs: l.token_logprobs.clone(),
-                        top_logprobs: l
-                            .top_logprobs
-                            .iter()
-                            .map(|m| m.as_ref().map(|m| TopMap(m.0.clone())))
-                            .collect(),
-                        text_offset: l.text_offset.clone(),
-                    }
-                }),
+                logprobs: legacy.clone(),
                 finish_reason: None,
-                prompt_logprobs: ranked.as_ref().map(|r| {
-                    r.iter()
-                        .map(|e| {
-                            e.as_ref().map(|e| {
-                                PromptTokenLogprobs(
-                                    e.0.iter()
-                                        .map(|(id, v)| {
-                                            (
-                                                *id,
-                                                RankedLogprob {
-                                                    logprob: v.logprob,
-                                                    rank: v.rank,
-                                                    decoded_token: v.decoded_token.clone(),
-                                                },
-                                            )
-                                        })
-                                        .collect(),
-                                )
-                            })
-                        })
-                        .collect()
-                }),
+                prompt_logprobs: ranked.clone(),
             }));
         }
     }
@@ -258,11 +225,11 @@ impl Output for CompletionOutput {
                 if let Some((echo, legacy, r)) = parts.get(index / n) {
                     text.insert_str(0, echo);
                     if let Some(legacy) = legacy {
-                        let mut all = clone_logprobs(legacy);
+                        let mut all = legacy.clone();
                         all.extend(lps);
                         lps = all;
                     }
-                    ranked = r.as_ref().map(clone_ranked);
+                    ranked = r.clone();
                 }
                 CompletionChoice {
                     index,
@@ -279,40 +246,4 @@ impl Output for CompletionOutput {
             usage: Some(Some(usage)),
         })
     }
-}
-
-fn clone_logprobs(l: &CompletionLogprobs) -> CompletionLogprobs {
-    CompletionLogprobs {
-        tokens: l.tokens.clone(),
-        token_logprobs: l.token_logprobs.clone(),
-        top_logprobs: l
-            .top_logprobs
-            .iter()
-            .map(|m| m.as_ref().map(|m| TopMap(m.0.clone())))
-            .collect(),
-        text_offset: l.text_offset.clone(),
-    }
-}
-
-fn clone_ranked(r: &PromptLogprobs) -> PromptLogprobs {
-    r.iter()
-        .map(|e| {
-            e.as_ref().map(|e| {
-                PromptTokenLogprobs(
-                    e.0.iter()
-                        .map(|(id, v)| {
-                            (
-                                *id,
-                                RankedLogprob {
-                                    logprob: v.logprob,
-                                    rank: v.rank,
-                                    decoded_token: v.decoded_token.clone(),
-                                },
-                            )
-                        })
-                        .collect(),
-                )
-            })
-        })
-        .collect()
 }

@@ -179,9 +179,10 @@ pub type PromptLogprobs = Vec<Option<PromptTokenLogprobs>>;
 
 /// One position of [`PromptLogprobs`]: `{token id: {logprob, rank, decoded_token}}`, the prompt's own
 /// token first; an alternative that is the token itself is not repeated.
+#[derive(Clone)]
 pub struct PromptTokenLogprobs(pub Vec<(u32, RankedLogprob)>);
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 pub struct RankedLogprob {
     pub logprob: f32,
     pub rank: u32,
@@ -222,7 +223,7 @@ pub struct CompletionChoice {
 
 /// Legacy completions' logprobs: parallel lists. A prompt's first token (with `echo`) has no logprob:
 /// `null` in `token_logprobs` and `top_logprobs`.
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, Clone)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
@@ -241,6 +242,7 @@ impl CompletionLogprobs {
 
 /// The alternatives of one token as a JSON object `{token text: logprob}`, most likely first. Two ids
 /// can decode to the same text: the first (more likely) one is kept, so the object has unique keys.
+#[derive(Clone)]
 pub struct TopMap(pub Vec<(String, f32)>);
 
 impl Serialize for TopMap {
