@@ -18,17 +18,6 @@ fn log_softmax_at(row: &[f32], index: usize) -> f32 {
     (row[index] as f64 - lse) as f32
 }
 
-async fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(server.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn post_stream(server: &Server, path: &str, body: &Value) -> Vec<Value> {
     let text = reqwest::Client::new()
         .post(server.url(path))
@@ -61,7 +50,7 @@ async fn echo_with_logprobs_returns_the_prompt_scored_by_the_reference() {
     for (i, prompt) in r.prompts.iter().enumerate() {
         let body = json!({"model": "test-model", "prompt": prompt, "max_tokens": 1, "echo": true,
             "logprobs": 1, "temperature": 0.0, "seed": 1234});
-        let (status, v) = post(&server, "/v1/completions", &body).await;
+        let (status, v) = server.post_json("/v1/completions", &body).await;
         assert_eq!(status, 200, "{v}");
         let choice = &v["choices"][0];
         let lp = &choice["logprobs"];
@@ -110,7 +99,7 @@ async fn echo_with_zero_max_tokens_generates_nothing() {
     let server = Server::start(Some(&common::fixture_dir("qwen3_moe")), &[]);
     let body = json!({"model": "test-model", "prompt": ["Once upon a time", "The capital of"],
         "max_tokens": 0, "echo": true, "n": 2});
-    let (status, v) = post(&server, "/v1/completions", &body).await;
+    let (status, v) = server.post_json("/v1/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     let texts: Vec<&str> = v["choices"]
         .as_array()
@@ -131,7 +120,7 @@ async fn echo_with_zero_max_tokens_generates_nothing() {
     assert_eq!(v["usage"]["completion_tokens"], 0);
     let mut plain = body.clone();
     plain["echo"] = false.into();
-    let (status, v) = post(&server, "/v1/completions", &plain).await;
+    let (status, v) = server.post_json("/v1/completions", &plain).await;
     assert_eq!(status, 400);
     assert_eq!(v["error"]["param"], "max_tokens");
 }
@@ -143,7 +132,7 @@ async fn streamed_echo_equals_collected() {
     let server = Server::start(Some(&common::fixture_dir("qwen3_moe")), &[]);
     let body = json!({"model": "test-model", "prompt": "Once upon a time there was", "max_tokens": 4,
         "echo": true, "logprobs": 2, "temperature": 0.0, "ignore_eos": true});
-    let (_, collected) = post(&server, "/v1/completions", &body).await;
+    let (_, collected) = server.post_json("/v1/completions", &body).await;
     let mut streamed = body.clone();
     streamed["stream"] = true.into();
     let chunks = post_stream(&server, "/v1/completions", &streamed).await;
@@ -181,7 +170,7 @@ async fn prompt_logprobs_in_vllm_shape() {
     let prompt = &r.prompts[0];
     let body =
         json!({"model": "test-model", "prompt": prompt, "max_tokens": 1, "prompt_logprobs": 2});
-    let (status, v) = post(&server, "/v1/completions", &body).await;
+    let (status, v) = server.post_json("/v1/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     let pl = v["choices"][0]["prompt_logprobs"].as_array().unwrap();
     assert_eq!(pl.len(), prompt.len());
@@ -209,7 +198,7 @@ async fn prompt_logprobs_in_vllm_shape() {
 
     let chat = json!({"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 1, "prompt_logprobs": 0});
-    let (status, v) = post(&server, "/v1/chat/completions", &chat).await;
+    let (status, v) = server.post_json("/v1/chat/completions", &chat).await;
     assert_eq!(status, 200, "{v}");
     let pl = v["prompt_logprobs"].as_array().unwrap();
     assert_eq!(
@@ -219,7 +208,7 @@ async fn prompt_logprobs_in_vllm_shape() {
     assert!(pl[0].is_null() && pl[1].is_object());
     let mut streamed = chat.clone();
     streamed["stream"] = true.into();
-    let (status, v) = post(&server, "/v1/chat/completions", &streamed).await;
+    let (status, v) = server.post_json("/v1/chat/completions", &streamed).await;
     assert_eq!(status, 400);
     assert_eq!(v["error"]["param"], "prompt_logprobs");
 }
@@ -240,14 +229,16 @@ async fn tokenizer_info_serves_a_remote_tokenizer() {
         .as_str()
         .is_some_and(|t| !t.is_empty()));
     assert!(info["model_max_length"].as_u64().unwrap() > 0);
-    let (status, v) = post(
-        &server,
-        "/tokenize",
-        &json!({"prompt": eos, "add_special_tokens": false}),
-    )
-    .await;
+    let (status, v) = server
+        .post_json(
+            "/tokenize",
+            &json!({"prompt": eos, "add_special_tokens": false}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(v["tokens"][0], info["eos_token_ids"][0]);
-    let (_, v) = post(&server, "/detokenize", &json!({"tokens": v["tokens"]})).await;
+    let (_, v) = server
+        .post_json("/detokenize", &json!({"tokens": v["tokens"]}))
+        .await;
     assert_eq!(v["prompt"], eos);
 }

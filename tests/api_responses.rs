@@ -22,17 +22,6 @@ fn server() -> Server {
     )
 }
 
-async fn post(server: &Server, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(server.url("/v1/responses"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 async fn events(server: &Server, body: &Value) -> (Vec<Value>, String) {
     let text = reqwest::Client::new()
         .post(server.url("/v1/responses"))
@@ -63,7 +52,7 @@ async fn a_response_streamed_and_not() {
     let body = json!({"model": "test-model", "instructions": "Be brief.", "input": "Hello there",
         "max_output_tokens": 6, "temperature": 0.0,
         "text": {"format": {"type": "text"}}});
-    let (status, v) = post(&server, &body).await;
+    let (status, v) = server.post_json("/v1/responses", &body).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["object"], "response");
     assert!(v["id"].as_str().unwrap().starts_with("resp_"));
@@ -137,7 +126,7 @@ async fn forced_function_calls_are_function_call_items_and_come_back() {
     body["input"] = json!([
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather?"}]}
     ]);
-    let (status, v) = post(&server, &body).await;
+    let (status, v) = server.post_json("/v1/responses", &body).await;
     assert_eq!(status, 200, "{v}");
     let call = v["output"]
         .as_array()
@@ -176,7 +165,7 @@ async fn forced_function_calls_are_function_call_items_and_come_back() {
          "arguments": call["arguments"]},
         {"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}
     ]});
-    let (status, v) = post(&server, &next).await;
+    let (status, v) = server.post_json("/v1/responses", &next).await;
     assert_eq!(status, 200, "{v}");
 }
 
@@ -205,7 +194,7 @@ async fn stored_state_and_unknown_items_are_refused_by_name() {
         for (k, v) in extra.as_object().unwrap() {
             body[k] = v.clone();
         }
-        let (status, v) = post(&server, &body).await;
+        let (status, v) = server.post_json("/v1/responses", &body).await;
         assert_eq!(status, 400, "{v}");
         assert_eq!(v["error"]["param"], param, "{v}");
     }

@@ -118,17 +118,6 @@ fn no_thinking(req: &CreateChatCompletionRequest) -> Value {
     body
 }
 
-async fn post(server: &Server, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(server.url("/v1/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn required_tool_calls_come_back_as_tool_calls_streamed_and_not() {
     let server = server();
@@ -217,7 +206,9 @@ async fn a_named_tool_is_the_one_called_and_finishes_with_stop() {
             name: "get_weather".into(),
         },
     });
-    let (status, v) = post(&server, &no_thinking(&request(choice, 1))).await;
+    let (status, v) = server
+        .post_json("/v1/chat/completions", &no_thinking(&request(choice, 1)))
+        .await;
     assert_eq!(status, 200, "{v}");
     let choice = &v["choices"][0];
     assert_eq!(choice["finish_reason"], "stop", "named: as OpenAI");
@@ -341,7 +332,9 @@ async fn earlier_calls_and_tool_results_render_into_the_next_turn() {
         prompt.contains("<tool_response>\nsunny, 21 C\n</tool_response>"),
         "{prompt}"
     );
-    let (status, v) = post(&server, &serde_json::to_value(&req).unwrap()).await;
+    let (status, v) = server
+        .post_json("/v1/chat/completions", &serde_json::to_value(&req).unwrap())
+        .await;
     assert_eq!(status, 200, "{v}");
 }
 
@@ -384,7 +377,7 @@ async fn what_cannot_be_honoured_is_a_400_naming_the_field() {
             "response_format",
         ),
     ] {
-        let (status, v) = post(&server, &body).await;
+        let (status, v) = server.post_json("/v1/chat/completions", &body).await;
         assert_eq!(status, 400, "{v}");
         assert_eq!(v["error"]["param"], param, "{v}");
         assert!(!v.to_string().contains("CANARY"), "{v}");
@@ -401,7 +394,7 @@ async fn reasoning_goes_to_reasoning_content() {
     let server = Server::start(None, &["--chat-template", template.to_str().unwrap()]);
     let body = json!({"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 8, "temperature": 0.0, "ignore_eos": true});
-    let (status, v) = post(&server, &body).await;
+    let (status, v) = server.post_json("/v1/chat/completions", &body).await;
     assert_eq!(status, 200, "{v}");
     let message = &v["choices"][0]["message"];
     let reasoning = message["reasoning_content"].as_str().unwrap_or_default();
