@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::layout::KvLayout;
 use crate::error::Result;
-use crate::model::spec::KvLayout;
 
 /// Paged key/value storage for all layers.
 pub struct KvCache {

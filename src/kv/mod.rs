@@ -4,9 +4,11 @@
 pub mod allocator;
 pub mod block_table;
 pub mod cache;
+pub mod layout;
 pub mod prefix_cache;
 
 pub use allocator::BlockAllocator;
 pub use block_table::BlockTable;
 pub use cache::KvCache;
+pub use layout::KvLayout;
 pub use prefix_cache::{BlockHash, PrefixCache};

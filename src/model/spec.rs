@@ -86,18 +86,9 @@ pub enum AttentionKind {
     Mla(MlaSpec),
 }
 
-/// Shape of one layer's cache entry per token: keys `(heads, dim)` and, unless latent, values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvLayout {
-    pub k: (usize, usize),
-    pub v: Option<(usize, usize)>,
-}
-
-impl KvLayout {
-    pub fn values_per_token(&self) -> usize {
-        self.k.0 * self.k.1 + self.v.map_or(0, |(h, d)| h * d)
-    }
-}
+/// The cache's shape type lives with the cache (`kv` imports nothing of the model); the spec says which
+/// layout its attention needs.
+pub use crate::kv::KvLayout;
 
 impl AttentionKind {
     pub fn rope(&self) -> &RopeSpec {
