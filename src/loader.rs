@@ -5,7 +5,8 @@ use candle_core::{DType, Device};
 
 use crate::device::Precision;
 use crate::error::Result;
-use crate::model::config::{model_spec, HubConfig};
+use crate::model::config::HubConfig;
+use crate::model::families::model_spec;
 use crate::model::gguf_config::gguf_spec;
 use crate::model::{Model, ModelSpec};
 use crate::tokenizer::{find_chat_template, GenerationConfig, TextTokenizer};

@@ -3,7 +3,8 @@
 //! published config.json files.
 
 use moeserve::inspect::kv_bytes_per_token;
-use moeserve::model::config::{model_spec, HubConfig};
+use moeserve::model::config::HubConfig;
+use moeserve::model::families::model_spec;
 use moeserve::model::spec::{AttentionKind, FfnSpec, ModelSpec, RouterSpec};
 use serde_json::json;
 

@@ -5,7 +5,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::config::{model_spec, HubConfig};
+use super::config::HubConfig;
+use super::families::model_spec;
 use super::spec::{AttentionKind, FfnSpec, ModelSpec};
 use crate::error::{Error, Result};
 use crate::weights::gguf::tensors::NameMap;
