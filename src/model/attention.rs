@@ -230,9 +230,9 @@ impl Attention {
             let (kc, vc) = kv.layer(layer);
             let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
             let q = q.contiguous()?;
-            let out = super::cpu::attention::with_f32(&q, |qs| {
-                super::cpu::attention::with_f32(kc, |ks| {
-                    super::cpu::attention::with_f32(vc, |vs| {
+            let out = super::cpu::host::with_f32(&q, |qs| {
+                super::cpu::host::with_f32(kc, |ks| {
+                    super::cpu::host::with_f32(vc, |vs| {
                         let view = super::cpu::attention::CacheView::per_head(ks, vs, nkv, hd);
                         Ok(super::cpu::attention::paged_attention(
                             qs,

@@ -150,8 +150,8 @@ impl MlaAttention {
         if inputs.fast_cpu {
             let (lat, _) = kv.layer(layer);
             let q_rows = q_full.transpose(0, 1)?.contiguous()?; // [T, nh, L + R]
-            let out_lat = cpu_attention::with_f32(&q_rows, |qs| {
-                cpu_attention::with_f32(lat, |ls| {
+            let out_lat = super::cpu::host::with_f32(&q_rows, |qs| {
+                super::cpu::host::with_f32(lat, |ls| {
                     let view = cpu_attention::CacheView::latent(ls, l + r, l);
                     Ok(cpu_attention::paged_attention(
                         qs,

@@ -3,10 +3,7 @@
 //! values. No per-sequence gathers, transposes or small tensor ops; rows run in parallel (rayon).
 //! Used for GQA and for MLA's latent cache (where the "key" and the "value" are the same latent vector).
 
-use candle_core::{CpuStorage, Layout, Storage, Tensor};
 use rayon::prelude::*;
-
-use crate::error::{Error, Result};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -63,17 +60,6 @@ impl<'a> CacheView<'a> {
             key_dim,
             value_dim,
         }
-    }
-}
-
-/// Borrow a contiguous f32 CPU tensor's data (attention, the streaming matmul's activations).
-pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout): (_, &Layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(&v[a..b]),
-        _ => Err(Error::Batch(
-            "host kernels need contiguous f32 CPU tensors".into(),
-        )),
     }
 }
 

@@ -6,8 +6,9 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::model::cpu::attention::with_f32;
-use crate::model::cpu::matmul::{run_products, with_hosts, HostSlices, Product, WeightElem};
+use crate::model::cpu::host::with_f32;
+use crate::model::cpu::host::{with_hosts, HostSlices};
+use crate::model::cpu::matmul::{run_products, Product, WeightElem};
 
 /// The tokens routed to one expert and their routing weights, in token order.
 pub struct ExpertTokens<'a> {

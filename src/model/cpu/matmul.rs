@@ -6,11 +6,11 @@
 //! weight rows over the rayon pool. f32 and bf16 weights (bf16 widened on the fly), f32 activations and
 //! accumulation. AVX2+FMA is chosen at run time; other CPUs get a portable loop the compiler vectorises.
 
-use candle_core::{CpuStorage, DType, Storage, Tensor};
+use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::attention::with_f32;
+use super::host::{with_f32, with_hosts, HostSlices};
 use crate::error::{Error, Result};
 
 /// Up to this many input rows the streaming kernel beats candle's GEMM (`benches/matmul`: 2× at 16 rows,
@@ -130,41 +130,6 @@ fn streamable(x: &Tensor, w: &Tensor) -> Result<bool> {
         && (1..=MAX_ROWS).contains(&x.dim(0)?)
         && x.dim(1)? == w.dim(1)?
         && w.is_contiguous())
-}
-
-/// Several CPU tensors' data of one dtype, borrowed.
-pub enum HostSlices<'a> {
-    F32(Vec<&'a [f32]>),
-    Bf16(Vec<&'a [bf16]>),
-    F16(Vec<&'a [f16]>),
-}
-
-/// Runs `f` on the data of several contiguous CPU tensors of one dtype (f32, bf16 or f16).
-pub fn with_hosts<R>(ts: &[&Tensor], f: impl FnOnce(HostSlices<'_>) -> Result<R>) -> Result<R> {
-    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut f32s = Vec::new();
-    let mut bf16s = Vec::new();
-    let mut f16s = Vec::new();
-    for (storage, layout) in &guards {
-        match (&**storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f32s.push(&v[a..b]),
-            (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => bf16s.push(&v[a..b]),
-            (Storage::Cpu(CpuStorage::F16(v)), Some((a, b))) => f16s.push(&v[a..b]),
-            _ => {
-                return Err(Error::Batch(
-                    "host kernel needs contiguous f32, bf16 or f16 CPU tensors".into(),
-                ))
-            }
-        }
-    }
-    match (f32s.is_empty(), bf16s.is_empty(), f16s.is_empty()) {
-        (_, true, true) => f(HostSlices::F32(f32s)),
-        (true, false, true) => f(HostSlices::Bf16(bf16s)),
-        (true, true, false) => f(HostSlices::F16(f16s)),
-        _ => Err(Error::Batch(
-            "host kernel needs weights of one dtype".into(),
-        )),
-    }
 }
 
 /// A weight element the kernel can widen to f32.

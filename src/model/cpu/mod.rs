@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod experts;
 pub mod fp8;
+pub mod host;
 pub mod kquants;
 pub mod matmul;
 pub mod q4k_x8;

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::cpu::attention::with_f32;
+use crate::model::cpu::host::with_f32;
 use crate::model::cpu::{kquants, q4k_x8, q8_0};
 use crate::weights::quant::blocks;
 use crate::weights::{QuantMatrix, QuantType};

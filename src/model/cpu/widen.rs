@@ -8,7 +8,8 @@ use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::matmul::{with_hosts, HostSlices, WeightElem};
+use super::host::{with_hosts, HostSlices};
+use super::matmul::WeightElem;
 use crate::error::{Error, Result};
 
 /// f32 bytes of one widened panel.

@@ -66,8 +66,8 @@ pub fn two_pass_host(
     experts: usize,
     run: impl Fn(&[ExpertProduct<'_>]) -> Vec<Vec<f32>>,
 ) -> Result<Tensor> {
-    use crate::model::cpu::attention::with_f32;
     use crate::model::cpu::experts::{gather, scatter_add, swiglu};
+    use crate::model::cpu::host::with_f32;
     let (t, hidden) = x.dims2()?;
     let (tokens, scales) = tokens_per_expert(routes, experts)?;
     let active: Vec<usize> = (0..experts).filter(|&e| !tokens[e].is_empty()).collect();
