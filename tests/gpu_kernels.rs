@@ -4,11 +4,11 @@
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Tensor};
-use moeserve::cuda::{self, CacheHeads, ContextSeq, PagedContext, RouteParams};
+use moeserve::cuda::{self, CacheHeads, ContextSeq, PagedContext};
 use moeserve::model::moe::cuda_experts::CudaExperts;
 use moeserve::model::moe::experts::{ExpertsBackend, GroupedExperts};
 use moeserve::model::moe::router::route_row;
-use moeserve::model::moe::Routes;
+use moeserve::model::moe::{gpu_route_params, Routes};
 use moeserve::model::spec::RouterSpec;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -291,7 +291,7 @@ fn check_routing(spec: RouterSpec, e: usize, k: usize, with_bias: bool) {
     let t = 1003;
     let logits: Vec<f32> = uniform(&mut rng, t * e).iter().map(|x| x * 4.0).collect();
     let bias: Option<Vec<f32>> = with_bias.then(|| uniform(&mut rng, e));
-    let params = RouteParams::new(&spec, e, k).unwrap();
+    let params = gpu_route_params(&spec, e, k).unwrap();
     let bias_t = bias
         .as_ref()
         .map(|b| Tensor::from_slice(b, e, &dev).unwrap());

@@ -7,7 +7,7 @@ mod attention;
 mod moe;
 
 pub use attention::{paged_attention, CacheHeads, ContextSeq, PagedContext};
-pub use moe::{expert_matmul, route, sort_by_expert, RouteParams, SortedRoutes};
+pub use moe::{expert_matmul, route, sort_by_expert, RouteMode, RouteParams, SortedRoutes};
 
 use candle_core::cuda_backend::cudarc::driver::CudaFunction;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};

@@ -6,7 +6,6 @@ use candle_core::{DType, Tensor};
 
 use super::{cuda_device, function, launch_error, output, ptr, Module};
 use crate::error::{Error, Result};
-use crate::model::spec::RouterSpec;
 
 /// The kernel's limits (shared memory per warp, registers for the chosen list, one lane per group).
 pub const MAX_EXPERTS: usize = 512;
@@ -23,28 +22,38 @@ pub struct RouteParams {
     scaling: f32,
 }
 
+/// The routing rules the kernel implements (the model maps its router spec onto one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMode {
+    /// Softmax over the experts, top-k.
+    Softmax,
+    /// DeepSeek-V2: softmax, top-k within the best groups when grouped.
+    GroupedSoftmax,
+    /// DeepSeek-V3: sigmoid scores, choice on scores + correction bias within the best groups.
+    SigmoidGrouped,
+}
+
 impl RouteParams {
-    /// The kernel's form of `spec` for `num_experts` experts and `top_k`, or why it cannot run it.
-    pub fn new(spec: &RouterSpec, num_experts: usize, top_k: usize) -> Result<Self> {
+    /// The kernel's parameters for `num_experts` experts and `top_k` (`groups`: (groups, groups kept)),
+    /// or why it cannot run them.
+    pub fn new(
+        mode: RouteMode,
+        groups: Option<(usize, usize)>,
+        renormalize: bool,
+        scaling: f32,
+        num_experts: usize,
+        top_k: usize,
+    ) -> Result<Self> {
         if num_experts > MAX_EXPERTS || top_k > MAX_TOP_K || top_k == 0 || top_k > num_experts {
             return Err(Error::Device(format!(
                 "GPU routing takes up to {MAX_EXPERTS} experts and top-k up to {MAX_TOP_K}, \
                  not {num_experts} experts top-{top_k}"
             )));
         }
-        let (mode, groups, renormalize, scaling) = match spec {
-            RouterSpec::SoftmaxTopK { renormalize } => (0, None, *renormalize, 1.0),
-            RouterSpec::DeepseekV2 {
-                groups,
-                renormalize,
-                scaling,
-            } => (1, *groups, *renormalize, *scaling),
-            RouterSpec::DeepseekV3 {
-                n_group,
-                topk_group,
-                renormalize,
-                scaling,
-            } => (2, Some((*n_group, *topk_group)), *renormalize, *scaling),
+        let mode = match mode {
+            RouteMode::Softmax => 0,
+            RouteMode::GroupedSoftmax => 1,
+            RouteMode::SigmoidGrouped => 2,
         };
         let (n_group, topk_group) = groups.unwrap_or((0, 0));
         if n_group > MAX_GROUPS || (n_group > 0 && !num_experts.is_multiple_of(n_group)) {

@@ -106,7 +106,7 @@ impl MoeBlock {
         #[cfg(feature = "cuda")]
         let device_routing = if store.device().is_cuda() {
             Some(DeviceRouting {
-                params: crate::cuda::RouteParams::new(&spec.router, spec.num_experts, spec.top_k)?,
+                params: gpu_route_params(&spec.router, spec.num_experts, spec.top_k)?,
                 bias: match &score_bias {
                     Some(b) => Some(Tensor::from_slice(b, b.len(), store.device())?),
                     None => None,
@@ -291,4 +291,34 @@ fn load_experts(
         return Ok(Box::new(cuda_experts::CudaExperts::from_weights(weights)?));
     }
     Ok(Box::new(GroupedExperts::from_weights(weights)?))
+}
+
+/// The GPU routing kernel's parameters for a router spec (the kernel takes plain numbers).
+#[cfg(feature = "cuda")]
+pub fn gpu_route_params(
+    router: &RouterSpec,
+    num_experts: usize,
+    top_k: usize,
+) -> Result<crate::cuda::RouteParams> {
+    use crate::cuda::{RouteMode, RouteParams};
+    let (mode, groups, renormalize, scaling) = match router {
+        RouterSpec::SoftmaxTopK { renormalize } => (RouteMode::Softmax, None, *renormalize, 1.0),
+        RouterSpec::DeepseekV2 {
+            groups,
+            renormalize,
+            scaling,
+        } => (RouteMode::GroupedSoftmax, *groups, *renormalize, *scaling),
+        RouterSpec::DeepseekV3 {
+            n_group,
+            topk_group,
+            renormalize,
+            scaling,
+        } => (
+            RouteMode::SigmoidGrouped,
+            Some((*n_group, *topk_group)),
+            *renormalize,
+            *scaling,
+        ),
+    };
+    RouteParams::new(mode, groups, renormalize, scaling, num_experts, top_k)
 }
