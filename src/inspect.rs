@@ -64,11 +64,7 @@ pub fn attention(spec: &ModelSpec) -> String {
 
 /// KV cache bytes per token (all layers) at `elem` bytes per value: (as cached, decompressed per-head K/V).
 pub fn kv_bytes_per_token(spec: &ModelSpec, elem: usize) -> (usize, usize) {
-    let layers = spec.num_layers();
-    (
-        layers * spec.attention.kv_layout().values_per_token() * elem,
-        layers * spec.attention.decompressed_values_per_token() * elem,
-    )
+    spec.kv_bytes_per_token(elem)
 }
 
 pub fn describe(i: &Inspection<'_>) -> String {

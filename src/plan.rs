@@ -61,8 +61,7 @@ impl MemoryPlan {
         let weights = p
             .weight_bytes
             .unwrap_or(params * p.matrix_dtype.size_in_bytes() as u64);
-        let (per_token, _) =
-            crate::inspect::kv_bytes_per_token(spec, p.compute_dtype.size_in_bytes());
+        let (per_token, _) = spec.kv_bytes_per_token(p.compute_dtype.size_in_bytes());
         let block_bytes = (per_token * p.block_size) as u64;
         Self {
             weights,
@@ -150,7 +149,7 @@ pub fn kv_blocks(
     kv_cache_mib: usize,
     max_running: usize,
 ) -> usize {
-    let (per_token, _) = crate::inspect::kv_bytes_per_token(spec, compute_dtype.size_in_bytes());
+    let (per_token, _) = spec.kv_bytes_per_token(compute_dtype.size_in_bytes());
     let full = max_running * spec.max_position_embeddings.div_ceil(block_size.max(1));
     kv_blocks.unwrap_or_else(|| {
         (kv_cache_mib * 1024 * 1024 / (per_token * block_size).max(1)).clamp(1, full.max(1))

@@ -14,9 +14,9 @@ use super::constraint::TokenConstraint;
 use super::core::EngineCore;
 use super::request::{EngineEvent, EngineRequest, RequestParams};
 use super::scheduler::SchedulerConfig;
-use super::sequence::PrefixKey;
 use super::stats::EngineStats;
 use crate::error::Result;
+use crate::kv::prefix_cache::PrefixKey;
 use crate::loader::LoadedModel;
 
 enum Command {

@@ -16,10 +16,10 @@ pub mod sequence;
 pub mod stats;
 pub mod stop;
 
+pub use crate::kv::prefix_cache::PrefixKey;
 pub use constraint::{ConstraintError, TokenConstraint, TokenMask};
 pub use generate::{generate, generate_constrained, GenerateOutput, GenerateTiming};
 pub use handle::{EngineHandle, SubmitError};
 pub use request::{EngineEvent, EngineRequest, FinishReason, RequestParams, TokenLogprob};
 pub use sampler::{Sampler, SamplingParams};
 pub use scheduler::SchedulerConfig;
-pub use sequence::PrefixKey;

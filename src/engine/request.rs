@@ -8,8 +8,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::constraint::TokenConstraint;
 use super::sampler::SamplingParams;
-use super::sequence::PrefixKey;
 use super::stop::StopStrings;
+use crate::kv::prefix_cache::PrefixKey;
 
 /// Why a choice stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -551,7 +551,7 @@ mod tests {
         use crate::kv::prefix_cache::{chain, chain_seed};
         let id = s.next_id();
         let seed = chain_seed(&[tenant; 32]);
-        let key = crate::engine::sequence::PrefixKey {
+        let key = crate::kv::prefix_cache::PrefixKey {
             seed,
             prompt_hashes: chain(&seed, &tokens, s.config.block_size),
         };

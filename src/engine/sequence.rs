@@ -5,16 +5,8 @@
 use std::sync::Arc;
 
 use super::request::RequestParams;
-use crate::kv::prefix_cache::{chain_hash, BlockHash};
+use crate::kv::prefix_cache::{chain_hash, BlockHash, PrefixKey};
 use crate::kv::BlockTable;
-
-/// Where a sequence's blocks sit in the prefix cache: its tenant's chain seed and the hashes of its
-/// prompt's full blocks (computed off the engine thread, when the request was prepared).
-#[derive(Debug, Clone)]
-pub struct PrefixKey {
-    pub seed: BlockHash,
-    pub prompt_hashes: Vec<BlockHash>,
-}
 
 pub type SeqId = u64;
 

@@ -18,6 +18,14 @@ use super::allocator::BlockAllocator;
 
 pub type BlockHash = [u8; 32];
 
+/// Where a sequence's blocks sit in the prefix cache: its tenant's chain seed and the hashes of its
+/// prompt's full blocks (computed off the engine thread, when the request was prepared).
+#[derive(Debug, Clone)]
+pub struct PrefixKey {
+    pub seed: BlockHash,
+    pub prompt_hashes: Vec<BlockHash>,
+}
+
 /// The first link of a tenant's chains.
 pub fn chain_seed(tenant: &[u8; 32]) -> BlockHash {
     let mut h = Sha256::new();

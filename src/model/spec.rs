@@ -233,6 +233,16 @@ impl ModelSpec {
     }
 
     /// Parameter counts: (total, active per token).
+    /// KV cache bytes per token (all layers) at `elem` bytes per value: (as cached, decompressed per-head
+    /// K/V).
+    pub fn kv_bytes_per_token(&self, elem: usize) -> (usize, usize) {
+        let layers = self.num_layers();
+        (
+            layers * self.attention.kv_layout().values_per_token() * elem,
+            layers * self.attention.decompressed_values_per_token() * elem,
+        )
+    }
+
     pub fn parameter_counts(&self) -> (u64, u64) {
         let h = self.hidden_size as u64;
         let attn = match &self.attention {

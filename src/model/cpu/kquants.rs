@@ -11,13 +11,7 @@ pub const QK_K: usize = 256;
 pub const Q4K_BYTES: usize = 144;
 pub const Q6K_BYTES: usize = 210;
 
-/// ggml's `nearest_int`: round half to even through the float adder (|v| < 2²²), no libm call, so the
-/// quantizer loops vectorize.
-#[inline(always)]
-pub fn nearest_int(v: f32) -> i32 {
-    let bits = (v + 12_582_912.0).to_bits() as i32;
-    (bits & 0x007f_ffff) - 0x0040_0000
-}
+pub use super::q8_0::nearest_int;
 
 /// Activation rows as ggml's `quantize_row_q8_K`: per 256, `d = max / -127` (max: the signed value of
 /// largest magnitude), `q = round(x / d)`, and the sums of every 16 quants.

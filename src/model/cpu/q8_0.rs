@@ -10,6 +10,14 @@
 use half::f16;
 
 /// Elements per block.
+/// ggml's `nearest_int`: round half to even through the float adder (|v| < 2²²), no libm call, so the
+/// quantizer loops vectorize.
+#[inline(always)]
+pub fn nearest_int(v: f32) -> i32 {
+    let bits = (v + 12_582_912.0).to_bits() as i32;
+    (bits & 0x007f_ffff) - 0x0040_0000
+}
+
 pub const QK: usize = 32;
 /// Bytes per weight block: f16 scale + 32 int8.
 pub const BLOCK_BYTES: usize = 34;
@@ -43,7 +51,7 @@ impl Q8Rows {
             let dv = amax / 127.0;
             let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             for (o, v) in q.iter_mut().zip(src) {
-                *o = super::kquants::nearest_int(v * id) as i8;
+                *o = nearest_int(v * id) as i8;
             }
             *sum = q.iter().map(|&v| i32::from(v)).sum();
             *d = f16::from_f32(dv).to_f32();
