@@ -6,25 +6,15 @@ mod common;
 
 use std::sync::Arc;
 
-use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::Prompt;
 use async_openai::types::chat::{
     ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions,
     CreateChatCompletionRequestArgs, FinishReason, StopConfiguration,
 };
 use async_openai::types::completions::CreateCompletionRequestArgs;
-use async_openai::Client;
 use common::server::Server;
 use futures::StreamExt;
 use moeserve::engine::{generate, RequestParams, SamplingParams};
-
-fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(server.v1())
-            .with_api_key("unused"),
-    )
-}
 
 fn fixture_server() -> Server {
     Server::start(Some(&common::fixture_dir("qwen3_moe")), &[])
@@ -83,7 +73,7 @@ async fn chat_prompt_ids(server: &Server, text: &str) -> Vec<u32> {
 #[tokio::test]
 async fn chat_greedy_equals_generate_streamed_and_not() {
     let server = fixture_server();
-    let c = client(&server);
+    let c = server.openai_client();
     let question = "What is the capital of France?";
     let resp = c
         .chat()
@@ -154,7 +144,8 @@ async fn gguf_files_serve_their_reference_greedy() {
     // A chat request renders the GGUF's own chat template.
     let file = common::fixture_dir("qwen3_moe").join("model-q8_0.gguf");
     let server = Server::start(Some(&file), &[]);
-    let resp = client(&server)
+    let resp = server
+        .openai_client()
         .chat()
         .create(chat_request("Hello there", 4).build().unwrap())
         .await
@@ -168,7 +159,7 @@ async fn completions_match_reference(family: &str) {
 
 async fn completions_match_reference_from(family: &str, model: &std::path::Path) {
     let server = Server::start(Some(model), &[]);
-    let c = client(&server);
+    let c = server.openai_client();
     let r = common::reference(family);
     let loaded = common::load_fixture(family);
     let eos = &loaded.generation.eos_token_ids;
@@ -207,7 +198,7 @@ async fn sixteen_concurrent_streams_equal_their_solo_runs() {
         Some(&common::fixture_dir("qwen3_moe")),
         &["--max-batch-tokens", "64"],
     );
-    let c = client(&server);
+    let c = server.openai_client();
     let questions: Vec<String> = (0..16)
         .map(|i| format!("Question number {i}: what is {i} plus {i}?"))
         .collect();
@@ -243,7 +234,7 @@ async fn sixteen_concurrent_streams_equal_their_solo_runs() {
 #[tokio::test]
 async fn seeded_sampling_is_reproducible() {
     let server = fixture_server();
-    let c = client(&server);
+    let c = server.openai_client();
     let mut texts = Vec::new();
     for _ in 0..2 {
         let mut req = chat_request("Tell me a story", 16);
@@ -288,7 +279,7 @@ async fn seeded_sampling_is_reproducible() {
 #[tokio::test]
 async fn stop_strings_max_tokens_and_n() {
     let server = fixture_server();
-    let c = client(&server);
+    let c = server.openai_client();
     let full = c
         .chat()
         .create(chat_request("Hello there", 16).build().unwrap())
@@ -341,7 +332,7 @@ async fn stop_strings_max_tokens_and_n() {
 #[tokio::test]
 async fn logprobs_as_openai_documents() {
     let server = fixture_server();
-    let c = client(&server);
+    let c = server.openai_client();
     let mut req = chat_request("Hi", 6);
     req.logprobs(true).top_logprobs(3);
     let resp = c.chat().create(req.build().unwrap()).await.unwrap();
@@ -649,7 +640,7 @@ async fn full_queue_answers_429_with_retry_after() {
 #[tokio::test]
 async fn models_health_tokenize_detokenize() {
     let server = Server::start(None, &[]);
-    let c = client(&server);
+    let c = server.openai_client();
     let models = c.models().list().await.unwrap();
     assert_eq!(models.data[0].id, "test-model");
     let one = c.models().retrieve("test-model").await.unwrap();

@@ -4,35 +4,18 @@
 
 mod common;
 
+use common::log_softmax_at;
 use common::server::Server;
 use serde_json::{json, Value};
 
-fn log_softmax_at(row: &[f32], index: usize) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + row
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    (row[index] as f64 - lse) as f32
-}
-
+/// A streamed request's chunks: the SSE payloads, which end with `[DONE]`.
 async fn post_stream(server: &Server, path: &str, body: &Value) -> Vec<Value> {
-    let text = reqwest::Client::new()
-        .post(server.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let payloads: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(payloads.last(), Some(&"[DONE]"), "{text}");
+    let payloads = server.post_sse(path, body).await;
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{payloads:?}"
+    );
     payloads[..payloads.len() - 1]
         .iter()
         .map(|p| serde_json::from_str(p).unwrap())

@@ -8,36 +8,19 @@ mod common;
 use common::server::Server;
 use serde_json::{json, Value};
 
-fn server() -> Server {
-    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/chat/tools/qwen2_5.jinja");
-    Server::start(
-        None,
-        &[
-            "--chat-template",
-            template.to_str().unwrap(),
-            "--json-whitespace",
-            "compact",
-        ],
-    )
-}
-
+/// A streamed response's events and its raw payloads.
 async fn events(server: &Server, body: &Value) -> (Vec<Value>, String) {
-    let text = reqwest::Client::new()
-        .post(server.url("/v1/responses"))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let events = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
+    let payloads = server.post_sse("/v1/responses", body).await;
+    let events = payloads
+        .iter()
         .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
         .collect();
-    (events, text)
+    (events, payloads.join("\n"))
+}
+
+/// Qwen2.5's template: hermes tool calls, no thinking block.
+fn server() -> Server {
+    Server::with_chat_template("qwen2_5", &[])
 }
 
 fn weather_tool() -> Value {

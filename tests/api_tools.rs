@@ -6,7 +6,6 @@
 
 mod common;
 
-use async_openai::config::OpenAIConfig;
 use async_openai::types::chat::{
     ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls, ChatCompletionNamedToolChoice,
     ChatCompletionRequestAssistantMessageArgs, ChatCompletionRequestMessage,
@@ -15,32 +14,12 @@ use async_openai::types::chat::{
     CreateChatCompletionRequestArgs, FinishReason, FunctionCall, FunctionName, FunctionObjectArgs,
     ResponseFormat, ResponseFormatJsonSchema, ToolChoiceOptions,
 };
-use async_openai::Client;
 use common::server::Server;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 fn server() -> Server {
-    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/chat/tools/qwen3.jinja");
-    Server::start(
-        None,
-        &[
-            "--chat-template",
-            template.to_str().unwrap(),
-            // A random model spends whatever whitespace it is allowed.
-            "--json-whitespace",
-            "compact",
-        ],
-    )
-}
-
-fn client(server: &Server) -> Client<OpenAIConfig> {
-    Client::with_config(
-        OpenAIConfig::new()
-            .with_api_base(server.v1())
-            .with_api_key("unused"),
-    )
+    Server::with_chat_template("qwen3", &[])
 }
 
 fn weather_schema() -> Value {
@@ -121,7 +100,7 @@ fn no_thinking(req: &CreateChatCompletionRequest) -> Value {
 #[tokio::test]
 async fn required_tool_calls_come_back_as_tool_calls_streamed_and_not() {
     let server = server();
-    let c = client(&server);
+    let c = server.openai_client();
     let req = request(
         ChatCompletionToolChoiceOption::Mode(ToolChoiceOptions::Required),
         2,
@@ -221,7 +200,7 @@ async fn a_named_tool_is_the_one_called_and_finishes_with_stop() {
 #[tokio::test]
 async fn json_schema_responses_follow_the_schema_streamed_and_not() {
     let server = server();
-    let c = client(&server);
+    let c = server.openai_client();
     let req = CreateChatCompletionRequestArgs::default()
         .model("test-model")
         .messages(vec![user("Weather as JSON")])
@@ -389,9 +368,7 @@ async fn what_cannot_be_honoured_is_a_400_naming_the_field() {
 /// `content`.
 #[tokio::test]
 async fn reasoning_goes_to_reasoning_content() {
-    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/chat/tools/thinking_test.jinja");
-    let server = Server::start(None, &["--chat-template", template.to_str().unwrap()]);
+    let server = Server::with_chat_template("thinking_test", &[]);
     let body = json!({"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 8, "temperature": 0.0, "ignore_eos": true});
     let (status, v) = server.post_json("/v1/chat/completions", &body).await;

@@ -182,17 +182,6 @@ fn gathering_attention_path_matches_reference() {
     }
 }
 
-fn log_softmax_at(row: &[f32], index: usize) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + row
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    (row[index] as f64 - lse) as f32
-}
-
 fn prompt_only() -> RequestParams {
     RequestParams {
         max_tokens: 0,

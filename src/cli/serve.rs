@@ -291,14 +291,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         )?),
         None => moeserve::chat::ChatTemplate::from_source(&loaded.source)?,
     };
-    let detected = chat
-        .as_ref()
-        .map(|c| moeserve::parsers::OutputFormat::detect(c.source()))
-        .unwrap_or_default();
-    let output_format = moeserve::parsers::OutputFormat {
-        tools: args.tool_parser.resolve(detected.tools),
-        reasoning: args.reasoning_parser.resolve(detected.reasoning),
-    };
     let (engine, engine_thread) = EngineHandle::start(loaded, config.clone())?;
     tracing::info!(
         kv_blocks = config.num_blocks,
@@ -311,7 +303,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if !keys.is_empty() {
         tracing::info!(keys = keys.len(), "API keys required");
     }
-    let state = moeserve::api::AppState::new(engine, chat, name, args.max_body_bytes)
+    let state = moeserve::api::AppState::new(engine, chat, name, args.max_body_bytes);
+    // The markers found in the chat template, unless the flags say otherwise.
+    let detected = state.output_format;
+    let output_format = moeserve::parsers::OutputFormat {
+        tools: args.tool_parser.resolve(detected.tools),
+        reasoning: args.reasoning_parser.resolve(detected.reasoning),
+    };
+    let state = state
         .with_output_format(output_format)
         .with_json_whitespace(args.json_whitespace)
         .with_keys(keys)

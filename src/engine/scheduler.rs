@@ -141,9 +141,13 @@ impl Scheduler {
         }
     }
 
-    /// Blocks that can be had now: free ones and cached ones only the cache holds.
-    fn available(&self) -> usize {
-        self.alloc.num_free() + self.prefix.as_ref().map_or(0, |c| c.evictable(&self.alloc))
+    /// Whether `need` blocks can be had now: free ones, then cached ones only the cache holds (counted
+    /// only when the free ones fall short: that count walks the cache).
+    fn can_have(&self, need: usize) -> bool {
+        need <= self.alloc.num_free()
+            || need
+                <= self.alloc.num_free()
+                    + self.prefix.as_ref().map_or(0, |c| c.evictable(&self.alloc))
     }
 
     /// Makes `need` blocks free, evicting cached ones if needed (freed ones go to `freed`, to be zeroed).
@@ -318,7 +322,7 @@ impl Scheduler {
                 return false;
             };
             let need = seq.table.blocks_needed(len, bs);
-            if need <= self.available() {
+            if self.can_have(need) {
                 self.make_room(need, &mut plan.freed);
                 let Some(seq) = self.seqs.get_mut(&id) else {
                     return false;
@@ -388,7 +392,7 @@ impl Scheduler {
             let target = seq.cached + chunk;
             let bs = self.config.block_size;
             let need = seq.table.blocks_needed(target, bs);
-            if need > self.available() {
+            if !self.can_have(need) {
                 // Wait for blocks (running sequences are not preempted for newcomers); cached blocks
                 // adopted for it go back.
                 if let Some(mut seq) = self.seqs.remove(&id) {
@@ -442,7 +446,7 @@ impl Scheduler {
             let blocks = parent.table.blocks();
             let fits = self.running.len() < self.config.max_running
                 && blocks.len() >= full + usize::from(partial)
-                && (!partial || self.available() > 0);
+                && (!partial || self.can_have(1));
             if !fits {
                 deferred.push(child);
                 continue;

@@ -187,15 +187,30 @@ impl PrefixCache {
             .map(|(t, h)| (*t, *h))
             .collect();
         for (tick, h) in candidates {
-            self.lru.remove(&tick);
-            if let Some(e) = self.entries.remove(&h) {
-                if alloc.release(e.block).unwrap_or(false) {
-                    freed.push(e.block);
-                }
+            if self.drop_entry(tick, &h, alloc, &mut freed) {
                 self.counters.evictions += 1;
             }
         }
         freed
+    }
+
+    /// Forgets entry `hash` (at LRU position `tick`) and releases the cache's reference to its block; a
+    /// block that became free goes to `freed`. Whether there was such an entry.
+    fn drop_entry(
+        &mut self,
+        tick: u64,
+        hash: &BlockHash,
+        alloc: &mut BlockAllocator,
+        freed: &mut Vec<u32>,
+    ) -> bool {
+        self.lru.remove(&tick);
+        let Some(e) = self.entries.remove(hash) else {
+            return false;
+        };
+        if alloc.release(e.block).unwrap_or(false) {
+            freed.push(e.block);
+        }
+        true
     }
 
     /// Drops every entry unused for longer than the TTL; returns the blocks that became free (to be
@@ -212,11 +227,7 @@ impl PrefixCache {
             if !expired {
                 break;
             }
-            self.lru.remove(&tick);
-            if let Some(e) = self.entries.remove(&h) {
-                if alloc.release(e.block).unwrap_or(false) {
-                    freed.push(e.block);
-                }
+            if self.drop_entry(tick, &h, alloc, &mut freed) {
                 self.counters.expirations += 1;
             }
         }

@@ -170,3 +170,15 @@ impl<'a> Runner<'a> {
         freed
     }
 }
+
+/// Natural-log probability of `index` under softmax(`row`), in f64 as the reference computes it.
+pub fn log_softmax_at(row: &[f32], index: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    (row[index] as f64 - lse) as f32
+}

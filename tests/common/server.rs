@@ -85,6 +85,48 @@ impl Server {
 }
 
 impl Server {
+    /// The embedded default model (4k context) served with the chat template
+    /// `tests/fixtures/chat/tools/<name>.jinja` and compact constrained JSON (a random model spends
+    /// whatever whitespace it is allowed).
+    pub fn with_chat_template(name: &str, extra: &[&str]) -> Server {
+        let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/fixtures/chat/tools/{name}.jinja"));
+        let mut args = vec![
+            "--chat-template",
+            template.to_str().unwrap(),
+            "--json-whitespace",
+            "compact",
+        ];
+        args.extend_from_slice(extra);
+        Server::start(None, &args)
+    }
+
+    /// An `async-openai` client for this server.
+    pub fn openai_client(&self) -> async_openai::Client<async_openai::config::OpenAIConfig> {
+        async_openai::Client::with_config(
+            async_openai::config::OpenAIConfig::new()
+                .with_api_base(self.v1())
+                .with_api_key("unused"),
+        )
+    }
+
+    /// POSTs `body` (a streamed request) to `path`: the `data:` payloads of the SSE answer, in order.
+    pub async fn post_sse(&self, path: &str, body: &serde_json::Value) -> Vec<String> {
+        let text = reqwest::Client::new()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// POSTs `body` as JSON to `path`: the status and the JSON answer (`null` when it is not JSON).
     pub async fn post_json(
         &self,

@@ -156,6 +156,24 @@ mod x86 {
         _mm256_cvtepu8_epi16(_mm_set_epi32(m3 as i32, m2 as i32, s1 as i32, s0 as i32))
     }
 
+    /// Blocks every slice of a four-row kernel call holds: the bound its loads stay within.
+    #[inline(always)]
+    fn blocks_in_reach(
+        w: &[u8],
+        rows: [usize; 4],
+        stride: usize,
+        block_bytes: usize,
+        xq: &[i8],
+        xd: &[f32],
+        bsums: &[i16],
+    ) -> usize {
+        let last = rows.iter().copied().max().unwrap_or(0);
+        xd.len()
+            .min(xq.len() / QK_K)
+            .min(bsums.len() / 16)
+            .min(w.len().saturating_sub(last + block_bytes) / stride.max(1) + 1)
+    }
+
     macro_rules! q4k_rows4 {
         ($name:ident, $features:literal, $vnni:tt) => {
             /// Four Q4_K rows · one Q8_K activation row: block `b` of row `r` at
@@ -169,12 +187,7 @@ mod x86 {
                 xd: &[f32],
                 bsums: &[i16],
             ) -> [f32; 4] {
-                let last = rows.iter().copied().max().unwrap_or(0);
-                let nb = xd
-                    .len()
-                    .min(xq.len() / QK_K)
-                    .min(bsums.len() / 16)
-                    .min(w.len().saturating_sub(last + Q4K_BYTES) / stride.max(1) + 1);
+                let nb = blocks_in_reach(w, rows, stride, Q4K_BYTES, xq, xd, bsums);
                 let m4 = _mm256_set1_epi8(0xF);
                 let mut acc = [_mm256_setzero_ps(); 4];
                 let mut acc_m = [_mm_setzero_ps(); 4];
@@ -246,12 +259,7 @@ mod x86 {
                 xd: &[f32],
                 bsums: &[i16],
             ) -> [f32; 4] {
-                let last = rows.iter().copied().max().unwrap_or(0);
-                let nb = xd
-                    .len()
-                    .min(xq.len() / QK_K)
-                    .min(bsums.len() / 16)
-                    .min(w.len().saturating_sub(last + Q6K_BYTES) / stride.max(1) + 1);
+                let nb = blocks_in_reach(w, rows, stride, Q6K_BYTES, xq, xd, bsums);
                 let m4 = _mm256_set1_epi8(0xF);
                 let m3 = _mm256_set1_epi8(3);
                 let mut acc = [_mm256_setzero_ps(); 4];
