@@ -156,9 +156,10 @@ mod x86 {
         _mm256_cvtepu8_epi16(_mm_set_epi32(m3 as i32, m2 as i32, s1 as i32, s0 as i32))
     }
 
-    /// Blocks every slice of a four-row kernel call holds: the bound its loads stay within.
+    /// Blocks every slice of a four-row kernel call holds: the bound its loads stay within (none when the
+    /// farthest row's first block does not fit in `w`).
     #[inline(always)]
-    fn blocks_in_reach(
+    pub(super) fn blocks_in_reach(
         w: &[u8],
         rows: [usize; 4],
         stride: usize,
@@ -168,10 +169,11 @@ mod x86 {
         bsums: &[i16],
     ) -> usize {
         let last = rows.iter().copied().max().unwrap_or(0);
-        xd.len()
-            .min(xq.len() / QK_K)
-            .min(bsums.len() / 16)
-            .min(w.len().saturating_sub(last + block_bytes) / stride.max(1) + 1)
+        xd.len().min(xq.len() / QK_K).min(bsums.len() / 16).min(
+            w.len()
+                .checked_sub(last + block_bytes)
+                .map_or(0, |room| room / stride.max(1) + 1),
+        )
     }
 
     macro_rules! q4k_rows4 {
@@ -667,6 +669,30 @@ pub(crate) fn assert_matches_dequantized(
 mod tests {
     use super::*;
     use crate::weights::QuantMatrix;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn kernel_bounds_never_reach_past_the_weights() {
+        use super::x86::blocks_in_reach;
+        let (xq, xd, bsums) = (vec![0i8; 4 * QK_K], vec![0f32; 4], vec![0i16; 64]);
+        let w = vec![0u8; 2 * 144];
+        // Rows 0 and 144, one block each: one block in reach.
+        assert_eq!(
+            blocks_in_reach(&w, [0, 0, 0, 144], 288, 144, &xq, &xd, &bsums),
+            1
+        );
+        // A row starting past the end: nothing may be read (the subtraction used to floor at 1).
+        assert_eq!(
+            blocks_in_reach(&w, [0, 0, 0, 200], 288, 144, &xq, &xd, &bsums),
+            0
+        );
+        // Plain rows of four blocks: limited by the activations' four blocks.
+        let long = vec![0u8; 8 * 144];
+        assert_eq!(
+            blocks_in_reach(&long, [0, 0, 0, 0], 144, 144, &xq, &xd, &bsums),
+            4
+        );
+    }
 
     /// Against the dequantized weights times the dequantized activations, exactly what the integer
     /// arithmetic computes (up to f32 summation order).
