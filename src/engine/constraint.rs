@@ -31,10 +31,11 @@ impl TokenMask {
     }
 }
 
-/// Why a constraint could not go on (the message names no content).
+/// Why a constraint could not go on: a fixed description (static text, so it can never carry request
+/// content into a log).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct ConstraintError(pub String);
+pub struct ConstraintError(pub &'static str);
 
 pub trait TokenConstraint: Send {
     /// The tokens allowed next (end-of-sequence tokens when the constraint is complete).

@@ -237,8 +237,7 @@ fn step_error(e: &anyhow::Error) -> ConstraintError {
             "the grammar's work limit per token was reached"
         } else {
             "the grammar could not continue"
-        }
-        .into(),
+        },
     )
 }
 
