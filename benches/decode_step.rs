@@ -47,18 +47,32 @@ fn prefilled(
     let mut alloc = BlockAllocator::new(blocks);
     let mut tables = vec![BlockTable::new(); seqs];
     let vocab = model.spec().vocab_size;
-    let prompt: Vec<u32> = (0..context).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+    let prompts: Vec<Vec<u32>> = (0..seqs).map(|s| prompt_of(s, context, vocab)).collect();
     let mut prefill = Batch::default();
     for t in tables.iter_mut() {
         t.reserve(context + 1, BLOCK, &mut alloc).unwrap();
     }
-    for t in &tables[..seqs - fresh] {
-        prefill.push(&prompt, 0, t, BLOCK).unwrap();
+    for (t, prompt) in tables[..seqs - fresh].iter().zip(&prompts) {
+        prefill.push(prompt, 0, t, BLOCK).unwrap();
     }
     model
         .forward(&prefill, &kv, LogitsOutput::LastPerSequence)
         .unwrap();
-    (kv, tables, prompt)
+    let last = prompts.last().cloned().unwrap_or_default();
+    (kv, tables, last)
+}
+
+/// Sequence `s`'s prompt: its own tokens, so that a batch routes its rows to different experts as real
+/// traffic does (identical rows would all pick the same experts and understate a batch's weight reads).
+fn prompt_of(s: usize, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| ((i * 7 + 3 + s * 7919) % vocab) as u32)
+        .collect()
+}
+
+/// The token sequence `s` decodes in the measured step (distinct per sequence, see [`prompt_of`]).
+fn next_token(s: usize, vocab: usize) -> u32 {
+    ((5 + s * 104_729) % vocab) as u32
 }
 
 /// Measures `step` on a compute-pool worker, as the engine runs it.
@@ -86,9 +100,11 @@ fn steps(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("decode_step_{name}"));
         for batch_size in [1usize, 8, 16, 32] {
             let (kv, tables, _) = prefilled(&loaded, context, batch_size, 0);
+            let vocab = loaded.model.spec().vocab_size;
             let mut step = Batch::default();
-            for t in &tables {
-                step.push(&[5], context, t, BLOCK).unwrap();
+            for (s, t) in tables.iter().enumerate() {
+                step.push(&[next_token(s, vocab)], context, t, BLOCK)
+                    .unwrap();
             }
             group.bench_with_input(BenchmarkId::from_parameter(batch_size), &step, |b, step| {
                 bench_forward(b, &loaded, &kv, step)
@@ -97,9 +113,11 @@ fn steps(c: &mut Criterion) {
         group.finish();
 
         let (kv, tables, prompt) = prefilled(&loaded, context, 16, 1);
+        let vocab = loaded.model.spec().vocab_size;
         let mut step = Batch::default();
-        for t in &tables[..15] {
-            step.push(&[5], context, t, BLOCK).unwrap();
+        for (s, t) in tables[..15].iter().enumerate() {
+            step.push(&[next_token(s, vocab)], context, t, BLOCK)
+                .unwrap();
         }
         step.push(&prompt, 0, &tables[15], BLOCK).unwrap();
         c.bench_function(&format!("mixed_step_{name}_15_decodes_64_prompt"), |b| {

@@ -6,6 +6,7 @@
 
 use serde_json::{json, Value};
 
+use super::gguf_spm::bos_post_processor;
 use super::tiktoken::KIMI_PATTERN;
 use super::{GenerationConfig, TextTokenizer};
 use crate::error::{Error, Result};
@@ -112,23 +113,6 @@ pub fn tokenizer_json(model: &GgufModel) -> Result<Value> {
             "vocab": vocab, "merges": merges,
         },
     }))
-}
-
-/// A post-processor adding BOS when the file says `add_bos_token` (null otherwise).
-pub(super) fn bos_post_processor(model: &GgufModel, tokens: &[&str]) -> Result<Value> {
-    let bos = model
-        .u64("tokenizer.ggml.bos_token_id")?
-        .and_then(|id| tokens.get(id as usize).map(|t| (id, (*t).to_owned())));
-    Ok(match (model.bool("tokenizer.ggml.add_bos_token")?, bos) {
-        (Some(true), Some((id, bos))) => json!({
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}},
-        }),
-        _ => Value::Null,
-    })
 }
 
 /// The GGUF model's tokenizer.

@@ -91,7 +91,7 @@ pub fn tokenizer_json(model: &GgufModel, tokens: &[&str], types: &[i64]) -> Resu
         "added_tokens": added,
         "normalizer": {"type": "Sequence", "normalizers": normalizers},
         "pre_tokenizer": null,
-        "post_processor": super::gguf::bos_post_processor(model, tokens)?,
+        "post_processor": bos_post_processor(model, tokens)?,
         "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {
             "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
@@ -99,6 +99,24 @@ pub fn tokenizer_json(model: &GgufModel, tokens: &[&str], types: &[i64]) -> Resu
             "vocab": vocab, "merges": merges,
         },
     }))
+}
+
+/// A post-processor adding BOS when the file says `add_bos_token` (null otherwise); the BPE vocabularies
+/// (`super::gguf`) use it too.
+pub(super) fn bos_post_processor(model: &GgufModel, tokens: &[&str]) -> Result<Value> {
+    let bos = model
+        .u64("tokenizer.ggml.bos_token_id")?
+        .and_then(|id| tokens.get(id as usize).map(|t| (id, (*t).to_owned())));
+    Ok(match (model.bool("tokenizer.ggml.add_bos_token")?, bos) {
+        (Some(true), Some((id, bos))) => json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos.clone(): {"id": bos, "ids": [id], "tokens": [bos]}},
+        }),
+        _ => Value::Null,
+    })
 }
 
 #[cfg(test)]

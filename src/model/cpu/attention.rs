@@ -102,7 +102,7 @@ pub fn paged_attention(
     }
     #[cfg(target_arch = "x86_64")]
     let (avx2, avx2_tiles) = {
-        let fma = super::matmul::has_fma();
+        let fma = super::simd::has_fma();
         (fma, fma && avx2::supports(kd, vd))
     };
     // One task per (token, cache head): its heads' outputs are one contiguous `[group, vd]` slice.
@@ -174,7 +174,7 @@ fn attend(task: &Task<'_>, dst: &mut [f32]) {
         let base = key_base(slot);
         let k = &c.keys[base..base + kd];
         for (i, qh) in task.q.chunks_exact(kd).enumerate() {
-            scores[i * n + j] = super::matmul::dot_lanes(qh, k) * task.scale;
+            scores[i * n + j] = super::elem::dot_lanes(qh, k) * task.scale;
         }
     }
     for row in scores.chunks_exact_mut(n.max(1)) {

@@ -11,7 +11,8 @@
 //! Used by the routed experts of block-FP8 checkpoints on the CPU (`moe::fp8_experts`); the dense
 //! projections of such checkpoints are still dequantized to bf16 at load.
 
-use super::matmul::{run_products, E4m3, Product};
+use super::elem::E4m3;
+use super::matmul::{run_products, Product};
 
 /// One block-FP8 weight: `w` `[n, k]` e4m3 bytes, `scales` `[⌈n/br⌉, ⌈k/bc⌉]` row-major.
 #[derive(Clone, Copy)]
@@ -99,45 +100,6 @@ pub fn matmul_fp8_products(products: &[Fp8Product<'_>]) -> Vec<Vec<f32>> {
     outs
 }
 
-/// Whether the AVX-512 row kernel applies (F and BW; F16C and FMA come with them).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx512() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
-}
-
-/// One row: `Σ x_j · w_j` (w widened ÷ 256, as [`E4m3`]), 32 weights per step: the bytes become 32 f16
-/// in one zmm (zero-extend, shift into the high byte, arithmetic shift, clear bit 14), two 16-wide
-/// conversions, two FMAs — a third of the AVX2 path's instructions per weight, which is compute-bound.
-///
-/// # Safety
-/// AVX-512 F and BW must be available; `x.len() == w.len()`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-pub unsafe fn dot_e4m3_avx512(x: &[f32], w: &[E4m3]) -> f32 {
-    use std::arch::x86_64::*;
-    let k = x.len().min(w.len());
-    let (xp, wp) = (x.as_ptr(), w.as_ptr().cast::<u8>());
-    let mask = _mm512_set1_epi16(!0x4000);
-    let mut a0 = _mm512_setzero_ps();
-    let mut a1 = _mm512_setzero_ps();
-    let mut i = 0;
-    while i + 32 <= k {
-        let b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(wp.add(i).cast()));
-        let h = _mm512_and_si512(_mm512_srai_epi16::<1>(_mm512_slli_epi16::<8>(b)), mask);
-        let lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-        let hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(h));
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i)), lo, a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(i + 16)), hi, a1);
-        i += 32;
-    }
-    let mut total = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    while i < k {
-        total += x[i] * super::matmul::WeightElem::widen(w[i]);
-        i += 1;
-    }
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,7 +122,7 @@ mod tests {
     /// Every byte widens to its e4m3 value ÷ 256 exactly (normals, subnormals, both signs; NaN aside).
     #[test]
     fn every_e4m3_byte_widens_exactly() {
-        use crate::model::cpu::matmul::WeightElem;
+        use crate::model::cpu::elem::Widen;
         let table = e4m3_table();
         for b in 0..=255u8 {
             let v = table[b as usize];

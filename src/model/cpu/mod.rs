@@ -1,9 +1,11 @@
-//! CPU kernels, by job: `matmul` (few-row products `x · Wᵀ` with f32 activations and f32 / bf16 / f16
+//! CPU kernels, by job: `elem` (the weight elements read as stored), `simd` (the x86 tiles and dot
+//! products that widen them in registers), `matmul` (few-row products `x · Wᵀ` with f32 activations and f32 / bf16 / f16
 //! weights widened in registers, and the panel-widening path for many rows), `experts` (the routed
 //! experts of a decode-sized batch in two parallel passes), `attention` (paged attention read in place
 //! from the cache, AVX2 tiles). The CUDA counterparts live in `src/cuda/`.
 
 pub mod attention;
+pub mod elem;
 pub mod experts;
 pub mod fp8;
 pub mod host;
@@ -12,4 +14,5 @@ pub mod matmul;
 pub mod q4k_x8;
 pub mod q8_0;
 pub mod quant;
+pub(crate) mod simd;
 pub mod widen;

@@ -8,8 +8,8 @@ use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::elem::Widen;
 use super::host::{with_hosts, HostSlices};
-use super::matmul::WeightElem;
 use crate::error::{Error, Result};
 
 /// f32 bytes of one widened panel.
@@ -53,7 +53,7 @@ fn widen_rows(w: &Tensor, rows: usize, k: usize) -> Result<Tensor> {
     Ok(Tensor::from_vec(out, (rows, k), w.device())?)
 }
 
-fn widen_into<W: WeightElem>(src: &[W], out: &mut [f32], k: usize) {
+fn widen_into<W: Widen>(src: &[W], out: &mut [f32], k: usize) {
     out.par_chunks_mut(ROWS_PER_TASK * k.max(1))
         .zip(src.par_chunks(ROWS_PER_TASK * k.max(1)))
         .for_each(|(o, s)| {

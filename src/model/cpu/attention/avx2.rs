@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn vector_exp_matches_the_library_exp() {
-        if !crate::model::cpu::matmul::has_fma() {
+        if !crate::model::cpu::simd::has_fma() {
             return;
         }
         let xs: Vec<f32> = (0..4000).map(|i| -95.0 + i as f32 * 0.0249).collect();
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn eight_horizontal_sums_land_in_their_lanes() {
-        if !crate::model::cpu::matmul::has_fma() {
+        if !crate::model::cpu::simd::has_fma() {
             return;
         }
         let data: Vec<f32> = (0..64).map(|i| (i * i % 17) as f32).collect();
