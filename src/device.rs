@@ -230,6 +230,44 @@ pub struct Precision {
     pub matrices: MatrixPrecision,
     /// Quantize matrices at load (CPU, f32 compute only).
     pub quantize: Option<Quantize>,
+    /// The KV cache's dtype when not the compute dtype (`--kv-cache-dtype`; CPU: bf16 / f16 halve it).
+    pub kv_cache: Option<DType>,
+}
+
+impl Precision {
+    /// The dtype the KV cache is held in.
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_cache.unwrap_or(self.compute)
+    }
+
+    /// `--kv-cache-dtype` applied: `auto` keeps the compute dtype.
+    pub fn with_kv_cache(mut self, choice: DtypeChoice) -> Self {
+        self.kv_cache = match choice {
+            DtypeChoice::Auto => None,
+            DtypeChoice::Fixed(d) => Some(d),
+        };
+        self
+    }
+
+    /// Whether `device` can hold the KV cache in [`Self::kv_dtype`]: any float dtype on the CPU with f32
+    /// compute (attention widens it as it reads); on a GPU only the compute dtype (the CUDA kernels read
+    /// the cache in it).
+    pub fn check_kv(&self, device: &Device) -> Result<()> {
+        let kv = self.kv_dtype();
+        let ok = kv == self.compute
+            || (device.is_cpu()
+                && self.compute == DType::F32
+                && matches!(kv, DType::BF16 | DType::F16));
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Device(format!(
+                "--kv-cache-dtype {kv:?} is not supported with compute in {:?} on this device \
+                 (the CPU holds f32, bf16 or f16 caches with f32 compute; a GPU uses its compute dtype)",
+                self.compute
+            )))
+        }
+    }
 }
 
 impl From<DType> for Precision {
@@ -239,6 +277,7 @@ impl From<DType> for Precision {
             compute: dtype,
             matrices: MatrixPrecision::Compute,
             quantize: None,
+            kv_cache: None,
         }
     }
 }
@@ -252,11 +291,13 @@ pub fn precision_for(choice: DtypeChoice, device: &Device) -> Precision {
             compute: DType::F32,
             matrices: MatrixPrecision::Stored,
             quantize: None,
+            kv_cache: None,
         },
         (DtypeChoice::Fixed(d @ (DType::BF16 | DType::F16)), true) => Precision {
             compute: DType::F32,
             matrices: MatrixPrecision::Fixed(d),
             quantize: None,
+            kv_cache: None,
         },
         (DtypeChoice::Fixed(d), _) => d.into(),
         (DtypeChoice::Auto, false) => DType::BF16.into(),

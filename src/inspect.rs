@@ -16,6 +16,8 @@ pub struct Inspection<'a> {
     pub source: &'a ModelSource,
     pub spec: &'a ModelSpec,
     pub compute: DType,
+    /// The KV cache's dtype (`--kv-cache-dtype`).
+    pub kv: DType,
     pub weights: DType,
     pub device: String,
     pub summary: &'a StoreSummary,
@@ -92,16 +94,16 @@ pub fn describe(i: &Inspection<'_>) -> String {
     );
     let _ = writeln!(o, "hidden size:   {}", spec.hidden_size);
     let _ = writeln!(o, "attention:     {}", attention(spec));
-    let elem = i.compute.size_in_bytes();
+    let elem = i.kv.size_in_bytes();
     let (cached, full) = kv_bytes_per_token(spec, elem);
     let _ = match &spec.attention {
         AttentionKind::Mla(_) => writeln!(
             o,
             "kv cache:      {cached} bytes/token (latent, {:?}); decompressed K/V would be {full} bytes/token ({:.1}x)",
-            i.compute,
+            i.kv,
             full as f64 / cached as f64
         ),
-        AttentionKind::Gqa(_) => writeln!(o, "kv cache:      {cached} bytes/token ({:?})", i.compute),
+        AttentionKind::Gqa(_) => writeln!(o, "kv cache:      {cached} bytes/token ({:?})", i.kv),
     };
     if let Some(m) = spec.moe() {
         let shared = m.shared.as_ref().map_or(0, |s| {

@@ -140,6 +140,8 @@ pub struct Headers {
     /// block-quantized tensors stay as stored).
     pub weight_bytes: Option<u64>,
     pub compute_dtype: DType,
+    /// The dtype the KV cache will be held in.
+    pub kv_dtype: DType,
 }
 
 /// Reads a checkpoint's headers (see [`Headers`]).
@@ -150,6 +152,7 @@ pub fn read_headers(
     format: LoadFormat,
 ) -> Result<Headers> {
     let precision = precision.into();
+    precision.check_kv(device)?;
     // A GGUF file is parsed once: its metadata gives the spec, its tensor table the store.
     if let (LoadFormat::Auto, Some(model)) = (format, open_gguf(source)?) {
         let (cfg, spec, names) = gguf_spec(&model)?;
@@ -161,6 +164,7 @@ pub fn read_headers(
             matrix_dtype: store.matrix_dtype(),
             weight_bytes: store.held_bytes_estimate(),
             compute_dtype: precision.compute,
+            kv_dtype: precision.kv_dtype(),
         });
     }
     let (cfg, spec) = read_spec(source)?;
@@ -192,6 +196,7 @@ pub fn read_headers(
         matrix_dtype,
         weight_bytes,
         compute_dtype: precision.compute,
+        kv_dtype: precision.kv_dtype(),
     })
 }
 
@@ -260,6 +265,7 @@ pub fn load_with(
     format: LoadFormat,
 ) -> Result<LoadedModel> {
     let precision = precision.into();
+    precision.check_kv(device)?;
     if let (LoadFormat::Auto, Some(model)) = (format, open_gguf(source)?) {
         return load_gguf(source, &model, device, precision);
     }
@@ -268,7 +274,8 @@ pub fn load_with(
         LoadFormat::Auto => WeightStore::open(source, device, precision)?,
         LoadFormat::Dummy => WeightStore::dummy(device, precision, declared_dtype(&cfg)),
     };
-    let model = Model::load(&spec, &mut store)?;
+    let mut model = Model::load(&spec, &mut store)?;
+    model.set_kv_dtype(precision.kv_dtype());
     let weights = store.summary();
     store.finish()?;
     let tokenizer = match format {
@@ -302,7 +309,8 @@ fn load_gguf(
     // which then does not add to the weights' peak.
     let tokenizer = crate::tokenizer::gguf::load(model)?;
     let mut store = WeightStore::open_gguf(model, names, device, precision)?;
-    let decoder = Model::load(&spec, &mut store)?;
+    let mut decoder = Model::load(&spec, &mut store)?;
+    decoder.set_kv_dtype(precision.kv_dtype());
     let weights = store.summary();
     store.finish()?;
     Ok(LoadedModel {

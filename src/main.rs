@@ -154,12 +154,17 @@ struct ModelArgs {
     quantize: Option<moeserve::device::QuantType>,
     #[arg(long, requires = "quantize")]
     quantize_all_linear: bool,
+    /// The KV cache's dtype. auto: the compute dtype (f32 on the CPU, bf16 on a GPU). On the CPU bf16 or
+    /// f16 halve the cache's memory (attention widens it to f32 as it reads; compute stays f32).
+    #[arg(long, default_value = "auto")]
+    kv_cache_dtype: moeserve::device::DtypeChoice,
 }
 
 impl ModelArgs {
     /// `--dtype` and `--quantize` on `device`.
     fn precision(&self, device: &candle_core::Device) -> moeserve::device::Precision {
-        let mut p = moeserve::device::precision_for(self.dtype, device);
+        let mut p =
+            moeserve::device::precision_for(self.dtype, device).with_kv_cache(self.kv_cache_dtype);
         p.quantize = self.quantize.map(|ty| moeserve::device::Quantize {
             ty,
             all_linear: self.quantize_all_linear,

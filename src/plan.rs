@@ -33,6 +33,8 @@ pub struct PlanInputs<'a> {
     /// place); otherwise parameters × the matrix dtype.
     pub weight_bytes: Option<u64>,
     pub compute_dtype: DType,
+    /// The KV cache's dtype (`--kv-cache-dtype`; the compute dtype by default).
+    pub kv_dtype: DType,
     pub kv_blocks: usize,
     pub block_size: usize,
     pub max_batch_tokens: usize,
@@ -61,7 +63,7 @@ impl MemoryPlan {
         let weights = p
             .weight_bytes
             .unwrap_or(params * p.matrix_dtype.size_in_bytes() as u64);
-        let (per_token, _) = spec.kv_bytes_per_token(p.compute_dtype.size_in_bytes());
+        let (per_token, _) = spec.kv_bytes_per_token(p.kv_dtype.size_in_bytes());
         let block_bytes = (per_token * p.block_size) as u64;
         Self {
             weights,
@@ -143,13 +145,13 @@ impl MemoryPlan {
 /// sequence at full context needs.
 pub fn kv_blocks(
     spec: &ModelSpec,
-    compute_dtype: DType,
+    kv_dtype: DType,
     block_size: usize,
     kv_blocks: Option<usize>,
     kv_cache_mib: usize,
     max_running: usize,
 ) -> usize {
-    let (per_token, _) = spec.kv_bytes_per_token(compute_dtype.size_in_bytes());
+    let (per_token, _) = spec.kv_bytes_per_token(kv_dtype.size_in_bytes());
     let full = max_running * spec.max_position_embeddings.div_ceil(block_size.max(1));
     kv_blocks.unwrap_or_else(|| {
         (kv_cache_mib * 1024 * 1024 / (per_token * block_size).max(1)).clamp(1, full.max(1))
@@ -191,17 +193,35 @@ mod tests {
     }
 
     fn plan(available: Option<u64>, dtype: DType, blocks: usize) -> MemoryPlan {
+        plan_kv(available, dtype, blocks, DType::F32)
+    }
+
+    fn plan_kv(available: Option<u64>, dtype: DType, blocks: usize, kv: DType) -> MemoryPlan {
         MemoryPlan::new(PlanInputs {
             spec: &spec(),
             matrix_dtype: dtype,
             weight_bytes: None,
             compute_dtype: DType::F32,
+            kv_dtype: kv,
             kv_blocks: blocks,
             block_size: 16,
             max_batch_tokens: 2048,
             max_running: 64,
             available,
         })
+    }
+
+    /// `--kv-cache-dtype bf16`: a block takes half the bytes, so the same `--kv-cache-mib` holds twice
+    /// the blocks.
+    #[test]
+    fn a_bf16_kv_cache_halves_the_bytes_per_block() {
+        let f32 = plan_kv(None, DType::F32, 10, DType::F32);
+        let bf16 = plan_kv(None, DType::F32, 10, DType::BF16);
+        assert_eq!(f32.kv, 2 * bf16.kv);
+        assert_eq!(f32.weights, bf16.weights);
+        let s = spec();
+        let blocks = |kv| kv_blocks(&s, kv, 16, None, 1, 1 << 20);
+        assert_eq!(blocks(DType::BF16), 2 * blocks(DType::F32));
     }
 
     #[test]

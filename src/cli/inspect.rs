@@ -36,7 +36,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
     };
     let blocks = kv_blocks(
         spec,
-        headers.compute_dtype,
+        headers.kv_dtype,
         BLOCK_SIZE,
         None,
         KV_CACHE_MIB,
@@ -47,6 +47,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
         matrix_dtype: headers.matrix_dtype,
         weight_bytes: headers.weight_bytes,
         compute_dtype: headers.compute_dtype,
+        kv_dtype: headers.kv_dtype,
         kv_blocks: blocks,
         block_size: BLOCK_SIZE,
         max_batch_tokens: MAX_BATCH_TOKENS,
@@ -57,6 +58,7 @@ pub fn run(args: ModelArgs) -> anyhow::Result<()> {
         source: &source,
         spec,
         compute: headers.compute_dtype,
+        kv: headers.kv_dtype,
         weights: headers.matrix_dtype,
         device: moeserve::device::describe(&device),
         summary: &headers.summary,

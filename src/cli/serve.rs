@@ -236,7 +236,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let block_size = args.block_size;
     let num_blocks = kv_blocks(
         &headers.spec,
-        headers.compute_dtype,
+        headers.kv_dtype,
         block_size,
         args.kv_blocks,
         args.kv_cache_mib,
@@ -247,6 +247,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         matrix_dtype: headers.matrix_dtype,
         weight_bytes: headers.weight_bytes,
         compute_dtype: headers.compute_dtype,
+        kv_dtype: headers.kv_dtype,
         kv_blocks: num_blocks,
         block_size,
         max_batch_tokens: args.max_batch_tokens,
@@ -265,7 +266,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let spec = loaded.model.spec();
     let (bytes_per_token, _) =
-        moeserve::inspect::kv_bytes_per_token(spec, loaded.model.dtype().size_in_bytes());
+        moeserve::inspect::kv_bytes_per_token(spec, loaded.model.kv_dtype().size_in_bytes());
     let config = SchedulerConfig {
         max_running: args.max_running_seqs,
         max_batch_tokens: args.max_batch_tokens,

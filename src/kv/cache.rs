@@ -88,9 +88,12 @@ impl KvCache {
                 .broadcast_as(shape)?
                 .contiguous()?)
         };
-        kc.scatter_set(&idx(k.shape())?, &k.contiguous()?, 0)?;
+        // The cache may be held in another dtype than the compute (`--kv-cache-dtype`).
+        let k = k.to_dtype(kc.dtype())?.contiguous()?;
+        kc.scatter_set(&idx(k.shape())?, &k, 0)?;
         if let (Some(vc), Some(v)) = (vc, v) {
-            vc.scatter_set(&idx(v.shape())?, &v.contiguous()?, 0)?;
+            let v = v.to_dtype(vc.dtype())?.contiguous()?;
+            vc.scatter_set(&idx(v.shape())?, &v, 0)?;
         }
         Ok(())
     }

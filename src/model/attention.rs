@@ -231,21 +231,20 @@ impl Attention {
             let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
             let q = q.contiguous()?;
             let out = super::cpu::host::with_f32(&q, |qs| {
-                super::cpu::host::with_f32(kc, |ks| {
-                    super::cpu::host::with_f32(vc, |vs| {
-                        let view = super::cpu::attention::CacheView::per_head(ks, vs, nkv, hd);
-                        Ok(super::cpu::attention::paged_attention(
-                            qs,
-                            nh,
-                            groups,
-                            &view,
-                            &inputs.rows(),
-                            self.scale as f32,
-                            inputs.window,
-                            t,
-                        ))
-                    })
-                })
+                super::cpu::attention::paged_attention_in_cache(
+                    qs,
+                    nh,
+                    groups,
+                    &[kc, vc],
+                    super::cpu::attention::CacheShape::PerHead {
+                        kv_heads: nkv,
+                        head_dim: hd,
+                    },
+                    &inputs.rows(),
+                    self.scale as f32,
+                    inputs.window,
+                    t,
+                )
             })?;
             return self
                 .o
@@ -257,6 +256,8 @@ impl Attention {
             let slots = seq.slots_tensor()?;
             let (kc, vc) = kv.gather(layer, slots)?;
             let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
+            // A cache held in another dtype (`--kv-cache-dtype`) is widened to the compute dtype here.
+            let (kc, vc) = (kc.to_dtype(q.dtype())?, vc.to_dtype(q.dtype())?);
             let ctx = kc.dim(0)?;
             // [ql, nh, hd] → [nkv, groups * ql, hd]; head h = kv_head * groups + g (HF's repeat_kv order).
             let qs = q

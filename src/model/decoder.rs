@@ -56,6 +56,8 @@ pub struct Model {
     weight_dtype: DType,
     /// Use the gathering attention path even where the in-place paths apply (tests compare both).
     gather_attention: bool,
+    /// The KV cache's dtype (the compute dtype unless `--kv-cache-dtype` says otherwise).
+    kv_dtype: DType,
 }
 
 impl Model {
@@ -125,6 +127,7 @@ impl Model {
             dtype: store.dtype(),
             weight_dtype: store.matrix_dtype(),
             gather_attention: false,
+            kv_dtype: store.dtype(),
         })
     }
 
@@ -133,6 +136,16 @@ impl Model {
     }
 
     /// Forces the device-generic gathering attention path (for testing it against the CPU one).
+    /// Holds the KV cache in `dtype` (checked by `Precision::check_kv` before loading).
+    pub fn set_kv_dtype(&mut self, dtype: DType) {
+        self.kv_dtype = dtype;
+    }
+
+    /// The dtype the KV cache is held in.
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
     pub fn set_gather_attention(&mut self, on: bool) {
         self.gather_attention = on;
     }
@@ -191,7 +204,7 @@ impl Model {
             num_blocks,
             block_size,
             self.spec.attention.kv_layout(),
-            self.dtype,
+            self.kv_dtype,
             &self.device,
         )
     }

@@ -151,19 +151,20 @@ impl MlaAttention {
             let (lat, _) = kv.layer(layer);
             let q_rows = q_full.transpose(0, 1)?.contiguous()?; // [T, nh, L + R]
             let out_lat = super::cpu::host::with_f32(&q_rows, |qs| {
-                super::cpu::host::with_f32(lat, |ls| {
-                    let view = cpu_attention::CacheView::latent(ls, l + r, l);
-                    Ok(cpu_attention::paged_attention(
-                        qs,
-                        nh,
-                        nh,
-                        &view,
-                        &inputs.rows(),
-                        s.softmax_scale as f32,
-                        None,
-                        t,
-                    ))
-                })
+                cpu_attention::paged_attention_in_cache(
+                    qs,
+                    nh,
+                    nh,
+                    &[lat],
+                    cpu_attention::CacheShape::Latent {
+                        key_dim: l + r,
+                        value_dim: l,
+                    },
+                    &inputs.rows(),
+                    s.softmax_scale as f32,
+                    None,
+                    t,
+                )
             })?;
             // [T, nh, L] → [nh, T, L] @ [nh, L, v] → [nh, T, v] → [T, nh * v].
             let out = Tensor::from_vec(out_lat, (t, nh, l), x.device())?
@@ -177,6 +178,7 @@ impl MlaAttention {
             let ql = seq.query_len;
             let slots = seq.slots_tensor()?;
             let (ctx_lat, _) = kv.gather(layer, slots)?;
+            let ctx_lat = ctx_lat.to_dtype(q_full.dtype())?;
             let ctx = ctx_lat.dim(0)?;
             let ctx_lat = ctx_lat.reshape((ctx, l + r))?;
             let qs = q_full

@@ -769,6 +769,7 @@ mod tests {
             compute: DType::F32,
             matrices: MatrixPrecision::Stored,
             quantize: None,
+            kv_cache: None,
         };
         let cpu = &Device::Cpu;
         assert_eq!(matrix_dtype(stored, cpu, Some(DType::BF16)), DType::BF16);
@@ -783,6 +784,7 @@ mod tests {
             compute: DType::F32,
             matrices: MatrixPrecision::Fixed(DType::F16),
             quantize: None,
+            kv_cache: None,
         };
         assert_eq!(matrix_dtype(fixed, cpu, Some(DType::BF16)), DType::F16);
     }

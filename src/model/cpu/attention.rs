@@ -3,10 +3,23 @@
 //! values. No per-sequence gathers, transposes or small tensor ops; rows run in parallel (rayon).
 //! Used for GQA and for MLA's latent cache (where the "key" and the "value" are the same latent vector).
 
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+
+/// An element the KV cache holds: f32, or bf16 / f16 (`--kv-cache-dtype`), widened to f32 as it is read;
+/// scores, softmax and sums stay f32.
+#[cfg(target_arch = "x86_64")]
+pub trait KvElem: super::simd::Load8 + 'static {}
+/// An element the KV cache holds: f32, or bf16 / f16 (`--kv-cache-dtype`), widened to f32 as it is read.
+#[cfg(not(target_arch = "x86_64"))]
+pub trait KvElem: super::elem::Widen + 'static {}
+
+impl KvElem for f32 {}
+impl KvElem for bf16 {}
+impl KvElem for f16 {}
 
 /// One sequence's part of the batch.
 pub struct SeqRows<'a> {
@@ -17,10 +30,10 @@ pub struct SeqRows<'a> {
 }
 
 /// Where a row's keys and values live in the caches.
-pub struct CacheView<'a> {
-    pub keys: &'a [f32],
+pub struct CacheView<'a, E = f32> {
+    pub keys: &'a [E],
     /// Values buffer (may be the keys buffer, for MLA).
-    pub values: &'a [f32],
+    pub values: &'a [E],
     /// Floats per slot in each buffer.
     pub key_stride: usize,
     pub value_stride: usize,
@@ -32,9 +45,9 @@ pub struct CacheView<'a> {
     pub value_dim: usize,
 }
 
-impl<'a> CacheView<'a> {
+impl<'a, E: KvElem> CacheView<'a, E> {
     /// A GQA cache: each slot holds `kv_heads` rows of `head_dim` in `keys` and in `values`.
-    pub fn per_head(keys: &'a [f32], values: &'a [f32], kv_heads: usize, head_dim: usize) -> Self {
+    pub fn per_head(keys: &'a [E], values: &'a [E], kv_heads: usize, head_dim: usize) -> Self {
         Self {
             keys,
             values,
@@ -49,7 +62,7 @@ impl<'a> CacheView<'a> {
 
     /// MLA's latent cache: each slot is one `key_dim` row shared by every head (the key: latent and rope
     /// part); the value is its first `value_dim` floats (the latent).
-    pub fn latent(rows: &'a [f32], key_dim: usize, value_dim: usize) -> Self {
+    pub fn latent(rows: &'a [E], key_dim: usize, value_dim: usize) -> Self {
         Self {
             keys: rows,
             values: rows,
@@ -69,11 +82,11 @@ impl<'a> CacheView<'a> {
 /// `heads_per_kv == heads`). Work is split over (token, cache head); each task reads a key or value row
 /// once for all the query heads that share it.
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention(
+pub fn paged_attention<E: KvElem>(
     q: &[f32],
     heads: usize,
     heads_per_kv: usize,
-    cache: &CacheView<'_>,
+    cache: &CacheView<'_, E>,
     seqs: &[SeqRows<'_>],
     scale: f32,
     window: Option<usize>,
@@ -137,11 +150,68 @@ pub fn paged_attention(
     out
 }
 
+/// How a layer's cache tensors hold keys and values (see [`CacheView`]).
+#[derive(Clone, Copy, Debug)]
+pub enum CacheShape {
+    /// GQA: keys and values, `kv_heads` rows of `head_dim` per slot.
+    PerHead { kv_heads: usize, head_dim: usize },
+    /// MLA: one latent row of `key_dim` per slot, its first `value_dim` the value.
+    Latent { key_dim: usize, value_dim: usize },
+}
+
+/// [`paged_attention`] over a layer's cache tensors read in place, in the dtype they hold (f32, or
+/// bf16 / f16 with `--kv-cache-dtype`): `caches` is `[keys, values]` for GQA, `[latent]` for MLA.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_in_cache(
+    q: &[f32],
+    heads: usize,
+    heads_per_kv: usize,
+    caches: &[&candle_core::Tensor],
+    shape: CacheShape,
+    seqs: &[SeqRows<'_>],
+    scale: f32,
+    window: Option<usize>,
+    total_tokens: usize,
+) -> crate::error::Result<Vec<f32>> {
+    fn run<E: KvElem>(
+        bufs: &[&[E]],
+        shape: CacheShape,
+        attend: impl FnOnce(&CacheView<'_, E>) -> Vec<f32>,
+    ) -> crate::error::Result<Vec<f32>> {
+        let view = match (shape, bufs) {
+            (CacheShape::PerHead { kv_heads, head_dim }, [k, v]) => {
+                CacheView::per_head(k, v, kv_heads, head_dim)
+            }
+            (CacheShape::Latent { key_dim, value_dim }, [rows]) => {
+                CacheView::latent(rows, key_dim, value_dim)
+            }
+            _ => {
+                return Err(crate::error::Error::Kv(
+                    "cache tensors do not match the attention layout".into(),
+                ))
+            }
+        };
+        Ok(attend(&view))
+    }
+    use super::host::HostSlices;
+    super::host::with_hosts(caches, |views| match views {
+        HostSlices::F32(v) => run(&v, shape, |c| {
+            paged_attention(q, heads, heads_per_kv, c, seqs, scale, window, total_tokens)
+        }),
+        HostSlices::Bf16(v) => run(&v, shape, |c| {
+            paged_attention(q, heads, heads_per_kv, c, seqs, scale, window, total_tokens)
+        }),
+        HostSlices::F16(v) => run(&v, shape, |c| {
+            paged_attention(q, heads, heads_per_kv, c, seqs, scale, window, total_tokens)
+        }),
+    })
+}
+
 /// One (token, cache head) of [`paged_attention`]: the query rows of the heads sharing the cache head.
-struct Task<'a> {
+struct Task<'a, E> {
     /// `[heads in the group, key_dim]`.
     q: &'a [f32],
-    cache: &'a CacheView<'a>,
+    cache: &'a CacheView<'a, E>,
     kv_head: usize,
     /// Cache slots this token sees, oldest first.
     visible: &'a [u32],
@@ -151,14 +221,14 @@ struct Task<'a> {
 /// [`attend`] compiled for AVX2 + FMA, so its loops vectorise 8 wide and the dot products inline.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(task: &Task<'_>, dst: &mut [f32]) {
+unsafe fn attend_avx2<E: KvElem>(task: &Task<'_, E>, dst: &mut [f32]) {
     attend(task, dst)
 }
 
 /// Scores of every head of the group against each visible key (each key row read once for the group),
 /// softmax per head, then the probability-weighted sum of the value rows into `dst` (`[group, vd]`).
 #[inline(always)]
-fn attend(task: &Task<'_>, dst: &mut [f32]) {
+fn attend<E: KvElem>(task: &Task<'_, E>, dst: &mut [f32]) {
     let c = task.cache;
     let (kd, vd) = (c.key_dim, c.value_dim);
     let hs = dst.len() / vd.max(1);
@@ -196,7 +266,7 @@ fn attend(task: &Task<'_>, dst: &mut [f32]) {
         let mut d0 = 0;
         if vd.is_multiple_of(64) {
             while d0 < vd {
-                weighted_sum::<64>(
+                weighted_sum::<E, 64>(
                     c.values,
                     task.visible,
                     p,
@@ -207,7 +277,7 @@ fn attend(task: &Task<'_>, dst: &mut [f32]) {
             }
         }
         while d0 + 16 <= vd {
-            weighted_sum::<16>(
+            weighted_sum::<E, 16>(
                 c.values,
                 task.visible,
                 p,
@@ -222,7 +292,7 @@ fn attend(task: &Task<'_>, dst: &mut [f32]) {
             for (&slot, &w) in task.visible.iter().zip(p) {
                 let base = value_base(slot) + d0;
                 for (x, &y) in tail.iter_mut().zip(&c.values[base..base + (vd - d0)]) {
-                    *x += w * y;
+                    *x += w * y.widen();
                 }
             }
         }
@@ -234,14 +304,14 @@ const PREFETCH_AHEAD: usize = 8;
 
 /// Hints the CPU to bring `data[start..start + len]` into L1 (a no-op where out of range or not x86-64).
 #[inline(always)]
-fn prefetch(data: &[f32], start: usize, len: usize) {
+fn prefetch<E>(data: &[E], start: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let Some(row) = data.get(start..start + len) else {
             return;
         };
-        for line in row.chunks(16) {
+        for line in row.chunks(64 / std::mem::size_of::<E>().max(1)) {
             // SAFETY: a prefetch is only a hint; the address lies inside `data`.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
         }
@@ -252,8 +322,8 @@ fn prefetch(data: &[f32], start: usize, len: usize) {
 
 /// `out[..C] = Σ_j w[j] · values[at(slot_j) ..][..C]`, the `C` sums kept in registers.
 #[inline(always)]
-fn weighted_sum<const C: usize>(
-    values: &[f32],
+fn weighted_sum<E: KvElem, const C: usize>(
+    values: &[E],
     slots: &[u32],
     weights: &[f32],
     at: impl Fn(u32) -> usize,
@@ -262,11 +332,11 @@ fn weighted_sum<const C: usize>(
     let mut acc = [0f32; C];
     for (&slot, &w) in slots.iter().zip(weights) {
         let base = at(slot);
-        let Some(Ok(v)) = values.get(base..base + C).map(<&[f32; C]>::try_from) else {
+        let Some(Ok(v)) = values.get(base..base + C).map(<&[E; C]>::try_from) else {
             continue;
         };
         for l in 0..C {
-            acc[l] += w * v[l];
+            acc[l] += w * v[l].widen();
         }
     }
     out[..C].copy_from_slice(&acc);
@@ -407,6 +477,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A bf16 or f16 cache (`--kv-cache-dtype`) is the f32 cache of its widened values: the vector tiles,
+    /// the portable path's head sizes and MLA's shared latent all read it exactly so.
+    #[test]
+    fn half_precision_caches_equal_the_definition_on_their_widened_values() {
+        fn check<E: KvElem + Copy>(from: fn(f32) -> E, to: fn(E) -> f32) {
+            for hd in [8, 20, 72] {
+                let (heads, kv_heads) = (8, 2);
+                let keys: Vec<E> = values(64 * kv_heads * hd, 4)
+                    .into_iter()
+                    .map(from)
+                    .collect();
+                let vals: Vec<E> = values(64 * kv_heads * hd, 5)
+                    .into_iter()
+                    .map(from)
+                    .collect();
+                let (kw, vw): (Vec<f32>, Vec<f32>) = (
+                    keys.iter().map(|&v| to(v)).collect(),
+                    vals.iter().map(|&v| to(v)).collect(),
+                );
+                let slots_b: Vec<u32> = (0..20).map(|i| (i * 5 + 2) % 64).collect();
+                let seqs = batch(&slots_b);
+                let q = values(8 * heads * hd, 6);
+                let half = CacheView::per_head(&keys, &vals, kv_heads, hd);
+                let wide = CacheView::per_head(&kw, &vw, kv_heads, hd);
+                let got = paged_attention(&q, heads, 4, &half, &seqs, 0.2, Some(9), 8);
+                let want = reference(&q, heads, 4, &wide, &seqs, 0.2, Some(9), 8);
+                assert!(max_diff(&got, &want) < 1e-5, "head size {hd}");
+                let latent = CacheView::latent(&keys, hd, hd / 2);
+                let wide_latent = CacheView::latent(&kw, hd, hd / 2);
+                let got = paged_attention(&q, heads, heads, &latent, &seqs, 0.2, None, 8);
+                let want = reference(&q, heads, heads, &wide_latent, &seqs, 0.2, None, 8);
+                assert!(max_diff(&got, &want) < 1e-5, "latent, key size {hd}");
+            }
+        }
+        check(bf16::from_f32, bf16::to_f32);
+        check(f16::from_f32, f16::to_f32);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub(crate) fn has_avx512() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{dot, dot_e4m3_avx512, tile};
+pub(crate) use x86::{dot, dot_e4m3_avx512, tile, Load8};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {

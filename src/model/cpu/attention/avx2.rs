@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{prefetch, Task};
+use super::{prefetch, KvElem, Task};
 
 /// How many slots ahead key and value rows are prefetched: far enough that a row coming from L3 or DRAM
 /// arrives before the ~8–30 cycles per slot of work reach it.
@@ -17,6 +17,14 @@ const AHEAD: usize = 32;
 /// Largest key size this path takes (the zero row standing in for a missing cache row has this length).
 const MAX_DIM: usize = 1024;
 static ZEROS: [f32; MAX_DIM] = [0.0; MAX_DIM];
+
+/// A row of `len` zeros of a cache element (`len ≤ MAX_DIM`).
+fn zero_row<E: KvElem>(len: usize) -> &'static [E] {
+    debug_assert!(len <= MAX_DIM && std::mem::size_of::<E>() <= 4);
+    // SAFETY: every KV element (f32, bf16, f16) is at most 4 bytes with alignment at most f32's, and its
+    // all-zero bit pattern is +0; `len` of them fit in the MAX_DIM f32 zeros.
+    unsafe { std::slice::from_raw_parts(ZEROS.as_ptr().cast::<E>(), len.min(MAX_DIM)) }
+}
 
 /// Whether [`attend`] handles these key and value sizes.
 pub(super) fn supports(key_dim: usize, value_dim: usize) -> bool {
@@ -32,7 +40,7 @@ pub(super) fn supports(key_dim: usize, value_dim: usize) -> bool {
 /// # Safety
 /// The CPU must support AVX2 and FMA, and `supports(key_dim, value_dim)` must hold.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn attend(task: &Task<'_>, dst: &mut [f32]) {
+pub(super) unsafe fn attend<E: KvElem>(task: &Task<'_, E>, dst: &mut [f32]) {
     let c = task.cache;
     let (kd, vd) = (c.key_dim, c.value_dim);
     let heads = dst.len() / vd;
@@ -51,7 +59,7 @@ pub(super) unsafe fn attend(task: &Task<'_>, dst: &mut [f32]) {
     for j0 in (0..n).step_by(8) {
         let count = (n - j0).min(8);
         // A cache row, or zeros where a slot lies outside the buffer (never so for allocated slots).
-        let mut rows: [&[f32]; 8] = [&ZEROS[..kd]; 8];
+        let mut rows: [&[E]; 8] = [zero_row(kd); 8];
         for (row, &slot) in rows.iter_mut().zip(&task.visible[j0..j0 + count]) {
             let base = slot as usize * c.key_stride + key_offset;
             if let Some(r) = c.keys.get(base..base + kd) {
@@ -81,16 +89,16 @@ pub(super) unsafe fn attend(task: &Task<'_>, dst: &mut [f32]) {
     while d0 < vd {
         let width = vd - d0;
         if width >= 64 {
-            value_tiles::<8, 1>(task, scores, inv, d0, dst);
+            value_tiles::<E, 8, 1>(task, scores, inv, d0, dst);
             d0 += 64;
         } else if width >= 32 {
-            value_tiles::<4, 2>(task, scores, inv, d0, dst);
+            value_tiles::<E, 4, 2>(task, scores, inv, d0, dst);
             d0 += 32;
         } else if width >= 16 {
-            value_tiles::<2, 4>(task, scores, inv, d0, dst);
+            value_tiles::<E, 2, 4>(task, scores, inv, d0, dst);
             d0 += 16;
         } else {
-            value_tiles::<1, 8>(task, scores, inv, d0, dst);
+            value_tiles::<E, 1, 8>(task, scores, inv, d0, dst);
             d0 += 8;
         }
     }
@@ -98,7 +106,7 @@ pub(super) unsafe fn attend(task: &Task<'_>, dst: &mut [f32]) {
 
 /// `[q · rows[0], …, q · rows[7]]`; every row is at least `q.len()` long (a multiple of 8).
 #[inline(always)]
-unsafe fn dot8(q: &[f32], rows: &[&[f32]; 8]) -> __m256 {
+unsafe fn dot8<E: KvElem>(q: &[f32], rows: &[&[E]; 8]) -> __m256 {
     let mut acc = [_mm256_setzero_ps(); 8];
     let kd = q.len();
     let mut d = 0;
@@ -106,7 +114,7 @@ unsafe fn dot8(q: &[f32], rows: &[&[f32]; 8]) -> __m256 {
         let qv = _mm256_loadu_ps(q.as_ptr().add(d));
         for u in 0..8 {
             // SAFETY: each row holds `kd` floats (a cache row of the key size, or the zero row).
-            let kv = _mm256_loadu_ps(rows[u].as_ptr().add(d));
+            let kv = E::load8(rows[u].as_ptr().add(d));
             acc[u] = _mm256_fmadd_ps(qv, kv, acc[u]);
         }
         d += 8;
@@ -186,8 +194,8 @@ pub(super) unsafe fn exp256(x: __m256) -> __m256 {
 /// `dst[h, d0 .. d0 + 8M] = inv[h] · Σ_j p[h, j] · V[slot_j, d0 .. d0 + 8M]` for every head, `H` heads at
 /// a time (each loaded value vector feeds `H` FMAs).
 #[inline(always)]
-unsafe fn value_tiles<const M: usize, const H: usize>(
-    task: &Task<'_>,
+unsafe fn value_tiles<E: KvElem, const M: usize, const H: usize>(
+    task: &Task<'_, E>,
     scores: &[f32],
     inv: &[f32],
     d0: usize,
@@ -213,8 +221,8 @@ unsafe fn value_tiles<const M: usize, const H: usize>(
             };
             let mut vv = [_mm256_setzero_ps(); M];
             for (m, x) in vv.iter_mut().enumerate() {
-                // SAFETY: `v` holds 8·M floats.
-                *x = _mm256_loadu_ps(v.as_ptr().add(8 * m));
+                // SAFETY: `v` holds 8·M elements.
+                *x = E::load8(v.as_ptr().add(8 * m));
             }
             for (t, acc) in acc.iter_mut().enumerate().take(tile) {
                 let w = _mm256_set1_ps(scores[(h0 + t) * n + j]);
