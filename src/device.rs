@@ -317,6 +317,25 @@ pub fn describe(device: &Device) -> String {
 mod tests {
     use super::*;
 
+    /// `--kv-cache-dtype`: bf16 / f16 caches beside f32 compute on the CPU; anything else differing from
+    /// the compute dtype is refused before loading (with the flag's name in the message).
+    #[test]
+    fn kv_cache_dtypes_the_device_can_hold() {
+        let cpu = Device::Cpu;
+        let auto = precision_for(DtypeChoice::Auto, &cpu);
+        assert_eq!(auto.kv_dtype(), DType::F32);
+        for d in [DType::BF16, DType::F16, DType::F32] {
+            let p = auto.with_kv_cache(DtypeChoice::Fixed(d));
+            assert_eq!(p.kv_dtype(), d);
+            assert!(p.check_kv(&cpu).is_ok(), "{d:?}");
+        }
+        let bf16_compute =
+            Precision::from(DType::BF16).with_kv_cache(DtypeChoice::Fixed(DType::F32));
+        let err = bf16_compute.check_kv(&cpu).unwrap_err().to_string();
+        assert!(err.contains("--kv-cache-dtype"), "{err}");
+        assert_eq!(auto.with_kv_cache(DtypeChoice::Auto).kv_cache, None);
+    }
+
     #[test]
     fn parses_devices_and_dtypes() {
         assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
