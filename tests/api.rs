@@ -442,34 +442,17 @@ async fn cancelled_stream_frees_its_blocks_with(cache: &str) {
     );
 }
 
-/// The `data:` payloads of an SSE body, in order.
-fn sse_payloads(body: &str) -> Vec<String> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(str::to_owned)
-        .collect()
-}
-
 #[tokio::test]
 async fn streamed_frames_follow_openai_order_with_n_logprobs_and_usage() {
     let server = fixture_server();
     let body = serde_json::json!({"model": "test-model", "prompt": "Once upon a time", "max_tokens": 5,
         "n": 2, "temperature": 0.0, "ignore_eos": true, "logprobs": 2, "stream": true,
         "stream_options": {"include_usage": true}});
-    let text = reqwest::Client::new()
-        .post(server.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let payloads = sse_payloads(&text);
+    let payloads = server.post_sse("/v1/completions", &body).await;
     assert_eq!(
         payloads.last().map(String::as_str),
         Some("[DONE]"),
-        "{text}"
+        "{payloads:?}"
     );
     let chunks: Vec<serde_json::Value> = payloads[..payloads.len() - 1]
         .iter()

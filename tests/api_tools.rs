@@ -15,23 +15,12 @@ use async_openai::types::chat::{
     ResponseFormat, ResponseFormatJsonSchema, ToolChoiceOptions,
 };
 use common::server::Server;
+use common::small_call_schema;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 fn server() -> Server {
     Server::with_chat_template("qwen3", &[])
-}
-
-fn weather_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 4},
-            "days": {"type": "integer", "minimum": 1, "maximum": 9}
-        },
-        "required": ["city", "days"],
-        "additionalProperties": false
-    })
 }
 
 fn assert_weather_args(arguments: &str) {
@@ -60,7 +49,7 @@ fn tools() -> Vec<ChatCompletionTools> {
         })
     };
     vec![
-        f("get_weather", weather_schema()),
+        f("get_weather", small_call_schema()),
         f(
             "noop",
             json!({"type": "object", "properties": {}, "additionalProperties": false}),
@@ -208,7 +197,7 @@ async fn json_schema_responses_follow_the_schema_streamed_and_not() {
             json_schema: ResponseFormatJsonSchema {
                 description: None,
                 name: "weather".into(),
-                schema: weather_schema(),
+                schema: small_call_schema(),
                 strict: Some(false),
             },
         })
@@ -380,21 +369,12 @@ async fn reasoning_goes_to_reasoning_content() {
     assert_eq!(message["content"], "", "{v}");
     let mut streamed = body.clone();
     streamed["stream"] = true.into();
-    let text = reqwest::Client::new()
-        .post(server.url("/v1/chat/completions"))
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     let mut got = String::new();
-    for line in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+    for line in server.post_sse("/v1/chat/completions", &streamed).await {
         if line == "[DONE]" {
             break;
         }
-        let chunk: Value = serde_json::from_str(line).unwrap();
+        let chunk: Value = serde_json::from_str(&line).unwrap();
         let delta = &chunk["choices"][0]["delta"];
         assert!(
             delta["content"].as_str().unwrap_or_default().is_empty(),
@@ -469,7 +449,7 @@ async fn vllm_guided_decoding_fields_constrain_the_output() {
     }
     let chat = json!({"model": "test-model", "messages": [{"role": "user", "content": "Weather?"}],
         "chat_template_kwargs": {"enable_thinking": false}, "max_tokens": 90, "temperature": 0.0,
-        "guided_json": weather_schema()});
+        "guided_json": small_call_schema()});
     let (status, v) = post_to("/v1/chat/completions", chat.clone()).await;
     assert_eq!(status, 200, "{v}");
     assert_weather_args(v["choices"][0]["message"]["content"].as_str().unwrap());

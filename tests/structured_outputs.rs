@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
+use common::small_call_schema;
 use moeserve::engine::{generate_constrained, FinishReason, RequestParams, SamplingParams};
 use moeserve::grammar::{Constraint, Grammars, JsonWhitespace, OutputStart, ToolCalls};
 use moeserve::parsers::{ChatParser, Piece, ToolFormat};
@@ -22,20 +23,6 @@ fn schema() -> Value {
             "ok": {"type": "boolean"}
         },
         "required": ["city", "unit", "days", "alerts", "ok"],
-        "additionalProperties": false
-    })
-}
-
-/// A small tool schema: the calls' markers are spelled out in characters in these vocabularies, and the
-/// smallest fixture context is 128 tokens.
-fn call_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 4},
-            "days": {"type": "integer", "minimum": 1, "maximum": 9}
-        },
-        "required": ["city", "days"],
         "additionalProperties": false
     })
 }
@@ -148,7 +135,7 @@ fn random_models_forced_to_call_a_tool_give_parseable_calls() {
             let calls = ToolCalls {
                 format,
                 tools: vec![
-                    ("get_weather".into(), call_schema()),
+                    ("get_weather".into(), small_call_schema()),
                     (
                         "noop".into(),
                         json!({"type": "object", "properties": {}, "additionalProperties": false}),

@@ -182,3 +182,17 @@ pub fn log_softmax_at(row: &[f32], index: usize) -> f32 {
             .ln();
     (row[index] as f64 - lse) as f32
 }
+
+/// A small tool-arguments schema (`city` of at most 4 characters, `days` 1–9): the calls' markers are
+/// spelled out in characters in the fixture vocabularies, and the smallest fixture context is 128 tokens.
+pub fn small_call_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 4},
+            "days": {"type": "integer", "minimum": 1, "maximum": 9}
+        },
+        "required": ["city", "days"],
+        "additionalProperties": false
+    })
+}
