@@ -354,28 +354,33 @@ impl GgufTensors {
 
     /// Rows `first..first + rows` of raw tensor `i` as f32 values.
     fn f32_rows(&self, i: usize, first: usize, rows: usize) -> Result<Vec<f32>> {
-        let r = &self.raw[i];
-        let cols = r.shape.last().copied().unwrap_or(1);
         if let Some(q) = self.quant_rows(i, first, rows)? {
             return Ok(q.dequantize());
         }
-        let elem = match r.type_id {
-            0 => 4,
-            1 | 30 => 2,
-            _ => return Err(self.unsupported(i)),
+        let t = self
+            .float_rows(i, first, rows)?
+            .ok_or_else(|| self.unsupported(i))?;
+        Ok(t.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    /// Rows `first..first + rows` of a float (f32 / f16 / bf16) raw tensor `i`, flat, in its stored dtype
+    /// (`None` for other types). The mapped pages are dropped from the resident set once copied, so a
+    /// GGUF's float tensors are held once, not twice (copy + mapped file), while it loads.
+    fn float_rows(&self, i: usize, first: usize, rows: usize) -> Result<Option<Tensor>> {
+        let r = &self.raw[i];
+        let cols = r.shape.last().copied().unwrap_or(1);
+        let (dtype, elem) = match r.type_id {
+            0 => (DType::F32, 4),
+            1 => (DType::F16, 2),
+            30 => (DType::BF16, 2),
+            _ => return Ok(None),
         };
         let start = r.start + first * cols * elem;
-        let bytes = &self.files[r.part][start..start + rows * cols * elem];
-        let dtype = match r.type_id {
-            0 => DType::F32,
-            1 => DType::F16,
-            _ => DType::BF16,
-        };
-        Ok(
-            Tensor::from_raw_buffer(bytes, dtype, &[rows * cols], &Device::Cpu)?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?,
-        )
+        let end = start + rows * cols * elem;
+        let file = &self.files[r.part];
+        let t = Tensor::from_raw_buffer(&file[start..end], dtype, &[rows * cols], &Device::Cpu)?;
+        file.release(start, end);
+        Ok(Some(t))
     }
 
     /// The raw tensor `i`'s rows for a decoder name, as the decoder wants them.
@@ -501,6 +506,13 @@ impl GgufTensors {
             tensor: name.to_owned(),
         })?;
         self.check_shape(name, shape)?;
+        if let Source::Whole(_) | Source::Expert(..) = src {
+            // A float tensor goes straight from its stored dtype to `dtype` (no f32 detour).
+            let (i, first, rows) = self.rows_of(src);
+            if let Some(t) = self.float_rows(i, first, rows)? {
+                return Ok(t.reshape(shape)?.to_dtype(dtype)?.to_device(device)?);
+            }
+        }
         let values = match src {
             Source::KvB(k, v) => self.join_kv_b(*k, *v)?,
             _ => {
