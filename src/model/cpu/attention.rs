@@ -34,7 +34,7 @@ pub struct CacheView<'a, E = f32> {
     pub keys: &'a [E],
     /// Values buffer (may be the keys buffer, for MLA).
     pub values: &'a [E],
-    /// Floats per slot in each buffer.
+    /// Elements per slot in each buffer.
     pub key_stride: usize,
     pub value_stride: usize,
     /// Offset of head `g`'s key inside a slot is `g * key_head_stride` (0 for a latent shared by heads).
