@@ -77,6 +77,39 @@ fn stored_precision(c: &mut Criterion) {
     group.finish();
 }
 
+/// Prompt-sized products (64–512 rows) of bf16 weights: the AVX512-BF16 kernel (`matmul_wt`, where the
+/// CPU has it), the weight widened panel by panel for candle's f32 GEMM, and candle's GEMM on f32
+/// weights (what `--dtype f32` runs). Throughput in multiply-adds.
+fn prompt_bf16(c: &mut Criterion) {
+    use candle_core::DType;
+    use moeserve::model::cpu::widen::matmul_wt_widened;
+    let mut group = c.benchmark_group("prompt_bf16");
+    group.sample_size(10);
+    for (name, n, k) in [
+        ("attn_q_1024x1024", 1024, 1024),
+        ("expert_down_1024x512", 1024, 512),
+    ] {
+        let w = tensor(n, k);
+        let wb = w.to_dtype(DType::BF16).unwrap();
+        for m in [64usize, 512] {
+            let x = tensor(m, k);
+            group.throughput(Throughput::Elements((m * n * k) as u64));
+            group.bench_with_input(BenchmarkId::new(format!("{name}/kernel"), m), &m, |b, _| {
+                b.iter(|| cpu_matmul::matmul_wt(&x, &wb).unwrap())
+            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/widened"), m),
+                &m,
+                |b, _| b.iter(|| matmul_wt_widened(&x, &wb).unwrap()),
+            );
+            group.bench_with_input(BenchmarkId::new(format!("{name}/f32"), m), &m, |b, _| {
+                b.iter(|| x.matmul(&w.t().unwrap()).unwrap())
+            });
+        }
+    }
+    group.finish();
+}
+
 fn read_bandwidth(c: &mut Criterion) {
     let data = vec![1f32; 256 << 20];
     let mut group = c.benchmark_group("memory");
@@ -137,6 +170,7 @@ criterion_group!(
     benches,
     projections,
     stored_precision,
+    prompt_bf16,
     quantized,
     read_bandwidth
 );

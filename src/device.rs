@@ -34,6 +34,23 @@ impl FromStr for DeviceChoice {
     }
 }
 
+/// How exactly the CPU multiplies f32 activations by bf16 weights in prompt-sized products (more than
+/// `cpu::matmul::MAX_ROWS` rows) — the names and levels of PyTorch's `set_float32_matmul_precision`.
+/// Decode-sized products always keep f32 activations (they are bound by reading the weights). Matters
+/// only on CPUs with AVX512-BF16; elsewhere every level is `highest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MatmulPrecision {
+    /// f32 products: the weight widened panel by panel for an f32 GEMM.
+    Highest,
+    /// Activations split into two bf16 terms (16 significant bits, relative error ≤ 2⁻¹⁷) through the
+    /// bf16 dot-product instructions: f32-level accuracy from weights read as stored.
+    #[default]
+    High,
+    /// Activations rounded to bf16 (what PyTorch and llama.cpp compute a bf16 model in): twice the
+    /// multiply rate of `high`, logits within ~1e-2 of f32.
+    Medium,
+}
+
 /// A precision as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtypeChoice {
@@ -232,6 +249,8 @@ pub struct Precision {
     pub quantize: Option<Quantize>,
     /// The KV cache's dtype when not the compute dtype (`--kv-cache-dtype`; CPU: bf16 / f16 halve it).
     pub kv_cache: Option<DType>,
+    /// `--matmul-precision`: how prompt-sized CPU products of bf16 weights treat f32 activations.
+    pub matmul: MatmulPrecision,
 }
 
 impl Precision {
@@ -278,6 +297,7 @@ impl From<DType> for Precision {
             matrices: MatrixPrecision::Compute,
             quantize: None,
             kv_cache: None,
+            matmul: Default::default(),
         }
     }
 }
@@ -292,12 +312,14 @@ pub fn precision_for(choice: DtypeChoice, device: &Device) -> Precision {
             matrices: MatrixPrecision::Stored,
             quantize: None,
             kv_cache: None,
+            matmul: Default::default(),
         },
         (DtypeChoice::Fixed(d @ (DType::BF16 | DType::F16)), true) => Precision {
             compute: DType::F32,
             matrices: MatrixPrecision::Fixed(d),
             quantize: None,
             kv_cache: None,
+            matmul: Default::default(),
         },
         (DtypeChoice::Fixed(d), _) => d.into(),
         (DtypeChoice::Auto, false) => DType::BF16.into(),

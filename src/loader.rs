@@ -276,6 +276,7 @@ pub fn load_with(
     };
     let mut model = Model::load(&spec, &mut store)?;
     model.set_kv_dtype(precision.kv_dtype());
+    crate::model::cpu::matmul::set_matmul_precision(precision.matmul);
     let weights = store.summary();
     store.finish()?;
     let tokenizer = match format {
@@ -311,6 +312,7 @@ fn load_gguf(
     let mut store = WeightStore::open_gguf(model, names, device, precision)?;
     let mut decoder = Model::load(&spec, &mut store)?;
     decoder.set_kv_dtype(precision.kv_dtype());
+    crate::model::cpu::matmul::set_matmul_precision(precision.matmul);
     let weights = store.summary();
     store.finish()?;
     Ok(LoadedModel {

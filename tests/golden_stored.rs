@@ -1,6 +1,7 @@
 //! Weights held in their stored precision on the CPU (bf16 / f16 widened in registers, f32 compute) give
 //! the golden logits: the bf16-stored fixtures (qwen3_moe, kimi_k2) equal transformers' f32 reference
-//! within the usual 2e-5 (widening bf16 to f32 is exact, so only summation order differs), and every
+//! within 1e-4 (widening bf16 to f32 is exact; prompts split their activations in two bf16 terms for the
+//! AVX512-BF16 kernel: [`HELD_TOLERANCE`]), and every
 //! family re-saved in bf16 and in f16 gives, held as stored, the logits of the same file widened to f32 at
 //! load — alone, batched across the streaming kernel's 32-row limit, and decoding.
 
@@ -14,11 +15,19 @@ use moeserve::device::{MatrixPrecision, Precision};
 use moeserve::loader::{self, LoadedModel};
 use moeserve::weights::ModelSource;
 
+/// Logits of bf16-held matrices against f32: prompt-sized products (more than 32 rows) take the
+/// AVX512-BF16 kernel where the CPU has it, activations split in two bf16 terms (`--matmul-precision
+/// high`, relative error ≤ 2⁻¹⁷ per activation): measured worst 5.5e-5 on these fixtures, against 2e-5
+/// for the f32 paths (the split's error sits just above summation order). Where the kernel does not run
+/// (f16, other CPUs) the products are f32 and the usual 2e-5 holds with room.
+const HELD_TOLERANCE: f32 = 1e-4;
+
 const STORED: Precision = Precision {
     compute: DType::F32,
     matrices: MatrixPrecision::Stored,
     quantize: None,
     kv_cache: None,
+    matmul: moeserve::device::MatmulPrecision::High,
 };
 
 fn load(dir: &std::path::Path, precision: Precision) -> LoadedModel {
@@ -70,7 +79,7 @@ fn bf16_stored_fixtures_match_the_reference_held_in_bf16() {
             let ours = runner.step(&[(0, prompt.clone())]).remove(0);
             let ours = Tensor::new(ours, &Device::Cpu).unwrap();
             let diff = max_abs_diff(&ours, &r.tensors[&format!("logits.{i}")]);
-            assert!(diff < TOLERANCE, "{family} prompt {i}: {diff}");
+            assert!(diff < HELD_TOLERANCE, "{family} prompt {i}: {diff}");
         }
     }
 }
@@ -119,7 +128,12 @@ fn every_family_held_as_stored_equals_widening_at_load() {
             let widened = load(dir.path(), DType::F32.into());
             let prompts = reference(family).prompts;
             let diff = max_diff(&logits(&held, &prompts), &logits(&widened, &prompts));
-            assert!(diff < TOLERANCE, "{family} {dtype:?}: {diff}");
+            let tolerance = if dtype == DType::BF16 {
+                HELD_TOLERANCE
+            } else {
+                TOLERANCE
+            };
+            assert!(diff < tolerance, "{family} {dtype:?}: {diff}");
         }
     }
 }
@@ -213,8 +227,9 @@ fn fp8_copy(family: &str) -> tempfile::TempDir {
 }
 
 /// Block-FP8 experts held as stored (one byte per weight, the FP8 kernel) give the logits of the same
-/// file dequantized to f32 at load, within 2e-5: the dequantized values are identical (power-of-two
-/// scales), only the summation order differs.
+/// file dequantized to f32 at load, within [`HELD_TOLERANCE`] (the dense bf16 matrices take the split
+/// kernel for prompts): the dequantized values are identical (power-of-two scales), only the summation
+/// order differs.
 #[test]
 fn fp8_experts_held_as_stored_equal_dequantizing_at_load() {
     for family in ["qwen3_moe", "mixtral", "moonlight", "kimi_k2"] {
@@ -223,7 +238,8 @@ fn fp8_experts_held_as_stored_equal_dequantizing_at_load() {
         let widened = load(dir.path(), DType::F32.into());
         let prompts = reference(family).prompts;
         let diff = max_diff(&logits(&held, &prompts), &logits(&widened, &prompts));
-        assert!(diff < TOLERANCE, "{family}: {diff}");
+        // The dense matrices stay bf16 (the kernel's split) beside the FP8 experts.
+        assert!(diff < HELD_TOLERANCE, "{family}: {diff}");
         // The experts really are FP8-held: a third the bytes of f32 + scales.
         let moe = held.model.expert_bytes_per_expert();
         let dense = widened.model.expert_bytes_per_expert();

@@ -770,6 +770,7 @@ mod tests {
             matrices: MatrixPrecision::Stored,
             quantize: None,
             kv_cache: None,
+            matmul: Default::default(),
         };
         let cpu = &Device::Cpu;
         assert_eq!(matrix_dtype(stored, cpu, Some(DType::BF16)), DType::BF16);
@@ -785,6 +786,7 @@ mod tests {
             matrices: MatrixPrecision::Fixed(DType::F16),
             quantize: None,
             kv_cache: None,
+            matmul: Default::default(),
         };
         assert_eq!(matrix_dtype(fixed, cpu, Some(DType::BF16)), DType::F16);
     }

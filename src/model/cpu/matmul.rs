@@ -7,18 +7,61 @@
 //! f32 activations and accumulation. AVX2+FMA is chosen at run time; other CPUs get a portable loop the
 //! compiler vectorises.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::dpbf16;
 use super::elem::{dot_lanes, E4m3, Widen};
 use super::host::{with_f32, with_hosts, HostSlices};
 use super::simd::{self, has_fma};
+use crate::device::MatmulPrecision;
 use crate::error::{Error, Result};
 
 /// Up to this many input rows the streaming kernel beats candle's GEMM (`benches/matmul`: 2× at 16 rows,
 /// 0.7× at 64); above it candle's packed, cache-blocked GEMM wins.
 pub const MAX_ROWS: usize = 32;
+
+/// From this many input rows on, bf16 weights go through `super::dpbf16` (bf16 dot-product instructions
+/// on the weights as stored; activations split in two bf16 terms or rounded, `--matmul-precision`) where
+/// the CPU has AVX512-BF16; below it activations stay f32 in the streaming tiles (decode: bound by the
+/// weight read, where the bf16 instructions buy nothing).
+pub const DPBF16_MIN_ROWS: usize = MAX_ROWS + 1;
+
+/// `--matmul-precision` for this process (0 highest, 1 high, 2 medium): a kernel choice like the thread
+/// count, set once at start-up.
+static MATMUL_PRECISION: AtomicU8 = AtomicU8::new(1);
+
+/// Sets how prompt-sized products of bf16 weights treat their f32 activations (see [`MatmulPrecision`]).
+pub fn set_matmul_precision(p: MatmulPrecision) {
+    let v = match p {
+        MatmulPrecision::Highest => 0,
+        MatmulPrecision::High => 1,
+        MatmulPrecision::Medium => 2,
+    };
+    MATMUL_PRECISION.store(v, Ordering::Relaxed);
+}
+
+/// Whether prompt-sized bf16 products take `super::dpbf16`, and with the activations split in two terms.
+fn dpbf16_mode() -> Option<bool> {
+    match MATMUL_PRECISION.load(Ordering::Relaxed) {
+        0 => None,
+        1 => Some(true),
+        _ => Some(false),
+    }
+}
+
+/// The most input rows the streaming kernels serve for weights of `dtype`: without bound for bf16 on
+/// AVX512-BF16 CPUs, [`MAX_ROWS`] otherwise.
+pub fn max_rows(dtype: DType) -> usize {
+    if dtype == DType::BF16 && dpbf16::available() && dpbf16_mode().is_some() {
+        usize::MAX
+    } else {
+        MAX_ROWS
+    }
+}
 
 /// Weight rows per parallel task: big enough to amortise scheduling, small enough to balance two or more
 /// cores on a 512-row expert projection.
@@ -130,7 +173,7 @@ fn streamable(x: &Tensor, w: &Tensor) -> Result<bool> {
         && w.rank() == 2
         && x.dtype() == DType::F32
         && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
-        && (1..=MAX_ROWS).contains(&x.dim(0)?)
+        && (1..=max_rows(w.dtype())).contains(&x.dim(0)?)
         && x.dim(1)? == w.dim(1)?
         && w.is_contiguous())
 }
@@ -146,12 +189,17 @@ pub trait WeightElem: Widen {
     /// AVX2, FMA and F16C must be available; `x` is `[m, k]`, `w` `[rows, k]`, `out` `[rows, m]`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn tile_avx2(x: &[f32], m: usize, k: usize, w: &[Self], out: &mut [f32]);
+    /// The weights as bf16 where they are (for the AVX512-BF16 kernel of `super::dpbf16`).
+    fn as_bf16(_w: &[Self]) -> Option<&[bf16]> {
+        None
+    }
 }
 
 /// The generic SIMD kernels for a weight type.
 macro_rules! simd_kernels {
-    ($t:ty) => {
+    ($t:ty $(, $extra:item)*) => {
         impl WeightElem for $t {
+            $($extra)*
             #[cfg(target_arch = "x86_64")]
             unsafe fn dot_avx2(x: &[f32], w: &[$t]) -> f32 {
                 simd::dot(x, w)
@@ -165,7 +213,12 @@ macro_rules! simd_kernels {
 }
 
 simd_kernels!(f32);
-simd_kernels!(bf16);
+simd_kernels!(
+    bf16,
+    fn as_bf16(w: &[bf16]) -> Option<&[bf16]> {
+        Some(w)
+    }
+);
 simd_kernels!(f16);
 
 impl WeightElem for E4m3 {
@@ -200,25 +253,96 @@ pub struct Product<'a, W> {
     pub k: usize,
 }
 
+/// For each product that takes the AVX512-BF16 kernel, the index of its input rounded to bf16 in the
+/// returned list (products sharing an input, like an expert's gate and up, share one rounding).
+fn rounded_inputs<W: WeightElem>(
+    products: &[Product<'_, W>],
+) -> (Vec<Option<usize>>, Vec<dpbf16::Bf16Rows>) {
+    let mut index = Vec::with_capacity(products.len());
+    let mut rounded: Vec<dpbf16::Bf16Rows> = Vec::new();
+    let mut sources: Vec<*const f32> = Vec::new();
+    let mode = dpbf16_mode().filter(|_| dpbf16::available());
+    for p in products {
+        let Some(split) = mode.filter(|_| p.m >= DPBF16_MIN_ROWS && W::as_bf16(p.w).is_some())
+        else {
+            index.push(None);
+            continue;
+        };
+        let source = p.x.as_ptr();
+        match sources.iter().position(|&s| s == source) {
+            Some(i) if rounded[i].len() == p.x.len() => index.push(Some(i)),
+            _ => {
+                sources.push(source);
+                rounded.push(dpbf16::Bf16Rows::new(p.x, split));
+                index.push(Some(rounded.len() - 1));
+            }
+        }
+    }
+    (index, rounded)
+}
+
 /// Runs several products in one parallel pass over all their weight rows; returns each `[m, n]`.
 pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>> {
     let fma = has_fma();
-    // Transposed results: each task owns a contiguous run of one product's output columns.
-    let mut yts: Vec<Vec<f32>> = products
+    let (rounded, rounded_x) = rounded_inputs(products);
+    // Each result, `[n, m]` (transposed: each task owns a contiguous run of one product's output
+    // columns) — or `[m, n]` for the AVX512-BF16 kernel, whose tasks write disjoint column ranges in
+    // place (prompt-sized results, where a transposing pass would cost as much as a third of the product).
+    let mut ys: Vec<Vec<f32>> = products
         .iter()
         .map(|p| vec![0f32; (p.w.len() / p.k.max(1)) * p.m])
         .collect();
     let mut tasks = Vec::new();
-    for (p, yt) in products.iter().zip(yts.iter_mut()) {
+    for ((p, y), xb) in products.iter().zip(ys.iter_mut()).zip(&rounded) {
         if p.m == 0 || p.k == 0 {
             continue;
         }
-        for (c, out) in yt.chunks_mut(ROWS_PER_TASK * p.m).enumerate() {
-            tasks.push((p, c * ROWS_PER_TASK, out));
+        let n = y.len() / p.m;
+        match xb {
+            Some(i) => {
+                let out = Columns(y.as_mut_ptr());
+                for first in (0..n).step_by(ROWS_PER_TASK) {
+                    let rows = ROWS_PER_TASK.min(n - first);
+                    tasks.push((
+                        p,
+                        first,
+                        Out::InPlace { y: out, n, rows },
+                        Some(&rounded_x[*i]),
+                    ));
+                }
+            }
+            None => {
+                for (c, out) in y.chunks_mut(ROWS_PER_TASK * p.m).enumerate() {
+                    tasks.push((p, c * ROWS_PER_TASK, Out::Transposed(out), None));
+                }
+            }
         }
     }
-    tasks.into_par_iter().for_each(|(p, first, out)| {
+    tasks.into_par_iter().for_each(|(p, first, out, xb)| {
         let (m, k) = (p.m, p.k);
+        let out = match out {
+            Out::Transposed(out) => out,
+            Out::InPlace { y, n, rows } => {
+                #[cfg(target_arch = "x86_64")]
+                if let (Some(xb), Some(w)) = (xb, W::as_bf16(p.w)) {
+                    // SAFETY: `rounded_inputs` rounds only where `dpbf16::available`; `y` is this
+                    // product's `[m, n]` result, alive until the pass ends, and this task alone writes
+                    // its columns `first..first + rows`.
+                    unsafe {
+                        dpbf16::tile(
+                            xb,
+                            m,
+                            k,
+                            &w[first * k..(first + rows) * k],
+                            y.0.add(first),
+                            n,
+                        )
+                    };
+                }
+                let _ = (xb, y, n, rows);
+                return;
+            }
+        };
         #[cfg(target_arch = "x86_64")]
         if fma && m >= 2 {
             let rows = out.len() / m;
@@ -235,21 +359,49 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
     });
     products
         .iter()
-        .zip(yts)
-        .map(|(p, yt)| {
-            if p.m <= 1 {
-                return yt;
+        .zip(ys)
+        .zip(&rounded)
+        .map(|((p, y), xb)| {
+            if p.m <= 1 || xb.is_some() {
+                return y;
             }
-            let n = yt.len() / p.m;
-            let mut y = vec![0f32; p.m * n];
-            for (j, col) in yt.chunks_exact(p.m).enumerate() {
-                for (i, &v) in col.iter().enumerate() {
-                    y[i * n + j] = v;
-                }
-            }
-            y
+            transpose(&y, y.len() / p.m, p.m)
         })
         .collect()
+}
+
+/// Where a task of [`run_products`] writes.
+enum Out<'a> {
+    /// Its own `[rows, m]` run of the transposed result.
+    Transposed(&'a mut [f32]),
+    /// Columns `first..first + rows` of the `[m, n]` result at `y`.
+    InPlace { y: Columns, n: usize, rows: usize },
+}
+
+/// A result buffer that several tasks write at once, each in its own columns.
+#[derive(Clone, Copy)]
+struct Columns(*mut f32);
+
+// SAFETY: tasks holding a `Columns` write disjoint column ranges of a buffer that outlives the parallel
+// pass (see `run_products`); nothing reads it until the pass has joined.
+unsafe impl Send for Columns {}
+unsafe impl Sync for Columns {}
+
+/// `[rows, cols]` → `[cols, rows]`, in square blocks that stay in L1 (a plain column walk of a
+/// 512 × 1,024 result strides 4 KiB per write and cost as much as the product).
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const B: usize = 32;
+    let mut t = vec![0f32; a.len()];
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    t[c * rows + r] = a[r * cols + c];
+                }
+            }
+        }
+    }
+    t
 }
 
 #[inline(always)]

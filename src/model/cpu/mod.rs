@@ -5,6 +5,7 @@
 //! from the cache, AVX2 tiles). The CUDA counterparts live in `src/cuda/`.
 
 pub mod attention;
+pub mod dpbf16;
 pub mod elem;
 pub mod experts;
 pub mod fp8;

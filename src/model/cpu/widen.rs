@@ -87,7 +87,8 @@ mod tests {
                 let got = matmul_wt_widened(&x, &w)?;
                 let diff = (got - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(diff < 1e-4, "{dtype:?} m={m} n={n} k={k}: {diff}");
-                // Through the public entry point too (which streams up to 32 rows).
+                // Through the public entry point too (which streams up to 32 rows, and bf16 at any
+                // row count on AVX512-BF16 CPUs, activations split in two bf16 terms: `high`).
                 let via = crate::model::cpu::matmul::matmul_wt(&x, &w)?;
                 let diff = (via - x.matmul(&w.to_dtype(DType::F32)?.t()?)?)?
                     .abs()?

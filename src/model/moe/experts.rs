@@ -152,16 +152,20 @@ impl GroupedExperts {
     /// The two-pass CPU path for decode-sized batches and short prompts; `None` where it does not apply
     /// (other devices or dtypes, or an expert with more tokens than the streaming kernel serves well:
     /// [`cpu_matmul::MAX_ROWS`] with f32 weights, [`cpu_matmul::MAX_CHUNKED_ROWS`] with bf16 / f16 ones,
-    /// whose tokens go through in chunks of `MAX_ROWS`, each reading the expert's weights once).
+    /// whose tokens go through in chunks of `MAX_ROWS`, each reading the expert's weights once — or all
+    /// at once, without limit, for bf16 on AVX512-BF16 CPUs: `cpu_matmul::max_rows`).
     fn forward_host(
         &self,
         x: &Tensor,
         tokens: &[Vec<u32>],
         scales: &[Vec<f32>],
     ) -> Result<Option<Tensor>> {
-        let limit = match self.experts.first().map(|e| e.gate.dtype()) {
+        let dtype = self.experts.first().map(|e| e.gate.dtype());
+        // Tokens per product: every token of an expert at once where the kernel has no row limit.
+        let chunk = dtype.map_or(cpu_matmul::MAX_ROWS, cpu_matmul::max_rows);
+        let limit = match dtype {
             Some(DType::F32) => cpu_matmul::MAX_ROWS,
-            Some(DType::BF16 | DType::F16) => cpu_matmul::MAX_CHUNKED_ROWS,
+            Some(DType::BF16 | DType::F16) => cpu_matmul::MAX_CHUNKED_ROWS.max(chunk),
             _ => 0,
         };
         let applies = x.device().is_cpu()
@@ -176,8 +180,8 @@ impl GroupedExperts {
             .enumerate()
             .flat_map(|(expert, (tokens, scales))| {
                 tokens
-                    .chunks(cpu_matmul::MAX_ROWS)
-                    .zip(scales.chunks(cpu_matmul::MAX_ROWS))
+                    .chunks(chunk)
+                    .zip(scales.chunks(chunk))
                     .map(move |(tokens, scales)| ExpertTokens {
                         expert,
                         tokens,
@@ -327,7 +331,8 @@ mod tests {
             let mut ids = vec![vec![2, 4]; cpu_matmul::MAX_ROWS + 4];
             ids.push(vec![0, 1]);
             check(&ex, ids);
-            // Past the chunked limit: widened panels and candle's GEMM.
+            // Past the chunked limit: widened panels and candle's GEMM (bf16 on AVX512-BF16 CPUs: all
+            // 65 tokens in one product of that kernel, activations split in two bf16 terms).
             check(&ex, vec![vec![1, 3]; cpu_matmul::MAX_CHUNKED_ROWS + 1]);
         }
     }
