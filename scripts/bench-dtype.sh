@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Weights held as stored (bf16) against everything in f32, on the bench-shaped model (configs/bench-qwen3-moe-1b,
 # random weights made at load: no checkpoint needed), alternated, one `generate --json` per run:
-#   scripts/bench-dtype.sh [PROMPT_LEN=64] [TOKENS=64] [RUNS=5] [THREADS=2]
+#   [MATMUL=high|medium|highest] scripts/bench-dtype.sh [PROMPT_LEN=64] [TOKENS=64] [RUNS=5] [THREADS=2]
+# (MATMUL: --matmul-precision, how prompt-sized bf16 products treat their activations; default high.)
 # Prints prefill and decode tokens/s and peak RSS per run, then the medians and the bf16/f32 ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROMPT_LEN=${1:-64}; TOKENS=${2:-64}; RUNS=${3:-5}; THREADS=${4:-2}
 BIN=${BIN:-target/release/moeserve}
+MATMUL=${MATMUL:-high}
 P=$(python3 -c "print(','.join(str((i*7+3)%49152) for i in range($PROMPT_LEN)))")
 OUT=$(mktemp)
 for run in $(seq "$RUNS"); do
   for d in auto f32; do
     { /usr/bin/time -f "RSS %M" "$BIN" --threads "$THREADS" generate --model configs/bench-qwen3-moe-1b \
-        --load-format dummy --dtype "$d" --prompt-ids "$P" --max-tokens "$TOKENS" --ignore-eos --json; } 2>&1 \
+        --load-format dummy --dtype "$d" --matmul-precision "$MATMUL" --prompt-ids "$P" --max-tokens "$TOKENS" --ignore-eos --json; } 2>&1 \
       | python3 -c "
 import sys, json
 lines = sys.stdin.read().splitlines()

@@ -173,7 +173,9 @@ pub fn read_headers(
         LoadFormat::Auto => {
             let store = WeightStore::open(source, device, precision)?;
             let dtype = store.matrix_dtype();
-            weight_bytes = quantized_weight_bytes(&spec, dtype, precision, device);
+            weight_bytes = store
+                .held_bytes_estimate()
+                .or_else(|| quantized_weight_bytes(&spec, dtype, precision, device));
             (store.summary(), dtype)
         }
         LoadFormat::Dummy => {

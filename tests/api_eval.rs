@@ -225,3 +225,45 @@ async fn tokenizer_info_serves_a_remote_tokenizer() {
         .await;
     assert_eq!(v["prompt"], eos);
 }
+
+/// `--matmul-precision medium` rounds the activations of prompt-sized bf16 products (prompts of 33+
+/// tokens on the bf16-stored fixture) to bf16 where the CPU has AVX512-BF16: prompt logprobs stay within
+/// bf16's reach of the f32 reference but visibly leave the 1e-4 that the default `high` holds (the test
+/// above) — the flag reaches the kernel.
+#[tokio::test]
+async fn medium_matmul_precision_rounds_prompt_products() {
+    let family = "qwen3_moe";
+    let server = Server::start(
+        Some(&common::fixture_dir(family)),
+        &["--matmul-precision", "medium"],
+    );
+    let r = common::reference(family);
+    let mut worst = 0f32;
+    for (i, prompt) in r.prompts.iter().enumerate() {
+        if prompt.len() <= 32 {
+            continue;
+        }
+        let body = json!({"model": "test-model", "prompt": prompt, "max_tokens": 1, "echo": true,
+            "logprobs": 1, "temperature": 0.0});
+        let (status, v) = server.post_json("/v1/completions", &body).await;
+        assert_eq!(status, 200, "{v}");
+        let lps = v["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let logits = r.tensors[&format!("logits.{i}")].to_vec2::<f32>().unwrap();
+        for pos in 1..prompt.len() {
+            let want = log_softmax_at(&logits[pos - 1], prompt[pos] as usize);
+            let got = lps[pos].as_f64().unwrap() as f32;
+            assert!(
+                (got - want).abs() < 5e-2,
+                "prompt {i} position {pos}: {got} vs {want}"
+            );
+            worst = worst.max((got - want).abs());
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw") {
+        assert!(worst > 1e-4, "no sign of rounding: {worst}");
+    }
+}

@@ -240,6 +240,18 @@ fn fp8_experts_held_as_stored_equal_dequantizing_at_load() {
         let diff = max_diff(&logits(&held, &prompts), &logits(&widened, &prompts));
         // The dense matrices stay bf16 (the kernel's split) beside the FP8 experts.
         assert!(diff < HELD_TOLERANCE, "{family}: {diff}");
+        // The plan counts every FP8 matrix (experts and dense projections) at a byte per weight:
+        // below the bf16 the dense ones were dequantized to before.
+        let headers = loader::read_headers(
+            &ModelSource::Dir(dir.path().to_path_buf()),
+            &Device::Cpu,
+            STORED,
+            loader::LoadFormat::Auto,
+        )
+        .unwrap();
+        let (params, _) = headers.spec.parameter_counts();
+        let planned = headers.weight_bytes.expect("FP8 bytes planned");
+        assert!(planned < params * 2 * 3 / 4, "{family}: {planned} of {params}");
         // The experts really are FP8-held: a third the bytes of f32 + scales.
         let moe = held.model.expert_bytes_per_expert();
         let dense = widened.model.expert_bytes_per_expert();

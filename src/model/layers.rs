@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::Result;
-use crate::weights::{Matrix, QuantMatrix, WeightStore};
+use crate::weights::{Fp8Blocks, Matrix, QuantMatrix, WeightStore};
 
 /// `y = x Wᵀ (+ b)` over `[T, in]`; W dense or block-quantized.
 #[derive(Debug, Clone)]
@@ -75,10 +75,18 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        Ok(match (dense, quant) {
-            (Some(ws), _) => super::cpu::matmul::matmul_wt_many(x, &ws)?,
-            (None, Some(ws)) => super::cpu::quant::matmul_wt_quant(x, &ws)?,
-            (None, None) if linears.len() == 1 => match &linears[0].weight {
+        let fp8: Option<Vec<&Fp8Blocks>> = linears
+            .iter()
+            .map(|l| match &l.weight {
+                Matrix::Fp8(b) => Some(&**b),
+                _ => None,
+            })
+            .collect();
+        Ok(match (dense, quant, fp8) {
+            (Some(ws), _, _) => super::cpu::matmul::matmul_wt_many(x, &ws)?,
+            (None, Some(ws), _) => super::cpu::quant::matmul_wt_quant(x, &ws)?,
+            (None, None, Some(ws)) => super::cpu::fp8::matmul_wt_fp8(x, &ws)?,
+            (None, None, None) if linears.len() == 1 => match &linears[0].weight {
                 #[cfg(feature = "cuda")]
                 Matrix::Gpu(g) => {
                     use candle_core::Module;
@@ -91,7 +99,7 @@ impl Linear {
                 }
             },
             // Mixed forms: one at a time.
-            (None, None) => linears
+            (None, None, None) => linears
                 .iter()
                 .map(|l| Ok(Self::products(x, &[l])?.remove(0)))
                 .collect::<Result<Vec<_>>>()?,

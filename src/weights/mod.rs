@@ -8,7 +8,7 @@ pub mod quantize;
 pub mod source;
 pub mod store;
 
-pub use matrix::Matrix;
+pub use matrix::{Fp8Blocks, Matrix};
 pub use quant::{QuantMatrix, QuantType};
 pub use source::{EmbeddedModel, FileBytes, ModelSource};
-pub use store::{matrix_dtype, Fp8Blocks, StoreSummary, WeightStore};
+pub use store::{matrix_dtype, StoreSummary, WeightStore};

@@ -12,7 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::gguf::tensors::{GgufTensors, NameMap};
 use super::gguf::GgufModel;
-use super::matrix::Matrix;
+use super::matrix::{expand_block_scales, Fp8Blocks, Matrix};
 use super::quant::QuantMatrix;
 use super::source::{FileBytes, ModelSource};
 use crate::device::{MatrixPrecision, Precision, Quantize};
@@ -82,16 +82,6 @@ fn quantize_on(precision: Precision, device: &Device) -> Option<Quantize> {
 /// llama.cpp's quantizer does (routers are read in f32 and never come here).
 fn quantize_covers(q: &Quantize, name: &str) -> bool {
     q.all_linear || name.contains(".experts.") || name.contains(".shared_expert")
-}
-
-/// A block-FP8 matrix as stored: e4m3 bytes `[rows, cols]` and one f32 scale per `block` (row-major
-/// `[⌈rows/block.0⌉, ⌈cols/block.1⌉]`, the checkpoint's `weight_scale_inv`).
-pub struct Fp8Blocks {
-    pub bytes: Vec<u8>,
-    pub scales: Vec<f32>,
-    pub rows: usize,
-    pub cols: usize,
-    pub block: (usize, usize),
 }
 
 /// The precision most of a checkpoint's matrix elements are stored in (block-FP8 counts as bf16, what
@@ -270,11 +260,32 @@ impl WeightStore {
         Ok(store)
     }
 
-    /// Bytes a GGUF model's weights will be held in: quantized tensors as stored (where kept), float
-    /// ones at the matrix dtype or compute dtype. `None` for safetensors checkpoints.
+    /// Bytes the weights will be held in where that is not parameters × the matrix dtype: a GGUF model's
+    /// quantized tensors as stored (where kept), float ones at the matrix dtype or compute dtype; a
+    /// block-FP8 checkpoint's FP8 matrices as stored (where kept). `None` otherwise.
     pub fn held_bytes_estimate(&self) -> Option<u64> {
-        let g = self.gguf.as_ref()?;
-        Some(g.held_bytes(self.keeps_quant(), self.matrices, self.dtype) as u64)
+        if let Some(g) = &self.gguf {
+            return Some(g.held_bytes(self.keeps_quant(), self.matrices, self.dtype) as u64);
+        }
+        if !self.keep_fp8 {
+            return None;
+        }
+        // Block-FP8 matrices stay one byte per weight plus their f32 scales; the rest at the matrix dtype.
+        let mut fp8 = false;
+        let mut bytes = 0u64;
+        for (name, e) in &self.entries {
+            let n = e.shape.iter().product::<usize>() as u64;
+            let scaled = self.entries.contains_key(&format!("{name}_scale_inv"));
+            bytes += if e.dtype == Dtype::F8_E4M3 && e.shape.len() == 2 && scaled {
+                fp8 = true;
+                n
+            } else if name.ends_with("_scale_inv") {
+                4 * n
+            } else {
+                n * self.matrices.size_in_bytes() as u64
+            };
+        }
+        fp8.then_some(bytes)
     }
 
     /// Takes the stacked, block-quantized expert projections of a GGUF MoE layer as stored (for the GPU's
@@ -410,9 +421,12 @@ impl WeightStore {
         }))
     }
 
-    /// Takes a weight matrix (projection, expert, embedding, lm head): block-quantized as stored where
-    /// the CPU kernels read it, else dense in the matrix dtype.
+    /// Takes a weight matrix (projection, expert, embedding, lm head): block-FP8 or block-quantized as
+    /// stored where the CPU kernels read it, else dense in the matrix dtype.
     pub fn get_matrix(&mut self, name: &str, shape: &[usize]) -> Result<Matrix> {
+        if let Some(b) = self.get_fp8(name, shape)? {
+            return Ok(Matrix::Fp8(std::sync::Arc::new(b)));
+        }
         if let (Some(g), true) = (&self.gguf, self.keeps_quant()) {
             if let Some(q) = g.quant(name, shape)? {
                 self.taken.insert(name.to_owned());
@@ -609,17 +623,8 @@ impl WeightStore {
                 found: scale_shape,
             });
         };
-        let (br, bc) = (rows.div_ceil(sr.max(1)), cols.div_ceil(sc.max(1)));
         let scale = self.get_as(&scale_name, &[sr, sc], DType::F32)?;
-        // Expand each scale over its block, crop to the weight's shape.
-        let scale = scale
-            .unsqueeze(1)?
-            .unsqueeze(3)?
-            .broadcast_as((sr, br, sc, bc))?
-            .reshape((sr * br, sc * bc))?
-            .narrow(0, 0, rows)?
-            .narrow(1, 0, cols)?;
-        Ok((w.to_dtype(DType::F32)? * scale)?)
+        Ok((w.to_dtype(DType::F32)? * expand_block_scales(&scale, rows, cols)?)?)
     }
 
     /// A dummy store that also keeps every tensor it hands out (see [`Self::take_kept`]).
@@ -760,6 +765,20 @@ mod tests {
             [6., 4., 0.5, -0.125, 8.],
         ];
         assert_eq!(got, expected);
+        store.finish()?;
+        // Held as stored (the CPU, weights at their stored precision): the bytes and scales, planned
+        // at one byte per weight plus four per scale, and the same values when dequantized.
+        let stored = Precision {
+            matrices: MatrixPrecision::Stored,
+            ..DType::F32.into()
+        };
+        let mut store =
+            WeightStore::open(&ModelSource::Dir(dir.path().to_path_buf()), &dev, stored)?;
+        assert_eq!(store.held_bytes_estimate(), Some(15 + 4 * 6));
+        let m = store.get_matrix("x.weight", &[3, 5])?;
+        assert!(matches!(m, Matrix::Fp8(_)), "{m:?}");
+        assert_eq!(m.byte_len(), 15 + 4 * 6);
+        assert_eq!(m.to_f32(&dev)?.to_vec2::<f32>()?, expected);
         store.finish()
     }
 

@@ -8,11 +8,46 @@
 //! f16, one conversion instruction per 8 weights, the ×256 of the bias folded into the scale). Every row
 //! block of every weight is a task of one parallel pass.
 //!
-//! Used by the routed experts of block-FP8 checkpoints on the CPU (`moe::fp8_experts`); the dense
-//! projections of such checkpoints are still dequantized to bf16 at load.
+//! Used by every block-FP8 matrix of such checkpoints on the CPU: the routed experts
+//! (`moe::fp8_experts`) and the dense projections (`layers::Linear`, [`matmul_wt_fp8`]).
+
+use candle_core::Tensor;
 
 use super::elem::E4m3;
+use super::host::with_f32;
 use super::matmul::{run_products, Product};
+use crate::error::{Error, Result};
+use crate::weights::Fp8Blocks;
+
+impl<'a> From<&'a Fp8Blocks> for Fp8Weight<'a> {
+    fn from(b: &'a Fp8Blocks) -> Self {
+        Fp8Weight {
+            w: e4m3(&b.bytes),
+            scales: &b.scales,
+            n: b.rows,
+            k: b.cols,
+            block: b.block,
+        }
+    }
+}
+
+/// `[x · W₁ᵀ, x · W₂ᵀ, …]` for an f32 CPU tensor `x` `[m, k]` and block-FP8 weights, in one pass.
+pub fn matmul_wt_fp8(x: &Tensor, ws: &[&Fp8Blocks]) -> Result<Vec<Tensor>> {
+    let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let (m, k) = x.dims2()?;
+    if let Some(w) = ws.iter().find(|w| w.cols != k) {
+        return Err(Error::Batch(format!(
+            "an FP8 projection of {} inputs given {k}",
+            w.cols
+        )));
+    }
+    let views: Vec<Fp8Weight<'_>> = ws.iter().map(|&w| w.into()).collect();
+    let ys = with_f32(&x, |xs| Ok(matmul_fp8(xs, m, &views)))?;
+    ys.into_iter()
+        .zip(ws)
+        .map(|(y, w)| Ok(Tensor::from_vec(y, (m, w.rows), x.device())?))
+        .collect()
+}
 
 /// One block-FP8 weight: `w` `[n, k]` e4m3 bytes, `scales` `[⌈n/br⌉, ⌈k/bc⌉]` row-major.
 #[derive(Clone, Copy)]

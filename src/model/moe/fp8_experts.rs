@@ -9,22 +9,12 @@ use candle_core::Tensor;
 use super::experts::{two_pass_host, ExpertsBackend};
 use super::router::Routes;
 use crate::error::Result;
-use crate::model::cpu::fp8::{e4m3, matmul_fp8_products, Fp8Product, Fp8Weight};
+use crate::model::cpu::fp8::{matmul_fp8_products, Fp8Product};
 use crate::weights::Fp8Blocks;
 
 /// Every expert's `(gate, up, down)`, `[I, H]`, `[I, H]`, `[H, I]`, block-FP8.
 pub struct Fp8Experts {
     experts: Vec<[Fp8Blocks; 3]>,
-}
-
-fn view(b: &Fp8Blocks) -> Fp8Weight<'_> {
-    Fp8Weight {
-        w: e4m3(&b.bytes),
-        scales: &b.scales,
-        n: b.rows,
-        k: b.cols,
-        block: b.block,
-    }
 }
 
 impl Fp8Experts {
@@ -41,7 +31,7 @@ impl ExpertsBackend for Fp8Experts {
                 .map(|&(x, m, e, which)| Fp8Product {
                     x,
                     m,
-                    weight: view(&self.experts[e][which]),
+                    weight: (&self.experts[e][which]).into(),
                 })
                 .collect();
             matmul_fp8_products(&products)
@@ -49,8 +39,8 @@ impl ExpertsBackend for Fp8Experts {
     }
 
     fn bytes_per_expert(&self) -> usize {
-        self.experts.first().map_or(0, |e| {
-            e.iter().map(|b| b.bytes.len() + 4 * b.scales.len()).sum()
-        })
+        self.experts
+            .first()
+            .map_or(0, |e| e.iter().map(Fp8Blocks::byte_len).sum())
     }
 }
