@@ -2,7 +2,8 @@
 //! (15 decodes + one 64-token prompt, what a loaded server runs), both on a compute-pool worker as the
 //! engine runs them, and the cost of zeroing freed KV blocks. The embedded default model always; the
 //! bench-shaped model (`scripts/make_bench_model.py`) too when `MOESERVE_BENCH_MODEL` names its directory.
-//! `MOESERVE_BENCH_CONTEXT` sets the cached context per sequence (default 64).
+//! `MOESERVE_BENCH_CONTEXT` sets the cached context per sequence (default 64); `MOESERVE_BENCH_DTYPE=auto`
+//! holds the weights as stored (a bf16 checkpoint in bf16) instead of f32.
 //!
 //! Run: `cargo bench --bench decode_step`
 //! or:  `MOESERVE_BENCH_MODEL=weights/bench-f32 cargo bench --bench decode_step`
@@ -18,10 +19,17 @@ const BLOCK: usize = 16;
 
 /// (name, model) for every model this run measures.
 fn models() -> Vec<(&'static str, LoadedModel)> {
+    // `MOESERVE_BENCH_DTYPE=auto`: weights held as stored (bf16 stays bf16); default f32 throughout.
+    let precision = match std::env::var("MOESERVE_BENCH_DTYPE").as_deref() {
+        Ok("auto") => {
+            moeserve::device::precision_for(moeserve::device::DtypeChoice::Auto, &Device::Cpu)
+        }
+        _ => DType::F32.into(),
+    };
     let load = |path: Option<&std::path::Path>| match loader::load(
         &loader::source_for(path),
         &Device::Cpu,
-        DType::F32,
+        precision,
     ) {
         Ok(l) => l,
         Err(e) => panic!("{path:?}: {e}"),

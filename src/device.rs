@@ -34,13 +34,13 @@ impl FromStr for DeviceChoice {
     }
 }
 
-/// How exactly the CPU multiplies f32 activations by bf16 weights in prompt-sized products (more than
-/// `cpu::matmul::MAX_ROWS` rows) — the names and levels of PyTorch's `set_float32_matmul_precision`.
-/// Decode-sized products always keep f32 activations (they are bound by reading the weights). Matters
-/// only on CPUs with AVX512-BF16; elsewhere every level is `highest`.
+/// How exactly the CPU multiplies f32 activations by bf16 weights (products of two or more rows) — the
+/// names and levels of PyTorch's `set_float32_matmul_precision`. Decode-sized products (up to
+/// `cpu::matmul::MAX_ROWS` rows) are never rounded: `medium` applies to prompt-sized ones. Matters only
+/// on CPUs with AVX512-BF16; elsewhere every level is `highest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum MatmulPrecision {
-    /// f32 products: the weight widened panel by panel for an f32 GEMM.
+    /// f32 products: the weights widened in registers (few rows) or panel by panel for an f32 GEMM.
     Highest,
     /// Activations split into two bf16 terms (16 significant bits, relative error ≤ 2⁻¹⁷) through the
     /// bf16 dot-product instructions: f32-level accuracy from weights read as stored.

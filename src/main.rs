@@ -158,10 +158,11 @@ struct ModelArgs {
     /// f16 halve the cache's memory (attention widens it to f32 as it reads; compute stays f32).
     #[arg(long, default_value = "auto")]
     kv_cache_dtype: moeserve::device::DtypeChoice,
-    /// How prompt-sized CPU products of bf16 weights treat their f32 activations (on CPUs with
-    /// AVX512-BF16): high splits them into two bf16 terms (f32-level accuracy, weights read as stored);
-    /// medium rounds them to bf16 like PyTorch and llama.cpp do for a bf16 model (~1.4x faster prompts,
-    /// logits within ~1e-2); highest widens the weights for an f32 GEMM. Decoding always keeps f32.
+    /// How CPU products of bf16 weights treat their f32 activations (on CPUs with AVX512-BF16): high
+    /// splits them into two bf16 terms for the bf16 dot-product instructions (f32-level accuracy, weights
+    /// read as stored); medium rounds them to bf16 in prompt-sized products, as PyTorch and llama.cpp do
+    /// for a bf16 model (~1.3x faster prompts, logits within ~1e-2; decoding stays split); highest keeps
+    /// f32 products (weights widened).
     #[arg(long, value_enum, default_value = "high")]
     matmul_precision: moeserve::device::MatmulPrecision,
 }

@@ -251,7 +251,10 @@ fn fp8_experts_held_as_stored_equal_dequantizing_at_load() {
         .unwrap();
         let (params, _) = headers.spec.parameter_counts();
         let planned = headers.weight_bytes.expect("FP8 bytes planned");
-        assert!(planned < params * 2 * 3 / 4, "{family}: {planned} of {params}");
+        assert!(
+            planned < params * 2 * 3 / 4,
+            "{family}: {planned} of {params}"
+        );
         // The experts really are FP8-held: a third the bytes of f32 + scales.
         let moe = held.model.expert_bytes_per_expert();
         let dense = widened.model.expert_bytes_per_expert();

@@ -1,15 +1,20 @@
-//! `x · Wᵀ` for bf16 weights and many input rows (prompt processing, experts that see many tokens) on
-//! CPUs with AVX512-BF16: the activations are rounded to bf16 once (round to nearest even — what a
-//! bf16 checkpoint's own framework computes in) and `vdpbf16ps` multiplies pairs of bf16 into f32
-//! accumulators, 32 products per instruction: twice the f32 FMA rate, straight from the weights as
-//! stored — no widened copy of the weight is written or read (`super::widen` is the fallback).
+//! `x · Wᵀ` for bf16 weights and two or more input rows (prompts, decode batches, experts) on CPUs with
+//! AVX512-BF16: `vdpbf16ps` multiplies pairs of bf16 into f32 accumulators, 32 products per instruction,
+//! straight from the weights as stored — no widened copy of the weight is written or read (`super::widen`
+//! and the f32 tiles are the fallback). The activations become bf16 once per product: split into two
+//! terms (`hi + lo`, f32-level accuracy, two instructions per pair: the f32 FMA rate without any
+//! widening) or, under `--matmul-precision medium` in prompt-sized products, rounded (one instruction
+//! per pair, twice the f32 rate; what a bf16 checkpoint's own framework computes in).
 //!
 //! Register blocks of four input rows × four weight rows (16 accumulators, 8 loads per 16
-//! instructions) over the whole of `k`, then one transposing reduction per block. Each call covers a
-//! run of weight rows that stays in L2 while the input rows pass through it four at a time from L1.
+//! instructions) over the whole of `k`, then one transposing reduction per block whose four sums are
+//! four neighbouring outputs of a row-major result, written in place. The first pass over a group of
+//! weight rows prefetches the next group into L2: with few input rows (decode batches, experts that see
+//! two or three tokens) the weights stream from memory and the kernel would otherwise wait on them.
 //!
-//! Decode-sized products (up to `matmul::MAX_ROWS` rows) keep f32 activations (`super::simd`): they are
-//! bound by reading the weights, so the rounding would buy nothing.
+//! From two input rows on (`matmul::DPBF16_MIN_ROWS`): decode batches too, where the activations are
+//! always split (never rounded) — without the f32 tiles' widening, 2–8 rows of a 16,384 × 1,024 weight
+//! take 1.5× less time. One row stays with the f32 dot product (it is bound by the weight read alone).
 
 use half::bf16;
 
@@ -154,23 +159,34 @@ mod x86 {
                     let mr = (end - i).min(4);
                     let (xb, lb, wb) = (xp.add(i * k), lp.add(i * k), wp.add(r * k));
                     let ob = op.add(i * ld + r);
+                    // The first pass over these weight rows brings them from memory: it prefetches
+                    // the next rows; later passes find them in cache.
+                    macro_rules! blk {
+                        ($a:literal, $b:literal) => {
+                            if i == chunk {
+                                block::<$a, $b, SPLIT, true>(xb, lb, wb, k, ob, ld)
+                            } else {
+                                block::<$a, $b, SPLIT, false>(xb, lb, wb, k, ob, ld)
+                            }
+                        };
+                    }
                     match (mr, nr) {
-                        (4, 4) => block::<4, 4, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (4, 3) => block::<4, 3, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (4, 2) => block::<4, 2, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (4, _) => block::<4, 1, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (3, 4) => block::<3, 4, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (3, 3) => block::<3, 3, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (3, 2) => block::<3, 2, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (3, _) => block::<3, 1, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (2, 4) => block::<2, 4, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (2, 3) => block::<2, 3, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (2, 2) => block::<2, 2, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (2, _) => block::<2, 1, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (_, 4) => block::<1, 4, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (_, 3) => block::<1, 3, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (_, 2) => block::<1, 2, SPLIT>(xb, lb, wb, k, ob, ld),
-                        (_, _) => block::<1, 1, SPLIT>(xb, lb, wb, k, ob, ld),
+                        (4, 4) => blk!(4, 4),
+                        (4, 3) => blk!(4, 3),
+                        (4, 2) => blk!(4, 2),
+                        (4, _) => blk!(4, 1),
+                        (3, 4) => blk!(3, 4),
+                        (3, 3) => blk!(3, 3),
+                        (3, 2) => blk!(3, 2),
+                        (3, _) => blk!(3, 1),
+                        (2, 4) => blk!(2, 4),
+                        (2, 3) => blk!(2, 3),
+                        (2, 2) => blk!(2, 2),
+                        (2, _) => blk!(2, 1),
+                        (_, 4) => blk!(1, 4),
+                        (_, 3) => blk!(1, 3),
+                        (_, 2) => blk!(1, 2),
+                        (_, _) => blk!(1, 1),
                     }
                     i += 4;
                 }
@@ -187,7 +203,7 @@ mod x86 {
 
     /// One `MR` input rows × `NR` weight rows block over all of `k`; writes `out[i * ld + j]`.
     #[inline(always)]
-    unsafe fn block<const MR: usize, const NR: usize, const SPLIT: bool>(
+    unsafe fn block<const MR: usize, const NR: usize, const SPLIT: bool, const PREFETCH: bool>(
         x: *const u16,
         lo: *const u16,
         w: *const u16,
@@ -206,6 +222,13 @@ mod x86 {
             let mut ws = [load(w, 0); NR];
             for (j, wj) in ws.iter_mut().enumerate() {
                 *wj = load(w.add(j * k + t), mask);
+            }
+            if PREFETCH {
+                // The next four weight rows, a line each per step, into L2 (as the f32 tiles do):
+                // with few input rows the weights stream from memory and the kernel waits on them.
+                for j in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add((NR + j) * k + t).cast());
+                }
             }
             for (i, row) in acc.iter_mut().enumerate() {
                 let xi = load(x.add(i * k + t), mask);

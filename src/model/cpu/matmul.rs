@@ -25,10 +25,10 @@ use crate::error::{Error, Result};
 pub const MAX_ROWS: usize = 32;
 
 /// From this many input rows on, bf16 weights go through `super::dpbf16` (bf16 dot-product instructions
-/// on the weights as stored; activations split in two bf16 terms or rounded, `--matmul-precision`) where
-/// the CPU has AVX512-BF16; below it activations stay f32 in the streaming tiles (decode: bound by the
-/// weight read, where the bf16 instructions buy nothing).
-pub const DPBF16_MIN_ROWS: usize = MAX_ROWS + 1;
+/// on the weights as stored, no widening: 1.5× faster than the f32 tiles at 2–8 rows) where the CPU has
+/// AVX512-BF16 and `--matmul-precision` is not `highest`. Activations are split in two bf16 terms, or
+/// rounded for prompt-sized products (more than [`MAX_ROWS`]) under `medium`. One row keeps the f32 dot.
+pub const DPBF16_MIN_ROWS: usize = 2;
 
 /// `--matmul-precision` for this process (0 highest, 1 high, 2 medium): a kernel choice like the thread
 /// count, set once at start-up.
@@ -273,6 +273,9 @@ fn rounded_inputs<W: WeightElem>(
             Some(i) if rounded[i].len() == p.x.len() => index.push(Some(i)),
             _ => {
                 sources.push(source);
+                // Decode-sized products are never rounded, whatever the mode: a sequence's decode does
+                // not depend on `--matmul-precision` or (beyond f32 summation order) on its batch.
+                let split = split || p.m <= MAX_ROWS;
                 rounded.push(dpbf16::Bf16Rows::new(p.x, split));
                 index.push(Some(rounded.len() - 1));
             }
