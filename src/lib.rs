@@ -3,6 +3,8 @@
 //! Layout (see DESIGN.md): `weights` reads checkpoints, `model` holds the generic decoder and MoE, `kv` the
 //! paged cache, `engine` sampling and generation, `loader` ties a checkpoint together.
 
+#![warn(unreachable_pub)]
+
 pub mod api;
 pub mod bench;
 pub mod chat;

@@ -14,7 +14,7 @@ use crate::parsers::{ChatParser, ParsedCall, Piece, ReasoningMarkers, ToolFormat
 
 /// How one request's output is parsed.
 #[derive(Debug, Clone, Default)]
-pub struct ChatParse {
+pub(crate) struct ChatParse {
     pub reasoning: Option<ReasoningMarkers>,
     /// The tool-call format, when tools are offered.
     pub tools: Option<ToolFormat>,
@@ -28,7 +28,7 @@ pub struct ChatParse {
 
 impl ChatParse {
     /// Nothing to parse: all text is content.
-    pub fn is_plain(&self) -> bool {
+    pub(crate) fn is_plain(&self) -> bool {
         self.reasoning.is_none() && self.tools.is_none()
     }
 }
@@ -46,7 +46,7 @@ struct ChatChoiceState {
 }
 
 /// `/v1/chat/completions`.
-pub struct ChatOutput {
+pub(crate) struct ChatOutput {
     common: Common,
     parse: ChatParse,
     choices: Vec<ChatChoiceState>,
@@ -120,7 +120,7 @@ fn add_arguments(c: &mut ChatChoiceState, delta: &mut Delta, text: &str) {
 }
 
 impl ChatOutput {
-    pub fn new(common: Common, choices: usize, prompt_len: usize, parse: ChatParse) -> Self {
+    pub(crate) fn new(common: Common, choices: usize, prompt_len: usize, parse: ChatParse) -> Self {
         let choices = (0..choices)
             .map(|_| ChatChoiceState {
                 parser: (!parse.is_plain())

@@ -9,7 +9,7 @@ use super::request::{ChatRequest, MessageContent, RequestMessage, ToolChoiceFiel
 use crate::chat::{ChatMessage, MessageToolCall};
 
 /// Tools in one request at most.
-pub const MAX_TOOLS: usize = 256;
+pub(crate) const MAX_TOOLS: usize = 256;
 
 /// Which calls the model may or must make.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -90,7 +90,7 @@ fn valid_function_name(name: &str) -> bool {
 
 /// Checks `tools` (each `{"type": "function", "function": {"name", "description"?, "parameters"?,
 /// "strict"?}}`, names unique) and `tool_choice` against them.
-pub fn chat_options(req: &mut ChatRequest) -> Result<ChatOptions, ApiError> {
+pub(crate) fn chat_options(req: &mut ChatRequest) -> Result<ChatOptions, ApiError> {
     let tools = req.tools.take().unwrap_or_default();
     if tools.len() > MAX_TOOLS {
         return Err(ApiError::invalid(
@@ -201,7 +201,7 @@ pub fn chat_options(req: &mut ChatRequest) -> Result<ChatOptions, ApiError> {
 
 /// The request's messages as the template sees them: content parts joined, earlier tool calls with
 /// their arguments, tool results with the call they answer.
-pub fn chat_messages(messages: Vec<RequestMessage>) -> Result<Vec<ChatMessage>, ApiError> {
+pub(crate) fn chat_messages(messages: Vec<RequestMessage>) -> Result<Vec<ChatMessage>, ApiError> {
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.into_iter().enumerate() {
         let content = match m.content {

@@ -16,7 +16,7 @@ struct CompletionAcc {
 }
 
 /// `/v1/completions`.
-pub struct CompletionOutput {
+pub(crate) struct CompletionOutput {
     common: Common,
     choices: Vec<CompletionAcc>,
     prompts: Vec<PromptSide>,
@@ -24,7 +24,7 @@ pub struct CompletionOutput {
 
 impl CompletionOutput {
     /// `prompts[p]` is prompt `p`'s side; its choices are `p·n .. p·n + n`.
-    pub fn new(common: Common, prompts: Vec<PromptSide>) -> Self {
+    pub(crate) fn new(common: Common, prompts: Vec<PromptSide>) -> Self {
         let choices = prompts
             .iter()
             .flat_map(|p| {

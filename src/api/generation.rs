@@ -25,14 +25,14 @@ use std::sync::Arc;
 use crate::engine::{EngineEvent, EngineHandle, PrefixKey, RequestParams, TokenConstraint};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Chat,
     Completion,
     /// The Responses API (a chat request underneath).
     Responses,
 }
 
-pub struct Job {
+pub(crate) struct Job {
     pub kind: Kind,
     pub prompts: Vec<Vec<u32>>,
     pub params: RequestParams,
@@ -62,13 +62,13 @@ pub struct Job {
 /// Token counts of a streamed request, filled in while it streams (the access log reads them when the
 /// response body ends).
 #[derive(Debug, Default)]
-pub struct StreamCounts {
+pub(crate) struct StreamCounts {
     pub completion_tokens: std::sync::atomic::AtomicUsize,
 }
 
 /// Marks a streamed response: its access-log line is written when its body ends, with these counts.
 #[derive(Debug, Clone)]
-pub struct Streamed(pub std::sync::Arc<StreamCounts>);
+pub(crate) struct Streamed(pub std::sync::Arc<StreamCounts>);
 
 /// Latency bookkeeping of one request: TTFT, gaps between a choice's tokens, end-to-end.
 struct Timing {
@@ -209,7 +209,7 @@ fn submit(
     Ok((futures::stream::select_all(streams).boxed(), guard))
 }
 
-pub async fn run(state: AppState, mut job: Job) -> Result<Response, ApiError> {
+pub(crate) async fn run(state: AppState, mut job: Job) -> Result<Response, ApiError> {
     let prompt_tokens: usize = job.prompts.iter().map(|p| p.len()).sum();
     let reservation = reserve_tokens(&state, &mut job)?;
     let (events, guard) = submit(&state, &mut job)?;

@@ -22,7 +22,7 @@ use crate::engine::detokenize::IncrementalDecoder;
 use crate::engine::TokenConstraint;
 
 /// The body, or 413 / 400 in OpenAI's format.
-pub fn body_bytes(
+pub(crate) fn body_bytes(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Bytes, ApiError> {
@@ -35,7 +35,7 @@ pub fn body_bytes(
     })
 }
 
-pub fn check_model(state: &AppState, model: &str) -> Result<(), ApiError> {
+pub(crate) fn check_model(state: &AppState, model: &str) -> Result<(), ApiError> {
     if model == &*state.model_name {
         Ok(())
     } else {
@@ -264,7 +264,7 @@ fn prepare_completion(state: &AppState, body: &[u8]) -> Result<Prepared, ApiErro
     })
 }
 
-pub async fn chat_completions(
+pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyId>>,
     body: Result<Bytes, BytesRejection>,
@@ -273,7 +273,7 @@ pub async fn chat_completions(
 }
 
 /// `POST /v1/responses`: the request becomes the equivalent chat request ([`super::responses`]).
-pub async fn responses(
+pub(crate) async fn responses(
     State(state): State<AppState>,
     key: Option<Extension<KeyId>>,
     body: Result<Bytes, BytesRejection>,
@@ -281,7 +281,7 @@ pub async fn responses(
     answer(state, key, body, Kind::Responses).await
 }
 
-pub async fn completions(
+pub(crate) async fn completions(
     State(state): State<AppState>,
     key: Option<Extension<KeyId>>,
     body: Result<Bytes, BytesRejection>,

@@ -28,12 +28,12 @@ fn model_object(state: &AppState) -> serde_json::Value {
     })
 }
 
-pub async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub(crate) async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"object": "list", "data": [model_object(&state)]}))
 }
 
 /// `GET /v1/models/{id}`: the model object, or a 404 that does not echo the id asked for.
-pub async fn model(
+pub(crate) async fn model(
     State(state): State<AppState>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
@@ -46,7 +46,7 @@ pub async fn model(
 /// `GET /tokenizer_info` (vLLM's): what a remote tokenizer needs besides `/tokenize` and `/detokenize`
 /// (lm-evaluation-harness's `tokenizer_backend=remote`): the special tokens' texts, the chat template,
 /// the context length.
-pub async fn tokenizer_info(State(state): State<AppState>) -> Json<serde_json::Value> {
+pub(crate) async fn tokenizer_info(State(state): State<AppState>) -> Json<serde_json::Value> {
     let loaded = &state.engine.loaded;
     let text = |id: Option<u32>| id.and_then(|id| loaded.tokenizer.decode(&[id], false).ok());
     let eos = text(loaded.generation.eos_token_ids.first().copied());
@@ -62,7 +62,7 @@ pub async fn tokenizer_info(State(state): State<AppState>) -> Json<serde_json::V
     }))
 }
 
-pub async fn health(State(state): State<AppState>) -> Response {
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
     if state
         .engine
         .stats
@@ -84,7 +84,7 @@ struct TokenizeRequest {
     add_generation_prompt: Option<bool>,
 }
 
-pub async fn tokenize(
+pub(crate) async fn tokenize(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -134,7 +134,7 @@ struct DetokenizeRequest {
     tokens: Vec<u32>,
 }
 
-pub async fn detokenize(
+pub(crate) async fn detokenize(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -164,7 +164,7 @@ pub async fn detokenize(
 }
 
 /// Prometheus text format (counts and timings only, never content).
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -175,10 +175,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-pub async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found()
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }

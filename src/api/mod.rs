@@ -2,23 +2,23 @@
 //! only), and serving with graceful shutdown (new requests get 503 while in-flight ones finish).
 
 pub mod auth;
-pub mod chat_output;
-pub mod chat_request;
-pub mod completion_output;
-pub mod error;
-pub mod generation;
-pub mod handlers;
+pub(crate) mod chat_output;
+pub(crate) mod chat_request;
+pub(crate) mod completion_output;
+pub(crate) mod error;
+pub(crate) mod generation;
+pub(crate) mod handlers;
 pub mod limits;
-pub mod metrics;
-pub mod misc;
-pub mod output;
-pub mod parse;
+pub(crate) mod metrics;
+pub(crate) mod misc;
+pub(crate) mod output;
+pub(crate) mod parse;
 pub mod request;
-pub mod response;
-pub mod responses;
-pub mod responses_output;
+pub(crate) mod response;
+pub(crate) mod responses;
+pub(crate) mod responses_output;
 pub mod server;
-pub mod structured;
+pub(crate) mod structured;
 pub mod validate;
 
 use std::sync::atomic::{AtomicU64, Ordering};

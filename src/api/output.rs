@@ -11,11 +11,11 @@ use super::AppState;
 use crate::engine::{FinishReason, TokenLogprob};
 
 /// What a formatter emits while streaming: serialized JSON chunks, in order.
-pub type Chunks = Vec<String>;
+pub(crate) type Chunks = Vec<String>;
 
 /// Turns one request's engine events into OpenAI's shapes. `stream` chunks go to `out`; otherwise the
 /// formatter accumulates and [`Output::body`] gives the whole response.
-pub trait Output: Send {
+pub(crate) trait Output: Send {
     /// Chunks that open a stream (chat: the assistant role of every choice).
     fn open(&mut self, _out: &mut Chunks) {}
     /// New text of `choice` and the tokens that produced it.
@@ -50,7 +50,7 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
 }
 
-pub fn finish_str(r: FinishReason) -> &'static str {
+pub(crate) fn finish_str(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Stop => "stop",
         FinishReason::Length => "length",
@@ -59,7 +59,7 @@ pub fn finish_str(r: FinishReason) -> &'static str {
 }
 
 /// What both formatters share: the envelope's fields and token-text lookups.
-pub struct Common {
+pub(crate) struct Common {
     pub state: AppState,
     pub id: String,
     pub created: u64,
@@ -181,7 +181,7 @@ impl Common {
 
 /// A prompt as `echo` returns it: its text, each token's text, and where each token starts in the text
 /// (characters, as [`TextOffsets`]). Built on the blocking pool with the prompt's tokenization.
-pub struct PromptEcho {
+pub(crate) struct PromptEcho {
     pub text: String,
     pub tokens: Vec<String>,
     pub offsets: Vec<usize>,
@@ -189,7 +189,7 @@ pub struct PromptEcho {
 
 /// What one prompt's own tokens bring to its choices: the echo, and the logprobs of its tokens as they
 /// arrive.
-pub struct PromptSide {
+pub(crate) struct PromptSide {
     pub echo: Option<PromptEcho>,
     /// Positions with a logprob: every prompt token but the first.
     pub expected: usize,
@@ -198,7 +198,7 @@ pub struct PromptSide {
 }
 
 impl PromptSide {
-    pub fn new(echo: Option<PromptEcho>, prompt_len: usize) -> Self {
+    pub(crate) fn new(echo: Option<PromptEcho>, prompt_len: usize) -> Self {
         Self {
             echo,
             expected: prompt_len.saturating_sub(1),
@@ -215,18 +215,18 @@ impl PromptSide {
 /// sums the lengths of the tokens' own strings, which for split characters — each "�" — runs past the
 /// text; for whole-character tokens the two agree.)
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TextOffsets {
+pub(crate) struct TextOffsets {
     chars: usize,
 }
 
 impl TextOffsets {
     /// Offsets that start after `chars` characters (an echoed prompt).
-    pub fn starting_at(chars: usize) -> Self {
+    pub(crate) fn starting_at(chars: usize) -> Self {
         Self { chars }
     }
 
     /// Offsets of `tokens` tokens released together with `text`; advances past `text`.
-    pub fn take(&mut self, tokens: usize, text: &str) -> Vec<usize> {
+    pub(crate) fn take(&mut self, tokens: usize, text: &str) -> Vec<usize> {
         let at = self.chars;
         self.chars += text.chars().count();
         vec![at; tokens]

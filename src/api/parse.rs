@@ -31,7 +31,7 @@ thread_local! {
 }
 
 /// Runs `f` (a parse) with `limits` in force on this thread.
-pub fn with_parse_limits<R>(limits: ParseLimits, f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_parse_limits<R>(limits: ParseLimits, f: impl FnOnce() -> R) -> R {
     let before = PARSE_LIMITS.with(|l| l.replace(limits));
     let out = f();
     PARSE_LIMITS.with(|l| l.set(before));
@@ -153,7 +153,7 @@ fn safe_path(path: &serde_path_to_error::Path) -> String {
 
 /// Parses a JSON object body straight into `T` (no intermediate JSON tree: memory stays near the body's
 /// size), with errors that name fields but never values or unknown keys.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ApiError::bad_request("Request body must be a JSON object"));

@@ -41,7 +41,7 @@ impl Usage {
 
 /// What every response and chunk starts with.
 #[derive(Serialize)]
-pub struct Envelope<'a> {
+pub(crate) struct Envelope<'a> {
     pub id: &'a str,
     pub object: &'static str,
     pub created: u64,
@@ -50,11 +50,11 @@ pub struct Envelope<'a> {
 }
 
 /// `usage` of a chunk: absent unless the client asked for usage; then `null` on every chunk but the last.
-pub type ChunkUsage = Option<Option<Usage>>;
+pub(crate) type ChunkUsage = Option<Option<Usage>>;
 
 /// `POST /v1/chat/completions`, collected.
 #[derive(Serialize)]
-pub struct ChatCompletion<'a> {
+pub(crate) struct ChatCompletion<'a> {
     #[serde(flatten)]
     pub envelope: Envelope<'a>,
     pub choices: Vec<ChatChoice>,
@@ -64,7 +64,7 @@ pub struct ChatCompletion<'a> {
 }
 
 #[derive(Serialize)]
-pub struct ChatChoice {
+pub(crate) struct ChatChoice {
     pub index: usize,
     pub message: AssistantMessage,
     pub logprobs: Option<ChatLogprobs>,
@@ -72,7 +72,7 @@ pub struct ChatChoice {
 }
 
 #[derive(Serialize, Default)]
-pub struct AssistantMessage {
+pub(crate) struct AssistantMessage {
     pub role: &'static str,
     pub content: Option<String>,
     /// Text the model produced inside its reasoning markers (absent for models that do not reason).
@@ -86,7 +86,7 @@ pub struct AssistantMessage {
 }
 
 #[derive(Serialize, Clone)]
-pub struct ToolCall {
+pub(crate) struct ToolCall {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -94,7 +94,7 @@ pub struct ToolCall {
 }
 
 #[derive(Serialize, Clone)]
-pub struct FunctionCall {
+pub(crate) struct FunctionCall {
     pub name: String,
     /// The arguments as a JSON text, as OpenAI sends them.
     pub arguments: String,
@@ -102,7 +102,7 @@ pub struct FunctionCall {
 
 /// One `chat.completion.chunk`.
 #[derive(Serialize)]
-pub struct ChatChunk<'a> {
+pub(crate) struct ChatChunk<'a> {
     #[serde(flatten)]
     pub envelope: Envelope<'a>,
     pub choices: Vec<ChunkChoice>,
@@ -111,7 +111,7 @@ pub struct ChatChunk<'a> {
 }
 
 #[derive(Serialize)]
-pub struct ChunkChoice {
+pub(crate) struct ChunkChoice {
     pub index: usize,
     pub delta: Delta,
     pub logprobs: Option<ChatLogprobs>,
@@ -120,7 +120,7 @@ pub struct ChunkChoice {
 
 /// What a chunk adds to a choice's message.
 #[derive(Serialize, Default)]
-pub struct Delta {
+pub(crate) struct Delta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,7 +136,7 @@ pub struct Delta {
 /// A piece of a streamed tool call: the first piece of call `index` carries its id, type and name;
 /// later pieces carry more of its arguments text.
 #[derive(Serialize)]
-pub struct ToolCallDelta {
+pub(crate) struct ToolCallDelta {
     pub index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -146,7 +146,7 @@ pub struct ToolCallDelta {
 }
 
 #[derive(Serialize)]
-pub struct FunctionDelta {
+pub(crate) struct FunctionDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub arguments: String,
@@ -154,12 +154,12 @@ pub struct FunctionDelta {
 
 /// Chat logprobs: one entry per token.
 #[derive(Serialize, Default)]
-pub struct ChatLogprobs {
+pub(crate) struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
 }
 
 #[derive(Serialize)]
-pub struct ChatTokenLogprob {
+pub(crate) struct ChatTokenLogprob {
     pub token: String,
     pub logprob: f32,
     pub bytes: Vec<u8>,
@@ -167,7 +167,7 @@ pub struct ChatTokenLogprob {
 }
 
 #[derive(Serialize)]
-pub struct TopLogprob {
+pub(crate) struct TopLogprob {
     pub token: String,
     pub logprob: f32,
     pub bytes: Vec<u8>,
@@ -175,15 +175,15 @@ pub struct TopLogprob {
 
 /// vLLM's `prompt_logprobs`: per prompt position (the first is `null`), the token's own logprob and
 /// rank, then the most likely alternatives, keyed by token id.
-pub type PromptLogprobs = Vec<Option<PromptTokenLogprobs>>;
+pub(crate) type PromptLogprobs = Vec<Option<PromptTokenLogprobs>>;
 
 /// One position of [`PromptLogprobs`]: `{token id: {logprob, rank, decoded_token}}`, the prompt's own
 /// token first; an alternative that is the token itself is not repeated.
 #[derive(Clone)]
-pub struct PromptTokenLogprobs(pub Vec<(u32, RankedLogprob)>);
+pub(crate) struct PromptTokenLogprobs(pub Vec<(u32, RankedLogprob)>);
 
 #[derive(Serialize, Clone)]
-pub struct RankedLogprob {
+pub(crate) struct RankedLogprob {
     pub logprob: f32,
     pub rank: u32,
     pub decoded_token: String,
@@ -203,7 +203,7 @@ impl Serialize for PromptTokenLogprobs {
 
 /// `POST /v1/completions`: the collected response and each stream chunk.
 #[derive(Serialize)]
-pub struct Completion<'a> {
+pub(crate) struct Completion<'a> {
     #[serde(flatten)]
     pub envelope: Envelope<'a>,
     pub choices: Vec<CompletionChoice>,
@@ -212,7 +212,7 @@ pub struct Completion<'a> {
 }
 
 #[derive(Serialize)]
-pub struct CompletionChoice {
+pub(crate) struct CompletionChoice {
     pub index: usize,
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
@@ -224,7 +224,7 @@ pub struct CompletionChoice {
 /// Legacy completions' logprobs: parallel lists. A prompt's first token (with `echo`) has no logprob:
 /// `null` in `token_logprobs` and `top_logprobs`.
 #[derive(Serialize, Default, Clone)]
-pub struct CompletionLogprobs {
+pub(crate) struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
     pub top_logprobs: Vec<Option<TopMap>>,
@@ -232,7 +232,7 @@ pub struct CompletionLogprobs {
 }
 
 impl CompletionLogprobs {
-    pub fn extend(&mut self, other: CompletionLogprobs) {
+    pub(crate) fn extend(&mut self, other: CompletionLogprobs) {
         self.tokens.extend(other.tokens);
         self.token_logprobs.extend(other.token_logprobs);
         self.top_logprobs.extend(other.top_logprobs);
@@ -243,7 +243,7 @@ impl CompletionLogprobs {
 /// The alternatives of one token as a JSON object `{token text: logprob}`, most likely first. Two ids
 /// can decode to the same text: the first (more likely) one is kept, so the object has unique keys.
 #[derive(Clone)]
-pub struct TopMap(pub Vec<(String, f32)>);
+pub(crate) struct TopMap(pub Vec<(String, f32)>);
 
 impl Serialize for TopMap {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

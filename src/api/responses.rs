@@ -72,7 +72,7 @@ impl<'de> Deserialize<'de> for Input {
 
 /// What the answer repeats from the request (OpenAI's response object carries the settings).
 #[derive(Default, Clone)]
-pub struct ResponsesSettings {
+pub(crate) struct ResponsesSettings {
     pub tools: Vec<Value>,
     pub tool_choice: Value,
     pub parallel_tool_calls: bool,
@@ -230,7 +230,7 @@ fn messages(input: Input, instructions: Option<String>) -> Result<Vec<Value>, Ap
 }
 
 /// The Responses body as the equivalent chat request body, and the settings the answer repeats.
-pub fn to_chat_body(body: &[u8]) -> Result<(Vec<u8>, ResponsesSettings), ApiError> {
+pub(crate) fn to_chat_body(body: &[u8]) -> Result<(Vec<u8>, ResponsesSettings), ApiError> {
     let req: ResponsesRequest = parse_body(body)?;
     if req.store == Some(true) {
         return Err(refuse(

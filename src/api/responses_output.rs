@@ -45,7 +45,7 @@ struct OpenItem {
     name: String,
 }
 
-pub struct ResponsesOutput {
+pub(crate) struct ResponsesOutput {
     common: Common,
     settings: ResponsesSettings,
     parse: ChatParse,
@@ -66,7 +66,7 @@ fn item_id(prefix: &str) -> String {
 }
 
 impl ResponsesOutput {
-    pub fn new(common: Common, settings: ResponsesSettings, parse: ChatParse) -> Self {
+    pub(crate) fn new(common: Common, settings: ResponsesSettings, parse: ChatParse) -> Self {
         let parser = (!parse.is_plain())
             .then(|| ChatParser::new(parse.reasoning, parse.tools, parse.in_reasoning));
         Self {

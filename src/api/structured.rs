@@ -13,7 +13,7 @@ use crate::engine::TokenConstraint;
 use crate::grammar::{Constraint, GrammarError, OutputStart, ToolCalls};
 
 /// vLLM's guided decoding as a constraint.
-pub fn guided_constraint(guided: &Guided) -> (Constraint, &'static str) {
+pub(crate) fn guided_constraint(guided: &Guided) -> (Constraint, &'static str) {
     match guided {
         Guided::Json(schema) => (Constraint::JsonSchema(schema.clone()), "guided_json"),
         Guided::JsonObject => (Constraint::JsonObject, "structured_outputs.json_object"),
@@ -23,7 +23,7 @@ pub fn guided_constraint(guided: &Guided) -> (Constraint, &'static str) {
 }
 
 /// Compiles vLLM's guided decoding for a completions request (no reasoning or tool format involved).
-pub fn completion_constraint(
+pub(crate) fn completion_constraint(
     state: &AppState,
     guided: Option<&Guided>,
 ) -> Result<Option<Box<dyn TokenConstraint>>, ApiError> {
@@ -38,7 +38,7 @@ pub fn completion_constraint(
 }
 
 /// The constraint for this request's output, if any.
-pub fn constraint_for(
+pub(crate) fn constraint_for(
     state: &AppState,
     options: &ChatOptions,
     parse: &ChatParse,

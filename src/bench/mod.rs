@@ -7,7 +7,7 @@
 
 pub mod multiturn;
 pub mod plot;
-pub mod stats;
+pub(crate) mod stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

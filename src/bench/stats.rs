@@ -6,7 +6,7 @@ use serde::Serialize;
 
 /// What one request measured.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct RequestResult {
+pub(crate) struct RequestResult {
     pub success: bool,
     pub prompt_tokens: usize,
     /// Prompt tokens the server served from its prefix cache (`usage.prompt_tokens_details`).
@@ -30,7 +30,7 @@ pub struct Distribution {
 }
 
 /// Linear-interpolated percentile of sorted data (numpy's default).
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -39,7 +39,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
 }
 
-pub fn distribution(values_s: &[f64], percentiles: &[f64]) -> Distribution {
+pub(crate) fn distribution(values_s: &[f64], percentiles: &[f64]) -> Distribution {
     let mut v: Vec<f64> = values_s.iter().map(|x| x * 1000.0).collect();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len().max(1) as f64;
@@ -88,7 +88,7 @@ pub struct Samples {
     pub e2el_ms: Vec<f64>,
 }
 
-pub fn summarize(
+pub(crate) fn summarize(
     results: &[RequestResult],
     duration_s: f64,
     percentiles: &[f64],

@@ -8,9 +8,9 @@ use super::{cuda_device, function, launch_error, output, ptr, Module};
 use crate::error::{Error, Result};
 
 /// The kernel's limits (shared memory per warp, registers for the chosen list, one lane per group).
-pub const MAX_EXPERTS: usize = 512;
-pub const MAX_TOP_K: usize = 32;
-pub const MAX_GROUPS: usize = 32;
+pub(super) const MAX_EXPERTS: usize = 512;
+pub(super) const MAX_TOP_K: usize = 32;
+pub(super) const MAX_GROUPS: usize = 32;
 
 /// A router's semantics as the kernel takes them.
 #[derive(Debug, Clone, Copy)]

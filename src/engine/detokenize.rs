@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::tokenizer::TextTokenizer;
 
 #[derive(Debug, Clone)]
-pub struct IncrementalDecoder {
+pub(crate) struct IncrementalDecoder {
     ids: Vec<u32>,
     prefix_offset: usize,
     read_offset: usize,
@@ -22,7 +22,7 @@ impl Default for IncrementalDecoder {
 }
 
 impl IncrementalDecoder {
-    pub fn new(skip_special: bool) -> Self {
+    pub(crate) fn new(skip_special: bool) -> Self {
         Self {
             ids: Vec::new(),
             prefix_offset: 0,
@@ -32,7 +32,7 @@ impl IncrementalDecoder {
     }
 
     /// Adds a token; returns the new text it completes (possibly empty).
-    pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
+    pub(crate) fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
         let prefix = tok.decode(
             &self.ids[self.prefix_offset..self.read_offset],
@@ -53,7 +53,7 @@ impl IncrementalDecoder {
     }
 
     /// Whatever is still held back (an incomplete character at the very end), decoded lossily.
-    pub fn flush(&mut self, tok: &TextTokenizer) -> Result<String> {
+    pub(crate) fn flush(&mut self, tok: &TextTokenizer) -> Result<String> {
         let prefix = tok.decode(
             &self.ids[self.prefix_offset..self.read_offset],
             self.skip_special,

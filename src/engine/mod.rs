@@ -2,19 +2,19 @@
 //! (continuous batching); the scheduler, sampler, incremental detokenizer and stop matching live here.
 
 pub mod compute;
-pub mod constraint;
+pub(crate) mod constraint;
 pub mod core;
-pub mod detokenize;
-pub mod generate;
-pub mod handle;
-pub mod output;
-pub mod request;
-pub mod runner;
+pub(crate) mod detokenize;
+pub(crate) mod generate;
+pub(crate) mod handle;
+pub(crate) mod output;
+pub(crate) mod request;
+pub(crate) mod runner;
 pub mod sampler;
 pub mod scheduler;
-pub mod sequence;
+pub(crate) mod sequence;
 pub mod stats;
-pub mod stop;
+pub(crate) mod stop;
 
 pub use crate::kv::prefix_cache::PrefixKey;
 pub use constraint::{ConstraintError, TokenConstraint, TokenMask};

@@ -22,7 +22,7 @@ struct SeqOutput {
 }
 
 /// What a sampled token did to its choice.
-pub enum Advance {
+pub(crate) enum Advance {
     Continue,
     /// The choice ends; `text` is its last piece.
     Finish(FinishReason, String),
@@ -30,13 +30,13 @@ pub enum Advance {
     ClientGone,
 }
 
-pub struct OutputProcessor {
+pub(crate) struct OutputProcessor {
     loaded: Arc<LoadedModel>,
     outputs: HashMap<SeqId, SeqOutput>,
 }
 
 impl OutputProcessor {
-    pub fn new(loaded: Arc<LoadedModel>) -> Self {
+    pub(crate) fn new(loaded: Arc<LoadedModel>) -> Self {
         Self {
             loaded,
             outputs: HashMap::new(),
@@ -44,7 +44,7 @@ impl OutputProcessor {
     }
 
     /// A new choice (`seq`) talking to `events`.
-    pub fn add(&mut self, seq: &Sequence, events: UnboundedSender<EngineEvent>) {
+    pub(crate) fn add(&mut self, seq: &Sequence, events: UnboundedSender<EngineEvent>) {
         let p = &seq.params;
         self.outputs.insert(
             seq.id,
@@ -57,14 +57,14 @@ impl OutputProcessor {
     }
 
     /// A forked choice: the same channel, its own detokenizer and stop matcher.
-    pub fn fork(&mut self, parent: SeqId, child: &Sequence) {
+    pub(crate) fn fork(&mut self, parent: SeqId, child: &Sequence) {
         if let Some(events) = self.outputs.get(&parent).map(|o| o.events.clone()) {
             self.add(child, events);
         }
     }
 
     /// Tells the client of an internal failure (the message holds no content).
-    pub fn fail(&self, id: SeqId, message: &str) {
+    pub(crate) fn fail(&self, id: SeqId, message: &str) {
         if let Some(o) = self.outputs.get(&id) {
             let _ = o.events.send(EngineEvent::Failed {
                 message: message.to_owned(),
@@ -72,7 +72,7 @@ impl OutputProcessor {
         }
     }
 
-    pub fn prompt_logprobs(&self, p: PromptLogprobs) {
+    pub(crate) fn prompt_logprobs(&self, p: PromptLogprobs) {
         if let Some(o) = self.outputs.get(&p.id) {
             let _ = o.events.send(EngineEvent::PromptLogprobs {
                 from: p.from,
@@ -83,7 +83,7 @@ impl OutputProcessor {
     }
 
     /// `sampled` was appended to `seq`'s tokens: its text, or the end of the choice.
-    pub fn advance(&mut self, seq: &Sequence, sampled: Sampled) -> Advance {
+    pub(crate) fn advance(&mut self, seq: &Sequence, sampled: Sampled) -> Advance {
         let Some(o) = self.outputs.get_mut(&seq.id) else {
             return Advance::ClientGone;
         };
@@ -142,7 +142,7 @@ impl OutputProcessor {
     }
 
     /// `seq` left the engine: its last event (and that of choices never forked from it).
-    pub fn finished(&mut self, seq: &Sequence, reason: FinishReason, text: String) {
+    pub(crate) fn finished(&mut self, seq: &Sequence, reason: FinishReason, text: String) {
         let Some(o) = self.outputs.remove(&seq.id) else {
             return;
         };

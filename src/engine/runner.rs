@@ -25,7 +25,7 @@ struct SeqSampling {
 }
 
 /// What one step runs.
-pub struct StepInput<'a> {
+pub(crate) struct StepInput<'a> {
     /// Sequences and the tokens of theirs this step runs (from their cached position).
     pub work: Vec<(&'a Sequence, usize)>,
     /// Sequences that sample a token this step, each with the sequence whose last row it samples from
@@ -36,7 +36,7 @@ pub struct StepInput<'a> {
 }
 
 /// Log-probabilities of prompt positions `from..end` of a sequence.
-pub struct PromptLogprobs {
+pub(crate) struct PromptLogprobs {
     pub id: SeqId,
     pub from: usize,
     pub end: usize,
@@ -45,7 +45,7 @@ pub struct PromptLogprobs {
 }
 
 /// A sampled token.
-pub struct Sampled {
+pub(crate) struct Sampled {
     pub id: SeqId,
     pub token: u32,
     pub logprob: Option<TokenLogprob>,
@@ -55,7 +55,7 @@ pub struct Sampled {
 
 /// What one step produced.
 #[derive(Default)]
-pub struct StepOutput {
+pub(crate) struct StepOutput {
     /// Tokens run through the model.
     pub tokens: usize,
     pub prompt_logprobs: Vec<PromptLogprobs>,
@@ -65,7 +65,7 @@ pub struct StepOutput {
     pub failed: Vec<(SeqId, ConstraintError)>,
 }
 
-pub struct ModelRunner {
+pub(crate) struct ModelRunner {
     loaded: Arc<LoadedModel>,
     kv: KvCache,
     block_size: usize,
@@ -73,7 +73,11 @@ pub struct ModelRunner {
 }
 
 impl ModelRunner {
-    pub fn new(loaded: Arc<LoadedModel>, num_blocks: usize, block_size: usize) -> Result<Self> {
+    pub(crate) fn new(
+        loaded: Arc<LoadedModel>,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self> {
         let kv = loaded.model.new_kv_cache(num_blocks, block_size)?;
         Ok(Self {
             loaded,
@@ -83,19 +87,19 @@ impl ModelRunner {
         })
     }
 
-    pub fn kv(&self) -> &KvCache {
+    pub(crate) fn kv(&self) -> &KvCache {
         &self.kv
     }
 
     /// Brings counters the model keeps on its device (per-expert routed tokens) up to date.
-    pub fn flush_counters(&self) {
+    pub(crate) fn flush_counters(&self) {
         if let Err(e) = self.loaded.model.flush_expert_load() {
             tracing::warn!(error = %e, "could not read the expert-load counters");
         }
     }
 
     /// A new sequence's sampling state (its sampler sees the prompt for repetition penalties).
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         id: SeqId,
         params: &RequestParams,
@@ -113,7 +117,7 @@ impl ModelRunner {
     }
 
     /// Choice `k` of `parent`'s request: its own random stream (seed + k) and a copy of the constraint.
-    pub fn fork(
+    pub(crate) fn fork(
         &mut self,
         parent: SeqId,
         child: SeqId,
@@ -134,12 +138,12 @@ impl ModelRunner {
         self.sampling.insert(child, state);
     }
 
-    pub fn remove(&mut self, id: SeqId) {
+    pub(crate) fn remove(&mut self, id: SeqId) {
         self.sampling.remove(&id);
     }
 
     /// Zeroes freed blocks in every layer before they are reused.
-    pub fn zero(&mut self, freed: &[u32]) {
+    pub(crate) fn zero(&mut self, freed: &[u32]) {
         if freed.is_empty() {
             return;
         }
@@ -149,7 +153,7 @@ impl ModelRunner {
     }
 
     /// Runs one step.
-    pub fn run(&mut self, input: StepInput) -> Result<StepOutput> {
+    pub(crate) fn run(&mut self, input: StepInput) -> Result<StepOutput> {
         let mut batch = Batch::default();
         // Logits rows of each scheduled sequence: (first, count). All rows of its chunk when it wants
         // prompt logprobs, else its last row only.

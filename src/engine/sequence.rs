@@ -8,7 +8,7 @@ use super::request::RequestParams;
 use crate::kv::prefix_cache::{chain_hash, BlockHash, PrefixKey};
 use crate::kv::BlockTable;
 
-pub type SeqId = u64;
+pub(crate) type SeqId = u64;
 
 pub struct Sequence {
     pub id: SeqId,

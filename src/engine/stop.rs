@@ -95,7 +95,7 @@ impl std::fmt::Debug for StopStrings {
 
 /// Streams one choice's text through its stop strings, cutting at the first complete stop string.
 #[derive(Debug, Clone, Default)]
-pub struct StopMatcher {
+pub(crate) struct StopMatcher {
     stops: Arc<StopStrings>,
     /// Per stop string: bytes of it matched by the end of the text so far.
     states: Vec<usize>,
@@ -108,7 +108,7 @@ pub struct StopMatcher {
 
 /// What to emit after pushing a delta.
 #[derive(Debug, PartialEq, Eq)]
-pub enum StopOutcome {
+pub(crate) enum StopOutcome {
     /// Text safe to send now; generation continues.
     Continue(String),
     /// Text before the stop string; generation must end.
@@ -116,7 +116,7 @@ pub enum StopOutcome {
 }
 
 impl StopMatcher {
-    pub fn new(stops: Arc<StopStrings>) -> Self {
+    pub(crate) fn new(stops: Arc<StopStrings>) -> Self {
         Self {
             states: vec![0; stops.patterns.len()],
             stops,
@@ -125,7 +125,7 @@ impl StopMatcher {
         }
     }
 
-    pub fn push(&mut self, delta: &str) -> StopOutcome {
+    pub(crate) fn push(&mut self, delta: &str) -> StopOutcome {
         if self.stops.is_empty() {
             return StopOutcome::Continue(delta.to_owned());
         }
@@ -165,7 +165,7 @@ impl StopMatcher {
     }
 
     /// Text held back when generation ends for another reason.
-    pub fn flush(&mut self) -> String {
+    pub(crate) fn flush(&mut self) -> String {
         self.states.iter_mut().for_each(|s| *s = 0);
         let out = self.pending[self.start..].to_owned();
         self.pending.clear();

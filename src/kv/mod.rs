@@ -1,10 +1,10 @@
 //! The paged KV cache: a refcounting block allocator, per-sequence block tables, and the cache tensors that
 //! attention writes through a slot mapping and reads through block tables.
 
-pub mod allocator;
-pub mod block_table;
-pub mod cache;
-pub mod layout;
+pub(crate) mod allocator;
+pub(crate) mod block_table;
+pub(crate) mod cache;
+pub(crate) mod layout;
 pub mod prefix_cache;
 
 pub use allocator::BlockAllocator;

@@ -11,7 +11,7 @@ use crate::kv::KvCache;
 use crate::weights::WeightStore;
 
 /// Per-batch tensors shared by every layer's attention.
-pub struct AttentionInputs {
+pub(crate) struct AttentionInputs {
     /// `[T, rotary_dim/2]` each.
     pub cos: Tensor,
     pub sin: Tensor,
@@ -28,7 +28,7 @@ pub struct AttentionInputs {
 
 impl AttentionInputs {
     /// Per-sequence rows for [`super::cpu::attention::paged_attention`].
-    pub fn rows(&self) -> Vec<super::cpu::attention::SeqRows<'_>> {
+    pub(crate) fn rows(&self) -> Vec<super::cpu::attention::SeqRows<'_>> {
         self.seqs
             .iter()
             .map(|s| super::cpu::attention::SeqRows {
@@ -41,7 +41,7 @@ impl AttentionInputs {
 }
 
 /// One sequence's view for attention.
-pub struct SeqAttention {
+pub(crate) struct SeqAttention {
     pub query_start: usize,
     pub query_len: usize,
     /// Cache slots of positions `0..context_len`.
@@ -54,7 +54,7 @@ pub struct SeqAttention {
 
 impl SeqAttention {
     /// The context slots as a tensor (present on the gathering path).
-    pub fn slots_tensor(&self) -> Result<&Tensor> {
+    pub(crate) fn slots_tensor(&self) -> Result<&Tensor> {
         self.context_slots
             .as_ref()
             .ok_or_else(|| crate::Error::Kv("missing context slots".into()))
@@ -62,7 +62,7 @@ impl SeqAttention {
 }
 
 /// Builds the additive causal (and sliding-window) mask of one sequence, if one is needed.
-pub fn causal_mask(
+pub(crate) fn causal_mask(
     query_len: usize,
     context_len: usize,
     window: Option<usize>,
@@ -88,7 +88,7 @@ pub fn causal_mask(
     )?))
 }
 
-pub struct Attention {
+pub(crate) struct Attention {
     spec: AttentionSpec,
     q: Linear,
     k: Linear,
@@ -100,7 +100,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn load(
+    pub(crate) fn load(
         store: &mut WeightStore,
         prefix: &str,
         spec: &AttentionSpec,
@@ -166,7 +166,7 @@ impl Attention {
     }
 
     /// `x`: `[T, hidden]` (already normed). Returns `[T, hidden]`.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         layer: usize,

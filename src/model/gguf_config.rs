@@ -13,7 +13,7 @@ use crate::weights::gguf::tensors::NameMap;
 use crate::weights::gguf::GgufModel;
 
 /// The architectures read (`general.architecture`).
-pub const ARCHITECTURES: &[&str] = &["qwen3moe", "qwen2moe", "olmoe", "llama", "deepseek2"];
+pub(crate) const ARCHITECTURES: &[&str] = &["qwen3moe", "qwen2moe", "olmoe", "llama", "deepseek2"];
 
 fn err(model: &GgufModel, message: String) -> Error {
     Error::Config {
@@ -51,7 +51,7 @@ fn tensor_shape(model: &GgufModel, name: &str) -> Option<Vec<usize>> {
 }
 
 /// The hub config.json equivalent of a GGUF model's metadata.
-pub fn hub_config(model: &GgufModel) -> Result<Value> {
+pub(crate) fn hub_config(model: &GgufModel) -> Result<Value> {
     let arch = model.architecture()?.to_owned();
     let a = arch.as_str();
     let mut c = Map::new();
@@ -310,7 +310,7 @@ fn rope_scaling(model: &GgufModel, a: &str, c: &mut Map<String, Value>) -> Resul
 }
 
 /// The spec of a GGUF model and the name map for its tensors.
-pub fn gguf_spec(model: &GgufModel) -> Result<(HubConfig, ModelSpec, NameMap)> {
+pub(crate) fn gguf_spec(model: &GgufModel) -> Result<(HubConfig, ModelSpec, NameMap)> {
     let value = hub_config(model)?;
     let cfg = HubConfig::from_value(model.path().to_path_buf(), value);
     let spec = model_spec(&cfg)?;

@@ -22,7 +22,7 @@ enum QueryProj {
     LowRank { a: Linear, norm: RmsNorm, b: Linear },
 }
 
-pub struct MlaAttention {
+pub(crate) struct MlaAttention {
     spec: MlaSpec,
     q: QueryProj,
     kv_a: Linear,
@@ -35,7 +35,7 @@ pub struct MlaAttention {
 }
 
 impl MlaAttention {
-    pub fn load(
+    pub(crate) fn load(
         store: &mut WeightStore,
         prefix: &str,
         spec: &MlaSpec,
@@ -84,7 +84,7 @@ impl MlaAttention {
     }
 
     /// `x`: `[T, hidden]` (already normed). Returns `[T, hidden]`.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         x: &Tensor,
         layer: usize,

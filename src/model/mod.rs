@@ -1,14 +1,14 @@
 //! Models: config parsing, the architecture-as-data spec, shared layers, MoE, and the one generic decoder.
 
-pub mod attention;
-pub mod batch;
+pub(crate) mod attention;
+pub(crate) mod batch;
 pub mod config;
 pub mod cpu;
-pub mod decoder;
+pub(crate) mod decoder;
 pub mod families;
-pub mod gguf_config;
+pub(crate) mod gguf_config;
 pub mod layers;
-pub mod mla;
+pub(crate) mod mla;
 pub mod moe;
 pub mod rope;
 pub mod spec;

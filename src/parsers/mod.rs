@@ -4,7 +4,7 @@
 //! (or the end of the output) arrives, and a call that does not parse stays visible as content.
 //! Which markers apply is chosen once per model from its chat template ([`OutputFormat::detect`]).
 
-pub mod tool_formats;
+pub(crate) mod tool_formats;
 
 use tool_formats::held_suffix;
 pub use tool_formats::{CallHeader, ParsedCall, ToolFormat};

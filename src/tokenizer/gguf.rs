@@ -42,7 +42,7 @@ fn err(model: &GgufModel, message: String) -> Error {
 }
 
 /// The tokenizer.json document for a GGUF model's vocabulary.
-pub fn tokenizer_json(model: &GgufModel) -> Result<Value> {
+pub(crate) fn tokenizer_json(model: &GgufModel) -> Result<Value> {
     let kind = model.str("tokenizer.ggml.model").unwrap_or("");
     let tokens = model
         .strings("tokenizer.ggml.tokens")?
@@ -116,7 +116,7 @@ pub fn tokenizer_json(model: &GgufModel) -> Result<Value> {
 }
 
 /// The GGUF model's tokenizer.
-pub fn load(model: &GgufModel) -> Result<TextTokenizer> {
+pub(crate) fn load(model: &GgufModel) -> Result<TextTokenizer> {
     let doc = tokenizer_json(model)?;
     TextTokenizer::from_json(doc.to_string().as_bytes(), model.path().to_path_buf())
 }
@@ -143,7 +143,7 @@ const END_OF_GENERATION: &[&str] = &[
 ];
 
 /// End-of-generation ids — eos, eot, eom, then control tokens named in [`END_OF_GENERATION`] — and bos.
-pub fn generation_config(model: &GgufModel) -> Result<GenerationConfig> {
+pub(crate) fn generation_config(model: &GgufModel) -> Result<GenerationConfig> {
     let mut eos: Vec<u32> = Vec::new();
     let mut add = |id: u32| {
         if !eos.contains(&id) {
@@ -172,6 +172,6 @@ pub fn generation_config(model: &GgufModel) -> Result<GenerationConfig> {
 }
 
 /// `tokenizer.chat_template`.
-pub fn chat_template(model: &GgufModel) -> Option<String> {
+pub(crate) fn chat_template(model: &GgufModel) -> Option<String> {
     model.str("tokenizer.chat_template").map(str::to_owned)
 }

@@ -14,7 +14,7 @@ use crate::weights::gguf::GgufModel;
 /// The merges `SentencePieceExtractor::extract` derives: for each piece (in vocabulary order), every
 /// split into two pieces of the vocabulary, sorted by (left id, right id); then all of them stably by the
 /// piece's score, highest first.
-pub fn merges_from_scores(tokens: &[&str], scores: &[f32]) -> Vec<(String, String)> {
+pub(crate) fn merges_from_scores(tokens: &[&str], scores: &[f32]) -> Vec<(String, String)> {
     let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
     let mut merges: Vec<(usize, usize, f32)> = Vec::new();
     for (piece, score) in tokens.iter().zip(scores) {
@@ -37,7 +37,7 @@ pub fn merges_from_scores(tokens: &[&str], scores: &[f32]) -> Vec<(String, Strin
 }
 
 /// The tokenizer.json document (`tokens`, `scores`, `types` from the file).
-pub fn tokenizer_json(model: &GgufModel, tokens: &[&str], types: &[i64]) -> Result<Value> {
+pub(crate) fn tokenizer_json(model: &GgufModel, tokens: &[&str], types: &[i64]) -> Result<Value> {
     let scores: Vec<f32> = match model
         .get("tokenizer.ggml.scores")
         .and_then(|v| v.as_array())

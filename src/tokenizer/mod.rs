@@ -2,9 +2,9 @@
 //! `generation_config.json` (eos/bos), and where the chat template lives (`tokenizer_config.json` or
 //! `chat_template.jinja`).
 
-pub mod gguf;
-pub mod gguf_spm;
-pub mod tiktoken;
+pub(crate) mod gguf;
+pub(crate) mod gguf_spm;
+pub(crate) mod tiktoken;
 
 use crate::error::{Error, Result};
 use crate::weights::ModelSource;

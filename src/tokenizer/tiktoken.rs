@@ -11,11 +11,11 @@ use tiktoken_rs::CoreBPE;
 use crate::error::{Error, Result};
 use crate::weights::ModelSource;
 
-pub const TIKTOKEN_FILE: &str = "tiktoken.model";
+pub(crate) const TIKTOKEN_FILE: &str = "tiktoken.model";
 const NUM_RESERVED_SPECIAL_TOKENS: u32 = 256;
 
 /// Kimi's pre-tokenization pattern (tokenization_kimi.py).
-pub const KIMI_PATTERN: &str = concat!(
+pub(crate) const KIMI_PATTERN: &str = concat!(
     r"[\p{Han}]+",
     "|",
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
@@ -33,7 +33,7 @@ pub const KIMI_PATTERN: &str = concat!(
     r"\s+",
 );
 
-pub struct TiktokenTokenizer {
+pub(crate) struct TiktokenTokenizer {
     bpe: CoreBPE,
     encoder: HashMap<Vec<u8>, u32>,
     specials: HashMap<String, u32>,
@@ -42,7 +42,7 @@ pub struct TiktokenTokenizer {
 }
 
 impl TiktokenTokenizer {
-    pub fn load(source: &ModelSource) -> Result<Self> {
+    pub(crate) fn load(source: &ModelSource) -> Result<Self> {
         let path = source.path_of(TIKTOKEN_FILE);
         let err = |message: String| Error::Tokenizer {
             path: path.clone(),
@@ -107,11 +107,11 @@ impl TiktokenTokenizer {
     }
 
     /// Ids of `text`; special tokens written in the text are recognised (as Kimi's tokenizer does).
-    pub fn encode(&self, text: &str) -> Vec<u32> {
+    pub(crate) fn encode(&self, text: &str) -> Vec<u32> {
         self.bpe.encode_with_special_tokens(text)
     }
 
-    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+    pub(crate) fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let ids: Vec<u32> = ids
             .iter()
             .copied()
@@ -125,11 +125,11 @@ impl TiktokenTokenizer {
     }
 
     /// The raw bytes of one token (a special token: its name's bytes).
-    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+    pub(crate) fn token_bytes(&self, id: u32) -> Vec<u8> {
         self.bpe.decode_bytes(&[id]).unwrap_or_default()
     }
 
-    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+    pub(crate) fn token_to_id(&self, token: &str) -> Option<u32> {
         self.specials
             .get(token)
             .or_else(|| self.encoder.get(token.as_bytes()))
@@ -137,14 +137,14 @@ impl TiktokenTokenizer {
     }
 
     /// The special tokens (`<|im_end|>`, tool-call markers, reserved ones) and their ids.
-    pub fn added_tokens(&self) -> Vec<(u32, String)> {
+    pub(crate) fn added_tokens(&self) -> Vec<(u32, String)> {
         self.specials
             .iter()
             .map(|(t, &id)| (id, t.clone()))
             .collect()
     }
 
-    pub fn vocab_size(&self) -> usize {
+    pub(crate) fn vocab_size(&self) -> usize {
         (self.base + NUM_RESERVED_SPECIAL_TOKENS) as usize
     }
 }

@@ -42,7 +42,7 @@ impl Fp8Blocks {
 
 /// Block scales `[sr, sc]` spread over a `[rows, cols]` matrix: each scale over its
 /// `⌈rows/sr⌉ × ⌈cols/sc⌉` block, cropped to the matrix.
-pub fn expand_block_scales(scale: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+pub(crate) fn expand_block_scales(scale: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
     let (sr, sc) = scale.dims2()?;
     let (br, bc) = (rows.div_ceil(sr.max(1)), cols.div_ceil(sc.max(1)));
     Ok(scale

@@ -2,11 +2,11 @@
 //! the forms a weight matrix is held in (dense, or block-quantized in place).
 
 pub mod gguf;
-pub mod matrix;
+pub(crate) mod matrix;
 pub mod quant;
-pub mod quantize;
-pub mod source;
-pub mod store;
+pub(crate) mod quantize;
+pub(crate) mod source;
+pub(crate) mod store;
 
 pub use matrix::{Fp8Blocks, Matrix};
 pub use quant::{QuantMatrix, QuantType};

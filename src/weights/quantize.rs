@@ -9,7 +9,7 @@ use crate::model::cpu::kquants::nearest_int;
 
 const QK_K: usize = 256;
 /// Bytes of one Q4_K block: d, dmin (f16), 12 scale bytes, 128 bytes of nibbles.
-pub const Q4K_BLOCK: usize = 144;
+pub(crate) const Q4K_BLOCK: usize = 144;
 
 /// `make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad = false)`.
 #[allow(clippy::too_many_arguments)]
@@ -109,7 +109,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// One row (`x.len()` a multiple of 256) into Q4_K blocks (`out`: 144 bytes per block).
-pub fn quantize_row_q4_k(x: &[f32], out: &mut [u8]) {
+pub(crate) fn quantize_row_q4_k(x: &[f32], out: &mut [u8]) {
     for (x, y) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q4K_BLOCK)) {
         let mut l = [0u8; QK_K];
         let mut laux = [0u8; 32];

@@ -18,8 +18,8 @@ use super::source::{FileBytes, ModelSource};
 use crate::device::{MatrixPrecision, Precision, Quantize};
 use crate::error::{Error, Result};
 
-pub const SINGLE_FILE: &str = "model.safetensors";
-pub const INDEX_FILE: &str = "model.safetensors.index.json";
+pub(crate) const SINGLE_FILE: &str = "model.safetensors";
+pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
 
 struct Shard {
     file: String,

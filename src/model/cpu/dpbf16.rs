@@ -92,7 +92,7 @@ mod x86 {
     use half::bf16;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn round(x: &[f32], split: bool) -> super::Bf16Rows {
+    pub(super) unsafe fn round(x: &[f32], split: bool) -> super::Bf16Rows {
         let mut hi = vec![bf16::ZERO; x.len()];
         let mut lo = vec![bf16::ZERO; if split { x.len() } else { 0 }];
         let mut i = 0;
@@ -131,7 +131,7 @@ mod x86 {
 
     /// `lo` is read only when `SPLIT`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn tile<const SPLIT: bool>(
+    pub(super) unsafe fn tile<const SPLIT: bool>(
         hi: &[bf16],
         lo: &[bf16],
         m: usize,

@@ -11,7 +11,7 @@ use crate::model::cpu::host::{with_hosts, HostSlices};
 use crate::model::cpu::matmul::{run_products, Product, WeightElem};
 
 /// The tokens routed to one expert and their routing weights, in token order.
-pub struct ExpertTokens<'a> {
+pub(crate) struct ExpertTokens<'a> {
     pub expert: usize,
     pub tokens: &'a [u32],
     pub scales: &'a [f32],
@@ -20,7 +20,7 @@ pub struct ExpertTokens<'a> {
 /// `out[t] = Σ_e scale(t, e) · down_e(silu(gate_e(x[t])) ⊙ up_e(x[t]))` for the listed experts.
 /// `gate`/`up` (`[intermediate, hidden]`) and `down` (`[hidden, intermediate]`) hold one weight per group,
 /// in the groups' order.
-pub fn forward(
+pub(crate) fn forward(
     x: &Tensor,
     groups: &[ExpertTokens<'_>],
     gate: &[&Tensor],
@@ -81,7 +81,7 @@ fn run<W: WeightElem>(
 }
 
 /// The rows `tokens` of `x` (`[T, hidden]`), gathered into one contiguous `[n, hidden]`.
-pub fn gather(x: &[f32], hidden: usize, tokens: &[u32]) -> Vec<f32> {
+pub(crate) fn gather(x: &[f32], hidden: usize, tokens: &[u32]) -> Vec<f32> {
     tokens
         .iter()
         .flat_map(|&tok| &x[tok as usize * hidden..(tok as usize + 1) * hidden])
@@ -90,14 +90,20 @@ pub fn gather(x: &[f32], hidden: usize, tokens: &[u32]) -> Vec<f32> {
 }
 
 /// SwiGLU in place in the gate outputs: `g = silu(g) ⊙ u`.
-pub fn swiglu(g: &mut [f32], u: &[f32]) {
+pub(crate) fn swiglu(g: &mut [f32], u: &[f32]) {
     for (a, &b) in g.iter_mut().zip(u) {
         *a = *a / (1.0 + (-*a).exp()) * b;
     }
 }
 
 /// `out[tokens[j]] += scales[j] · y[j]` for an expert's output rows `y` (`[n, hidden]`).
-pub fn scatter_add(out: &mut [f32], hidden: usize, tokens: &[u32], scales: &[f32], y: &[f32]) {
+pub(crate) fn scatter_add(
+    out: &mut [f32],
+    hidden: usize,
+    tokens: &[u32],
+    scales: &[f32],
+    y: &[f32],
+) {
     for (j, (&tok, &scale)) in tokens.iter().zip(scales).enumerate() {
         let dst = &mut out[tok as usize * hidden..(tok as usize + 1) * hidden];
         for (o, &v) in dst.iter_mut().zip(&y[j * hidden..(j + 1) * hidden]) {

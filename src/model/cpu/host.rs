@@ -7,7 +7,7 @@ use half::{bf16, f16};
 use crate::error::{Error, Result};
 
 /// Borrow a contiguous f32 CPU tensor's data (attention, the streaming matmul's activations).
-pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout): (_, &Layout) = t.storage_and_layout();
     match (&*storage, layout.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => f(&v[a..b]),
@@ -18,14 +18,17 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R>
 }
 
 /// Several CPU tensors' data of one dtype, borrowed.
-pub enum HostSlices<'a> {
+pub(crate) enum HostSlices<'a> {
     F32(Vec<&'a [f32]>),
     Bf16(Vec<&'a [bf16]>),
     F16(Vec<&'a [f16]>),
 }
 
 /// Runs `f` on the data of several contiguous CPU tensors of one dtype (f32, bf16 or f16).
-pub fn with_hosts<R>(ts: &[&Tensor], f: impl FnOnce(HostSlices<'_>) -> Result<R>) -> Result<R> {
+pub(crate) fn with_hosts<R>(
+    ts: &[&Tensor],
+    f: impl FnOnce(HostSlices<'_>) -> Result<R>,
+) -> Result<R> {
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
     let mut f32s = Vec::new();
     let mut bf16s = Vec::new();

@@ -7,15 +7,15 @@
 //! multiply and the accumulation fuse into one `vpdpwssd`.
 
 /// Elements per super-block.
-pub const QK_K: usize = 256;
-pub const Q4K_BYTES: usize = 144;
-pub const Q6K_BYTES: usize = 210;
+pub(crate) const QK_K: usize = 256;
+pub(crate) const Q4K_BYTES: usize = 144;
+pub(crate) const Q6K_BYTES: usize = 210;
 
-pub use super::q8_0::nearest_int;
+pub(crate) use super::q8_0::nearest_int;
 
 /// Activation rows as ggml's `quantize_row_q8_K`: per 256, `d = max / -127` (max: the signed value of
 /// largest magnitude), `q = round(x / d)`, and the sums of every 16 quants.
-pub struct Q8KRows {
+pub(crate) struct Q8KRows {
     pub quants: Vec<i8>,
     pub scales: Vec<f32>,
     pub bsums: Vec<i16>,
@@ -23,7 +23,7 @@ pub struct Q8KRows {
 }
 
 impl Q8KRows {
-    pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
+    pub(crate) fn quantize(x: &[f32], m: usize, k: usize) -> Self {
         let nb = k / QK_K;
         let mut quants = vec![0i8; m * nb * QK_K];
         let mut scales = vec![0f32; m * nb];
@@ -61,7 +61,7 @@ impl Q8KRows {
         }
     }
 
-    pub fn row(&self, i: usize) -> (&[i8], &[f32], &[i16]) {
+    pub(crate) fn row(&self, i: usize) -> (&[i8], &[f32], &[i16]) {
         let nb = self.blocks_per_row;
         (
             &self.quants[i * nb * QK_K..(i + 1) * nb * QK_K],
@@ -466,7 +466,7 @@ mod x86 {
     }
 
     /// One activation row: quants, per-block scales, per-16 sums.
-    pub type Act<'a> = (&'a [i8], &'a [f32], &'a [i16]);
+    pub(super) type Act<'a> = (&'a [i8], &'a [f32], &'a [i16]);
 
     q4k_row_x4!(q4k_x4_avx2, "avx2,fma,f16c", false);
     q4k_row_x4!(q4k_x4_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
@@ -479,7 +479,7 @@ mod x86 {
     q6k_rows4!(q6k_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", true);
 
     /// Which rows of an activation batch a range call writes: `out[r · m + i]` for weight rows `rows`.
-    pub struct Out<'a> {
+    pub(super) struct Out<'a> {
         pub out: &'a mut [f32],
         pub m: usize,
     }
@@ -498,7 +498,7 @@ mod x86 {
         ($decode:ident, $prompt:ident, $features:literal, $rows4:ident, $x4:ident, $block:expr) => {
             /// Every row `0..rows` · activation row `x` (decode): four weight rows per step.
             #[target_feature(enable = $features)]
-            pub unsafe fn $decode(
+            pub(crate) unsafe fn $decode(
                 w: &[u8],
                 row_bytes: usize,
                 interleaved: bool,
@@ -523,7 +523,7 @@ mod x86 {
             /// Every row `0..rows` · activation rows `xs` (prompt batches): each weight row unpacked once
             /// per block for four activation rows; `out` is `[rows, m]`.
             #[target_feature(enable = $features)]
-            pub unsafe fn $prompt(
+            pub(crate) unsafe fn $prompt(
                 w: &[u8],
                 row_bytes: usize,
                 interleaved: bool,
@@ -587,7 +587,7 @@ use super::q8_0::Kernel;
 use crate::weights::QuantType;
 
 /// Whether this module has a kernel for `ty` on a CPU with `kernel`.
-pub fn serves(ty: QuantType, kernel: Kernel) -> bool {
+pub(crate) fn serves(ty: QuantType, kernel: Kernel) -> bool {
     cfg!(target_arch = "x86_64")
         && kernel != Kernel::Scalar
         && matches!(ty, QuantType::Q4_K | QuantType::Q6_K)
@@ -596,7 +596,7 @@ pub fn serves(ty: QuantType, kernel: Kernel) -> bool {
 /// Rows `w` of `ty` (`row_bytes` each; four rows interleaved block by block when `interleaved`) times
 /// every activation row: `out` is `[rows, m]`. Only where [`serves`] said so.
 #[allow(clippy::too_many_arguments)]
-pub fn rows_times(
+pub(crate) fn rows_times(
     ty: QuantType,
     kernel: Kernel,
     w: &[u8],

@@ -6,13 +6,13 @@
 
 pub mod attention;
 pub mod dpbf16;
-pub mod elem;
-pub mod experts;
+pub(crate) mod elem;
+pub(crate) mod experts;
 pub mod fp8;
-pub mod host;
-pub mod kquants;
+pub(crate) mod host;
+pub(crate) mod kquants;
 pub mod matmul;
-pub mod q4k_x8;
+pub(crate) mod q4k_x8;
 pub mod q8_0;
 pub mod quant;
 pub(crate) mod simd;

@@ -10,10 +10,10 @@ use super::kquants::{Q8KRows, QK_K};
 use super::q8_0::Kernel;
 
 /// Rows per group.
-pub const GROUP: usize = 8;
+pub(crate) const GROUP: usize = 8;
 /// Bytes of one block of one row as stored here (148 × 8 = 1,184).
-pub const ROW_BLOCK_BYTES: usize = 148;
-pub const GROUP_BLOCK_BYTES: usize = GROUP * ROW_BLOCK_BYTES;
+pub(crate) const ROW_BLOCK_BYTES: usize = 148;
+pub(crate) const GROUP_BLOCK_BYTES: usize = GROUP * ROW_BLOCK_BYTES;
 const PLAIN: usize = 144;
 const D: usize = 0;
 const DMIN: usize = 16;
@@ -52,7 +52,7 @@ fn pack_scales(sc: &[u8; 8], mn: &[u8; 8]) -> [u8; 12] {
 
 /// Plain Q4_K rows (`rows` a multiple of 8, `nb` blocks each) into the group layout (`out`: as many
 /// bytes as `rows · nb · 148`).
-pub fn relayout(plain: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
+pub(crate) fn relayout(plain: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
     for g in 0..rows / GROUP {
         for b in 0..nb {
             let dst = &mut out[(g * nb + b) * GROUP_BLOCK_BYTES..][..GROUP_BLOCK_BYTES];
@@ -78,7 +78,7 @@ pub fn relayout(plain: &[u8], rows: usize, nb: usize, out: &mut [u8]) {
 }
 
 /// Row `r` back in the plain Q4_K layout.
-pub fn plain_row(data: &[u8], r: usize, nb: usize) -> Vec<u8> {
+pub(crate) fn plain_row(data: &[u8], r: usize, nb: usize) -> Vec<u8> {
     let (g, j0) = (r / GROUP, r % GROUP);
     let mut out = vec![0u8; nb * PLAIN];
     for b in 0..nb {
@@ -103,7 +103,7 @@ pub fn plain_row(data: &[u8], r: usize, nb: usize) -> Vec<u8> {
 }
 
 /// One activation row: quants, scales, per-32 sums (i16).
-pub type Act<'a> = (&'a [i8], &'a [f32], &'a [i16]);
+pub(crate) type Act<'a> = (&'a [i8], &'a [f32], &'a [i16]);
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -123,7 +123,7 @@ mod x86 {
         ($name:ident, $features:literal, $vnni:tt, $t:literal) => {
             /// Eight rows (the group at `g`, `nb` blocks) · `$t` activation rows: per token, eight lanes.
             #[target_feature(enable = $features)]
-            pub unsafe fn $name(g: &[u8], nb: usize, xs: [Act<'_>; $t]) -> [[f32; 8]; $t] {
+            pub(crate) unsafe fn $name(g: &[u8], nb: usize, xs: [Act<'_>; $t]) -> [[f32; 8]; $t] {
                 let mut nb = nb.min(g.len() / GROUP_BLOCK_BYTES);
                 for x in &xs {
                     nb = nb.min(x.1.len()).min(x.0.len() / QK_K).min(x.2.len() / 8);
@@ -212,7 +212,7 @@ mod x86 {
 
 /// Rows of the group layout (`w`: whole groups, `nb` blocks per row) times every activation row:
 /// `out` is `[rows, m]`. Only with an x86 kernel (`Kernel::Avx2` or `Kernel::Vnni`).
-pub fn rows_times(
+pub(crate) fn rows_times(
     kernel: Kernel,
     w: &[u8],
     nb: usize,
@@ -268,7 +268,7 @@ pub fn rows_times(
 }
 
 /// Per-32 sums of every activation block (pairs of the per-16 sums), i16.
-pub fn sums32(x: &Q8KRows) -> Vec<i16> {
+pub(crate) fn sums32(x: &Q8KRows) -> Vec<i16> {
     x.bsums.chunks_exact(2).map(|p| p[0] + p[1]).collect()
 }
 

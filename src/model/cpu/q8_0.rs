@@ -166,7 +166,7 @@ mod x86 {
         ($name:ident, $features:literal, $vnni:expr) => {
             /// One interleaved group of four rows (`w`: `nb` group blocks) · one activation row.
             #[target_feature(enable = $features)]
-            pub unsafe fn $name(w: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> [f32; 4] {
+            pub(crate) unsafe fn $name(w: &[u8], xq: &[i8], xd: &[f32], xs: &[i32]) -> [f32; 4] {
                 let nb = xd
                     .len()
                     .min(xs.len())
@@ -225,7 +225,10 @@ mod x86 {
             /// One interleaved group of four rows · four activation rows (prompt batches): the weights
             /// and their scales are loaded once per block for all four. `out[r][a]`.
             #[target_feature(enable = $features)]
-            pub unsafe fn $name(w: &[u8], xs: [(&[i8], &[f32], &[i32]); 4]) -> [[f32; 4]; 4] {
+            pub(crate) unsafe fn $name(
+                w: &[u8],
+                xs: [(&[i8], &[f32], &[i32]); 4],
+            ) -> [[f32; 4]; 4] {
                 let mut nb = w.len() / GROUP_BLOCK_BYTES;
                 for x in &xs {
                     nb = nb.min(x.1.len()).min(x.2.len()).min(x.0.len() / QK);

@@ -83,7 +83,7 @@ mod x86 {
     /// # Safety
     /// AVX2, FMA and F16C must be available; `x.len() == m * k`, `w.len() == rows * k`, `out.len() == rows * m`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile<W: Load8>(x: &[f32], m: usize, k: usize, w: &[W], out: &mut [f32]) {
+    pub(crate) unsafe fn tile<W: Load8>(x: &[f32], m: usize, k: usize, w: &[W], out: &mut [f32]) {
         let rows = out.len() / m.max(1);
         let mut r = 0;
         while r < rows {
@@ -262,7 +262,7 @@ mod x86 {
     /// # Safety
     /// AVX2, FMA and F16C must be available and `x.len() == w.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot<W: Load8>(x: &[f32], w: &[W]) -> f32 {
+    pub(crate) unsafe fn dot<W: Load8>(x: &[f32], w: &[W]) -> f32 {
         let k = x.len().min(w.len());
         let (xp, wp) = (x.as_ptr(), w.as_ptr());
         let mut a0 = _mm256_setzero_ps();
@@ -305,7 +305,7 @@ mod x86 {
     /// # Safety
     /// AVX-512 F and BW must be available; `x.len() == w.len()`.
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-    pub unsafe fn dot_e4m3_avx512(x: &[f32], w: &[E4m3]) -> f32 {
+    pub(crate) unsafe fn dot_e4m3_avx512(x: &[f32], w: &[E4m3]) -> f32 {
         let k = x.len().min(w.len());
         let (xp, wp) = (x.as_ptr(), w.as_ptr().cast::<u8>());
         let mask = _mm512_set1_epi16(!0x4000);

@@ -12,7 +12,7 @@ use crate::model::spec::{
 
 /// Multi-head latent attention from a DeepSeek config. Rope is interleaved (V2 always; V3 unless
 /// `rope_interleave` is false); the softmax scale carries YaRN's `mscale_all_dim` correction squared.
-pub fn mla(cfg: &HubConfig, interleaved: bool) -> Result<MlaSpec> {
+pub(crate) fn mla(cfg: &HubConfig, interleaved: bool) -> Result<MlaSpec> {
     let num_heads = cfg.usize("num_attention_heads")?;
     let qk_nope_head_dim = cfg.usize("qk_nope_head_dim")?;
     let qk_rope_head_dim = cfg.usize("qk_rope_head_dim")?;
@@ -42,7 +42,11 @@ pub fn mla(cfg: &HubConfig, interleaved: bool) -> Result<MlaSpec> {
 }
 
 /// MoE from `first_k_dense_replace` on, every `moe_layer_freq`-th layer; dense MLPs elsewhere.
-pub fn layer_plan(cfg: &HubConfig, num_layers: usize, moe: &MoeSpec) -> Result<Vec<FfnSpec>> {
+pub(crate) fn layer_plan(
+    cfg: &HubConfig,
+    num_layers: usize,
+    moe: &MoeSpec,
+) -> Result<Vec<FfnSpec>> {
     let first = cfg.opt_usize("first_k_dense_replace")?.unwrap_or(0);
     let freq = cfg.opt_usize("moe_layer_freq")?.unwrap_or(1).max(1);
     let dense = cfg.usize("intermediate_size")?;
@@ -60,7 +64,7 @@ pub fn layer_plan(cfg: &HubConfig, num_layers: usize, moe: &MoeSpec) -> Result<V
 }
 
 /// The routed + shared experts of a DeepSeek config, with the given router.
-pub fn moe(cfg: &HubConfig, router: RouterSpec) -> Result<MoeSpec> {
+pub(crate) fn moe(cfg: &HubConfig, router: RouterSpec) -> Result<MoeSpec> {
     let expert = cfg.usize("moe_intermediate_size")?;
     let shared = cfg.opt_usize("n_shared_experts")?.unwrap_or(0);
     Ok(MoeSpec {
@@ -114,7 +118,7 @@ fn check_routing(cfg: &HubConfig, moe: &MoeSpec) -> Result<()> {
 }
 
 /// Builds a DeepSeek spec from its parts (shared by V2 and V3).
-pub fn assemble(
+pub(crate) fn assemble(
     cfg: &HubConfig,
     family: Family,
     attention: MlaSpec,
@@ -133,7 +137,7 @@ pub fn assemble(
     Ok(spec)
 }
 
-pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
+pub(crate) fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     let groups = match cfg.str("topk_method").unwrap_or("greedy") {
         "greedy" => None,
         "group_limited_greedy" => Some((cfg.usize("n_group")?, cfg.usize("topk_group")?)),

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::model::config::HubConfig;
 use crate::model::spec::{Family, ModelSpec, RouterSpec};
 
-pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
+pub(crate) fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     if let Some(method) = cfg.str("topk_method") {
         if method != "noaux_tc" {
             return Err(cfg.err(format!(

@@ -7,7 +7,7 @@ use crate::model::spec::{
     AttentionKind, Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames,
 };
 
-pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
+pub(crate) fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     let c = CommonFields::read(cfg)?;
     let mut attention = cfg.gqa(false, QkNorm::None)?;
     attention.sliding_window = cfg.opt_usize("sliding_window")?;

@@ -6,12 +6,12 @@ use super::config::HubConfig;
 use super::spec::{Family, ModelSpec};
 use crate::error::{Error, Result};
 
-pub mod deepseek_v2;
-pub mod deepseek_v3;
-pub mod mixtral;
-pub mod olmoe;
-pub mod qwen2_moe;
-pub mod qwen3_moe;
+pub(crate) mod deepseek_v2;
+pub(crate) mod deepseek_v3;
+pub(crate) mod mixtral;
+pub(crate) mod olmoe;
+pub(crate) mod qwen2_moe;
+pub(crate) mod qwen3_moe;
 
 /// Which family a config describes.
 pub fn detect_family(cfg: &HubConfig) -> Result<Family> {

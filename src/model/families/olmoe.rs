@@ -7,7 +7,7 @@ use crate::model::spec::{
     AttentionKind, Family, FfnSpec, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames,
 };
 
-pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
+pub(crate) fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     let c = CommonFields::read(cfg)?;
     let mut attention = cfg.gqa(cfg.bool_or("attention_bias", false)?, QkNorm::Whole)?;
     attention.clip_qkv = cfg.get("clip_qkv").and_then(|v| v.as_f64());

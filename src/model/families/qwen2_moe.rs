@@ -10,7 +10,11 @@ use crate::model::spec::{
 
 /// Each layer's FFN, as Qwen2/3-MoE decide it: MoE unless listed in `mlp_only_layers` or off the
 /// `decoder_sparse_step` grid, else a dense MLP of `intermediate_size`.
-pub fn layer_plan(cfg: &HubConfig, num_layers: usize, moe: &MoeSpec) -> Result<Vec<FfnSpec>> {
+pub(crate) fn layer_plan(
+    cfg: &HubConfig,
+    num_layers: usize,
+    moe: &MoeSpec,
+) -> Result<Vec<FfnSpec>> {
     let step = cfg.opt_usize("decoder_sparse_step")?.unwrap_or(1).max(1);
     let dense_layers = cfg.usize_list("mlp_only_layers")?;
     let dense = cfg.opt_usize("intermediate_size")?.unwrap_or(0);
@@ -27,7 +31,7 @@ pub fn layer_plan(cfg: &HubConfig, num_layers: usize, moe: &MoeSpec) -> Result<V
         .collect())
 }
 
-pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
+pub(crate) fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     let c = CommonFields::read(cfg)?;
     let attention = cfg.gqa(cfg.bool_or("qkv_bias", true)?, QkNorm::None)?;
     let num_experts = cfg.usize("num_experts")?;

@@ -8,7 +8,7 @@ use crate::model::spec::{
     AttentionKind, Family, ModelSpec, MoeSpec, QkNorm, RouterSpec, TensorNames,
 };
 
-pub fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
+pub(crate) fn spec(cfg: &HubConfig) -> Result<ModelSpec> {
     let c = CommonFields::read(cfg)?;
     let attention = cfg.gqa(cfg.bool_or("attention_bias", false)?, QkNorm::PerHead)?;
     // Hub configs say num_experts; transformers 5 writes num_local_experts.

@@ -13,12 +13,12 @@ use crate::model::cpu::fp8::{matmul_fp8_products, Fp8Product};
 use crate::weights::Fp8Blocks;
 
 /// Every expert's `(gate, up, down)`, `[I, H]`, `[I, H]`, `[H, I]`, block-FP8.
-pub struct Fp8Experts {
+pub(crate) struct Fp8Experts {
     experts: Vec<[Fp8Blocks; 3]>,
 }
 
 impl Fp8Experts {
-    pub fn new(experts: Vec<[Fp8Blocks; 3]>) -> Self {
+    pub(crate) fn new(experts: Vec<[Fp8Blocks; 3]>) -> Self {
         Self { experts }
     }
 }

@@ -6,8 +6,8 @@ pub mod cuda_experts;
 #[cfg(feature = "cuda")]
 pub mod cuda_quant_experts;
 pub mod experts;
-pub mod fp8_experts;
-pub mod quant_experts;
+pub(crate) mod fp8_experts;
+pub(crate) mod quant_experts;
 pub mod router;
 
 use std::sync::atomic::AtomicU64;

@@ -14,12 +14,12 @@ use crate::model::cpu::quant::{quant_products, QuantProduct};
 use crate::weights::QuantMatrix;
 
 /// Every expert's `(gate, up, down)`: `[I, H]`, `[I, H]`, `[H, I]`.
-pub struct QuantExperts {
+pub(crate) struct QuantExperts {
     experts: Vec<[Arc<QuantMatrix>; 3]>,
 }
 
 impl QuantExperts {
-    pub fn new(experts: Vec<[Arc<QuantMatrix>; 3]>) -> Self {
+    pub(crate) fn new(experts: Vec<[Arc<QuantMatrix>; 3]>) -> Self {
         Self { experts }
     }
 }

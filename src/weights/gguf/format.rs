@@ -199,7 +199,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Parses the header of a GGUF file (`bytes`: the whole file).
-pub fn parse(bytes: &[u8]) -> Result<Header, String> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Header, String> {
     let mut r = Reader { bytes, pos: 0 };
     if r.take(4)? != MAGIC {
         return Err("not a GGUF file (bad magic)".into());
@@ -306,7 +306,7 @@ pub(crate) mod tests {
 
     /// Writes a minimal GGUF file: metadata (string or u32 values) and tensors given as
     /// (name, row-major shape, type id, data).
-    pub fn write(
+    pub(crate) fn write(
         metadata: &[(&str, Value)],
         tensors: &[(&str, Vec<usize>, u32, Vec<u8>)],
     ) -> Vec<u8> {

@@ -2,8 +2,8 @@
 //! under the names the generic decoder asks for ([`tensors`]); [`GgufModel::tensor_f32`] reads one tensor
 //! by its own name, dequantized (the upcycling demo).
 
-pub mod format;
-pub mod tensors;
+pub(crate) mod format;
+pub(crate) mod tensors;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -34,7 +34,7 @@ pub struct NameMap {
 }
 
 /// The bytes of a tensor's data: elements / block × block bytes; `None` for types we do not size.
-pub fn data_bytes(info: &TensorInfo) -> Option<usize> {
+pub(crate) fn data_bytes(info: &TensorInfo) -> Option<usize> {
     let elems: usize = info.shape.iter().product();
     let (block, bytes) = match info.type_id {
         0 => (1, 4),
