@@ -103,6 +103,37 @@ fn a_cached_prefix_gives_the_same_output_as_none() {
     }
 }
 
+/// A conversation's next turn (the first turn's prompt and answer, then more) finds the first turn's
+/// full blocks *and* its partly filled last block, which it gets a copy of and goes on writing into:
+/// every computed token of the first turn is a hit, and the answer is the one computed without a cache.
+#[test]
+fn a_continued_conversation_copies_the_partly_filled_last_block() {
+    for family in common::FAMILIES {
+        let loaded = Arc::new(common::load_fixture(family));
+        let mut prompt = common::reference(family).prompts[1].clone();
+        // 8 tokens generated, 7 of them computed: the first turn leaves a partly filled block.
+        if (prompt.len() + 7).is_multiple_of(BLOCK) {
+            prompt.pop();
+        }
+        let mut cached = core(&loaded, Some(Duration::from_secs(60)));
+        let (answer, _, _) = run(&mut cached, &prompt, 1, 1);
+        let mut next = prompt.clone();
+        next.extend(&answer);
+        next.extend(&prompt[..3]);
+        let (want_tokens, want_lp, _) = run(&mut core(&loaded, None), &next, 1, 1);
+        let (tokens, lp, hit) = run(&mut cached, &next, 1, 2);
+        assert_eq!(
+            hit,
+            prompt.len() + 7,
+            "{family}: every computed token of the first turn"
+        );
+        assert_eq!(tokens, want_tokens, "{family}");
+        for (a, b) in lp.iter().zip(&want_lp) {
+            assert!((a - b).abs() < 1e-5, "{family}: logprob {a} vs {b}");
+        }
+    }
+}
+
 /// Every value of every block of the cache (keys of layer 0 suffice: all layers are zeroed together).
 fn all_keys_zero(core: &EngineCore) -> bool {
     (0..64u32).all(|b| {

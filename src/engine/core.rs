@@ -159,6 +159,12 @@ impl EngineCore {
     pub fn step(&mut self) -> Result<usize> {
         let plan = self.sched.schedule();
         self.runner.zero(&plan.freed);
+        // Cached partly filled blocks into the blocks of the sequences adopting them, before the forward
+        // pass reads them; then the sources go back (zeroed if nothing holds them any more).
+        let copied = self.runner.copy_blocks(&plan.copies);
+        let freed = self.sched.release_held(&plan.held);
+        self.runner.zero(&freed);
+        copied?;
         self.stats
             .preemptions
             .fetch_add(plan.preempted as u64, Ordering::Relaxed);

@@ -152,6 +152,14 @@ impl ModelRunner {
         }
     }
 
+    /// Copies whole blocks (source, destination) in the cache.
+    pub(crate) fn copy_blocks(&mut self, copies: &[(u32, u32)]) -> Result<()> {
+        for &(src, dst) in copies {
+            self.kv.copy_block(src, dst)?;
+        }
+        Ok(())
+    }
+
     /// Runs one step.
     pub(crate) fn run(&mut self, input: StepInput) -> Result<StepOutput> {
         let mut batch = Batch::default();

@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::sequence::{SeqId, Sequence};
 use crate::error::Result;
-use crate::kv::prefix_cache::PrefixCacheCounters;
+use crate::kv::prefix_cache::{partial_hash, PrefixCacheCounters};
 use crate::kv::{BlockAllocator, PrefixCache};
 
 /// Limits of the scheduler.
@@ -71,6 +71,12 @@ pub struct StepPlan {
     pub unfit: Vec<SeqId>,
     /// Sequences preempted for blocks while planning.
     pub preempted: usize,
+    /// Cached partly filled blocks to copy into the block of the sequence adopting them (source,
+    /// destination), before the forward pass and after `freed` is zeroed.
+    pub copies: Vec<(u32, u32)>,
+    /// The copies' sources, retained until the copies ran: hand them back with
+    /// [`Scheduler::release_held`].
+    pub held: Vec<u32>,
 }
 
 /// A multi-choice request's forks after its prompt: every choice made (with its number `k`), those that
@@ -170,7 +176,20 @@ impl Scheduler {
         }
         let bs = self.config.block_size;
         let full = (seq.cached / bs).min(seq.table.blocks().len());
-        let hashes = seq.block_hashes(full, bs);
+        let mut hashes = seq.block_hashes(full, bs);
+        // The partly filled last block, known by its tokens so far.
+        let filled = seq.cached - full * bs;
+        if hashes.len() == full && filled > 0 && seq.table.blocks().len() > full {
+            let parent = hashes
+                .last()
+                .copied()
+                .or(seq.prefix.as_ref().map(|k| k.seed));
+            if let (Some(parent), Some(tokens)) =
+                (parent, seq.tokens.get(full * bs..full * bs + filled))
+            {
+                hashes.push(partial_hash(&parent, tokens));
+            }
+        }
         cache.insert(
             &hashes,
             &seq.table.blocks()[..hashes.len()],
@@ -178,9 +197,24 @@ impl Scheduler {
         );
     }
 
+    /// Releases the sources of a plan's copies once they ran; returns the blocks freed (to be zeroed:
+    /// sources evicted from the cache meanwhile).
+    pub fn release_held(&mut self, held: &[u32]) -> Vec<u32> {
+        let mut freed = Vec::new();
+        for &b in held {
+            match self.alloc.release(b) {
+                Ok(true) => freed.push(b),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "releasing a copied KV block failed"),
+            }
+        }
+        freed
+    }
+
     /// Adopts the cached blocks of `id`'s longest cached prefix (never all of its tokens: the last one is
-    /// always computed, for its logits).
-    fn adopt_cached_prefix(&mut self, id: SeqId) {
+    /// always computed, for its logits): the full blocks shared, then a cached partly filled block that
+    /// its next tokens continue copied into a block of its own (the copy goes into `plan`).
+    fn adopt_cached_prefix(&mut self, id: SeqId, plan: &mut StepPlan) {
         let bs = self.config.block_size;
         let (Some(cache), Some(seq)) = (&mut self.prefix, self.seqs.get_mut(&id)) else {
             return;
@@ -196,13 +230,48 @@ impl Scheduler {
         }
         // A preempted sequence also finds the blocks of what it generated (offered when preempted).
         let hashes = seq.block_hashes((seq.tokens.len() - 1) / bs, bs);
-        let blocks = cache.lookup(&hashes, seq.prompt_len, bs, &mut self.alloc);
-        let hit = blocks.len() * bs;
+        let mut blocks = cache.lookup(&hashes, seq.prompt_len, bs, &mut self.alloc);
+        let mut hit = blocks.len() * bs;
+        // The longest cached partial block after them (at most a block's tokens, never the last one).
+        let parent = blocks
+            .len()
+            .checked_sub(1)
+            .and_then(|i| hashes.get(i).copied())
+            .unwrap_or(key.seed);
+        let most = (bs - 1).min(seq.tokens.len() - 1 - hit);
+        let source = (1..=most).rev().find_map(|n| {
+            let h = partial_hash(&parent, &seq.tokens[hit..hit + n]);
+            cache.lookup_partial(&h, n, &mut self.alloc).map(|b| (b, n))
+        });
+        if let Some((source, n)) = source {
+            // A block of its own: the source stays retained (`plan.held`) until the copy ran, so no
+            // eviction can take it first; it goes back untaken when no block can be had.
+            let short = 1usize.saturating_sub(self.alloc.num_free());
+            if short > 0 {
+                plan.freed.extend(cache.evict(short, &mut self.alloc));
+            }
+            match self.alloc.allocate() {
+                Some(own) => {
+                    plan.copies.push((source, own));
+                    plan.held.push(source);
+                    blocks.push(own);
+                    hit += n;
+                }
+                None => plan.freed.extend(self.release_held_one(source)),
+            }
+        }
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
         seq.table.adopt(blocks);
         seq.cached = hit;
         if seq.generated() == 0 && seq.admitted == 0 {
             seq.prefix_hit = hit;
         }
+    }
+
+    fn release_held_one(&mut self, block: u32) -> Vec<u32> {
+        self.release_held(&[block])
     }
 
     /// A fresh sequence id.
@@ -384,7 +453,7 @@ impl Scheduler {
                 self.waiting.pop_front();
                 continue;
             }
-            self.adopt_cached_prefix(id);
+            self.adopt_cached_prefix(id, &mut plan);
             let Some(seq) = self.seqs.get(&id) else {
                 continue;
             };
@@ -396,7 +465,18 @@ impl Scheduler {
                 // Wait for blocks (running sequences are not preempted for newcomers); cached blocks
                 // adopted for it go back.
                 if let Some(mut seq) = self.seqs.remove(&id) {
+                    let own = seq.table.blocks().to_vec();
                     plan.freed.extend(self.release(&mut seq));
+                    // A copy into one of its blocks is off too (its source goes back now).
+                    let (dropped, kept): (Vec<_>, Vec<_>) =
+                        plan.copies.iter().partition(|(_, dst)| own.contains(dst));
+                    plan.copies = kept;
+                    for (src, _) in dropped {
+                        if let Some(i) = plan.held.iter().position(|&h| h == src) {
+                            plan.held.swap_remove(i);
+                            plan.freed.extend(self.release_held(&[src]));
+                        }
+                    }
                     seq.cached = 0;
                     seq.prefix_hit = 0;
                     self.seqs.insert(id, seq);
@@ -589,8 +669,8 @@ mod tests {
         serve_once(&mut s, a);
         assert_eq!(
             s.prefix.as_ref().unwrap().len(),
-            3,
-            "its computed full blocks are kept"
+            4,
+            "its computed full blocks and its partly filled last one are kept"
         );
         assert_blocks_accounted(&s);
         // Same tenant, same prompt: 12 tokens come from the cache, 2 are computed.
@@ -617,13 +697,57 @@ mod tests {
         assert_blocks_accounted(&s);
     }
 
+    /// A prompt that continues a finished sequence's tokens past its last full block gets a copy of that
+    /// partly filled block (its source held until the copy ran) and computes only what follows; another
+    /// tenant, or tokens that differ inside the block, get nothing from it.
+    #[test]
+    fn a_partly_filled_cached_block_is_copied_into_the_continuing_prompt() {
+        let mut s = Scheduler::new(cached_config(32, std::time::Duration::from_secs(60)));
+        let first: Vec<u32> = (0..14).collect(); // 3 full blocks of 4, and 2 tokens
+        let a = add_cached(&mut s, first.clone(), 1, 1);
+        serve_once(&mut s, a);
+        let mut longer = first.clone();
+        longer.extend([50, 51, 52]);
+        let b = add_cached(&mut s, longer.clone(), 1, 2);
+        let plan = s.schedule();
+        assert_eq!(plan.work, [(b, 3)], "14 of 17 tokens cached");
+        assert_eq!(s.get(b).unwrap().prefix_hit, 14);
+        assert_eq!(plan.copies.len(), 1);
+        let (src, dst) = plan.copies[0];
+        assert_eq!(plan.held, [src]);
+        let table = s.get(b).unwrap().table.blocks().to_vec();
+        assert_eq!(table[3], dst, "the copy is its fourth block");
+        assert!(s.prefix.as_ref().unwrap().blocks().any(|blk| blk == src));
+        assert_eq!(s.alloc.refcount(src), 2, "cache + the copy's hold");
+        run(&mut s, &plan);
+        assert!(s.release_held(&plan.held).is_empty(), "still cached");
+        assert_blocks_accounted(&s);
+        s.remove(b);
+        assert_blocks_accounted(&s);
+        // Another tenant: no full block, no partial one.
+        let c = add_cached(&mut s, longer.clone(), 2, 3);
+        let plan = s.schedule();
+        assert_eq!(plan.work, [(c, 17)]);
+        assert!(plan.copies.is_empty() && plan.held.is_empty());
+        run(&mut s, &plan);
+        s.remove(c);
+        // Same tenant, a token changed inside the partial block: the full blocks only.
+        let mut changed = longer.clone();
+        changed[13] = 77;
+        let d = add_cached(&mut s, changed, 1, 4);
+        let plan = s.schedule();
+        assert_eq!(plan.work, [(d, 5)]);
+        assert!(plan.copies.is_empty());
+        assert_blocks_accounted(&s);
+    }
+
     #[test]
     fn cached_blocks_expire_and_come_back_to_be_zeroed() {
         let mut s = Scheduler::new(cached_config(16, std::time::Duration::ZERO));
         let a = add_cached(&mut s, (0..9).collect(), 1, 1);
         serve_once(&mut s, a);
         let cached: Vec<u32> = s.prefix.as_ref().unwrap().blocks().collect();
-        assert_eq!(cached.len(), 2);
+        assert_eq!(cached.len(), 3, "two full blocks and the partly filled one");
         let mut freed = s.expire();
         freed.sort();
         let mut want = cached.clone();
@@ -638,16 +762,17 @@ mod tests {
     #[test]
     fn cached_blocks_make_room_before_anyone_waits_or_is_preempted() {
         let mut s = Scheduler::new(cached_config(6, std::time::Duration::from_secs(60)));
-        let a = add_cached(&mut s, (0..17).collect(), 1, 1); // 5 blocks, 4 full ones cached after
+        // 5 blocks, all cached after: 4 full ones and the partly filled one.
+        let a = add_cached(&mut s, (0..17).collect(), 1, 1);
         serve_once(&mut s, a);
-        assert_eq!(s.prefix.as_ref().unwrap().len(), 4);
-        assert_eq!(s.free_blocks(), 2);
+        assert_eq!(s.prefix.as_ref().unwrap().len(), 5);
+        assert_eq!(s.free_blocks(), 1);
         // A new prompt needing 4 blocks: the cache gives up its least recently used ones.
         let b = add_cached(&mut s, (100..113).collect(), 2, 2);
         let plan = s.schedule();
         assert_eq!(plan.work, [(b, 13)]);
         assert_eq!(plan.preempted, 0);
-        assert_eq!(plan.freed.len(), 2, "two evicted, to be zeroed");
+        assert_eq!(plan.freed.len(), 3, "three evicted, to be zeroed");
         assert_blocks_accounted(&s);
     }
 
@@ -765,20 +890,42 @@ mod tests {
     /// twice, every token is scheduled within the budget, and everything drains.
     #[test]
     fn random_traffic_never_leaks_or_double_frees_blocks() {
+        random_traffic(false);
+    }
+
+    /// The same with prefix caching, prompts that are prefixes of one another (full and partly filled
+    /// blocks found, copies and their held sources), two tenants.
+    #[test]
+    fn random_traffic_with_prefix_caching_never_leaks_or_double_frees_blocks() {
+        random_traffic(true);
+    }
+
+    fn random_traffic(cached: bool) {
+        let mut hits = 0;
+        let mut copies = 0;
         for seed in 0..20u64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let mut s = Scheduler::new(config(24, 16, 6));
+            let mut s = Scheduler::new(SchedulerConfig {
+                prefix_cache_ttl: cached.then_some(std::time::Duration::from_secs(60)),
+                ..config(24, 16, 6)
+            });
             let mut request = 0;
             let mut live: Vec<u64> = Vec::new();
             for _ in 0..300 {
                 if rng.random_bool(0.3) {
                     request += 1;
-                    add(
-                        &mut s,
-                        rng.random_range(1..30),
-                        rng.random_range(1..4),
-                        request,
-                    );
+                    if cached {
+                        let len = rng.random_range(1..30);
+                        let tenant = rng.random_range(1..3);
+                        add_cached(&mut s, (0..len).collect(), tenant, request);
+                    } else {
+                        add(
+                            &mut s,
+                            rng.random_range(1..30),
+                            rng.random_range(1..4),
+                            request,
+                        );
+                    }
                     live.push(request);
                 }
                 if !live.is_empty() && rng.random_bool(0.1) {
@@ -789,10 +936,13 @@ mod tests {
                 }
                 let plan = s.schedule();
                 assert!(plan.work.iter().map(|w| w.1).sum::<usize>() <= 16);
+                copies += plan.copies.len();
                 for id in &plan.unfit {
                     s.remove(*id);
                 }
-                for id in run(&mut s, &plan) {
+                let finished = run(&mut s, &plan);
+                s.release_held(&plan.held);
+                for id in finished {
                     // Finished sequences leave (about 1 in 8 tokens ends one).
                     if rng.random_bool(0.12) {
                         s.remove(id);
@@ -800,11 +950,15 @@ mod tests {
                 }
                 assert_blocks_accounted(&s);
             }
+            hits += s.prefix_stats().map_or(0, |(_, c)| c.hit_tokens);
             for id in s.ids() {
                 s.remove(id);
             }
             s.clear_prefix_cache();
             assert_eq!(s.free_blocks(), 24, "seed {seed}: every block back");
+        }
+        if cached {
+            assert!(hits > 0 && copies > 0, "{hits} tokens hit, {copies} copies");
         }
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! The cache holds one reference to each block it knows (the allocator's refcount), so a finished
 //! sequence's full blocks outlive it and a later request of the same tenant with the same prefix adopts
-//! them instead of recomputing. It is bounded: a block is evicted (least recently used first) when the
+//! them instead of recomputing; its partly filled last block is kept too (hashed with its token count,
+//! [`partial_hash`]), and a later request continuing the same tokens gets a copy of it (copy-on-write:
+//! it goes on writing into that block). It is bounded: a block is evicted (least recently used first) when the
 //! pool needs it, and expires `ttl` after its last use; either way, once no sequence holds it, the block
 //! is freed and zeroed. Memory only; nothing is written anywhere.
 
@@ -38,6 +40,21 @@ pub fn chain_seed(tenant: &[u8; 32]) -> BlockHash {
 pub fn chain_hash(parent: &BlockHash, tokens: &[u32]) -> BlockHash {
     let mut h = Sha256::new();
     h.update(parent);
+    for t in tokens {
+        h.update(t.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The hash of a partly filled block holding `tokens` (fewer than a block) after the block hashed
+/// `parent`: a finished sequence's last block, which a later request whose prompt continues the same
+/// tokens copies instead of recomputing them. Domain-separated from [`chain_hash`], so a partial block
+/// can never stand for a full one.
+pub fn partial_hash(parent: &BlockHash, tokens: &[u32]) -> BlockHash {
+    let mut h = Sha256::new();
+    h.update(b"partial");
+    h.update(parent);
+    h.update((tokens.len() as u32).to_le_bytes());
     for t in tokens {
         h.update(t.to_le_bytes());
     }
@@ -138,8 +155,24 @@ impl PrefixCache {
         blocks
     }
 
+    /// The cached partly filled block hashed `hash` (see [`partial_hash`]), retained once for the caller
+    /// (who copies it, then releases it); `tokens` is how many of its slots are filled, for the counters.
+    pub fn lookup_partial(
+        &mut self,
+        hash: &BlockHash,
+        tokens: usize,
+        alloc: &mut BlockAllocator,
+    ) -> Option<u32> {
+        let block = self.entries.get(hash)?.block;
+        alloc.retain(block).ok()?;
+        self.touch(hash, Instant::now());
+        self.counters.hit_tokens += tokens as u64;
+        Some(block)
+    }
+
     /// Offers the full blocks of a sequence leaving (or preempted): `hashes[i]` is block `blocks[i]`'s
-    /// hash. Blocks not cached yet are retained by the cache; known ones are refreshed.
+    /// hash (a [`partial_hash`] for a partly filled last block). Blocks not cached yet are retained by
+    /// the cache; known ones are refreshed.
     pub fn insert(&mut self, hashes: &[BlockHash], blocks: &[u32], alloc: &mut BlockAllocator) {
         let now = Instant::now();
         for (h, &block) in hashes.iter().zip(blocks) {
