@@ -175,7 +175,18 @@ fn workspace(spec: &ModelSpec, dtype: DType, tokens: usize, seqs: usize) -> u64 
         })
         .max()
         .unwrap_or(0);
-    let per_token = 8 * h + 3 * ffn;
+    // The CPU experts pass gathers each token's rows per routed expert (f32) and their bf16 split for
+    // the AVX512-BF16 kernel (the same bytes again): 2 · top_k rows of `h` per token.
+    let gathered = spec
+        .layers
+        .iter()
+        .map(|l| match l {
+            FfnSpec::Moe(m) => 2 * m.top_k as u64 * h,
+            FfnSpec::Dense { .. } => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    let per_token = 8 * h + 3 * ffn + gathered;
     let elem = dtype.size_in_bytes() as u64;
     let logits = seqs as u64 * spec.vocab_size as u64 * 4;
     let panels = 2 * (16 << 20);
