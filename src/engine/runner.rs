@@ -212,9 +212,7 @@ impl ModelRunner {
             }
         }
         let logits = logits?;
-        for &(src, dst) in &input.copies {
-            self.kv.copy_block(src, dst)?;
-        }
+        self.copy_blocks(&input.copies)?;
         let mut out = StepOutput {
             tokens: batch.num_tokens(),
             ..StepOutput::default()

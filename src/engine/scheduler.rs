@@ -246,10 +246,7 @@ impl Scheduler {
         if let Some((source, n)) = source {
             // A block of its own: the source stays retained (`plan.held`) until the copy ran, so no
             // eviction can take it first; it goes back untaken when no block can be had.
-            let short = 1usize.saturating_sub(self.alloc.num_free());
-            if short > 0 {
-                plan.freed.extend(cache.evict(short, &mut self.alloc));
-            }
+            self.make_room(1, &mut plan.freed);
             match self.alloc.allocate() {
                 Some(own) => {
                     plan.copies.push((source, own));
@@ -257,7 +254,7 @@ impl Scheduler {
                     blocks.push(own);
                     hit += n;
                 }
-                None => plan.freed.extend(self.release_held_one(source)),
+                None => plan.freed.extend(self.release_held(&[source])),
             }
         }
         let Some(seq) = self.seqs.get_mut(&id) else {
@@ -268,10 +265,6 @@ impl Scheduler {
         if seq.generated() == 0 && seq.admitted == 0 {
             seq.prefix_hit = hit;
         }
-    }
-
-    fn release_held_one(&mut self, block: u32) -> Vec<u32> {
-        self.release_held(&[block])
     }
 
     /// A fresh sequence id.

@@ -56,19 +56,6 @@ impl Bf16Rows {
         });
         Self { hi, lo }
     }
-
-    pub fn len(&self) -> usize {
-        self.hi.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.hi.is_empty()
-    }
-
-    /// The rounded values (`hi`).
-    pub fn hi(&self) -> &[bf16] {
-        &self.hi
-    }
 }
 
 /// `out[i * ld + r] = x[i] · w[r]` for `x` `[m, k]` and `w` `[rows, k]` (row-major): a `[m, rows]`
@@ -299,7 +286,7 @@ mod tests {
         let x = random(1000, 3);
         let r = Bf16Rows::new(&x, true);
         let lo = r.lo.as_ref().unwrap();
-        for ((h, l), &v) in r.hi().iter().zip(lo).zip(&x) {
+        for ((h, l), &v) in r.hi.iter().zip(lo).zip(&x) {
             assert_eq!(h.to_bits(), bf16::from_f32(v).to_bits());
             assert_eq!(l.to_bits(), bf16::from_f32(v - h.to_f32()).to_bits());
             let back = h.to_f32() + l.to_f32();
@@ -342,7 +329,7 @@ mod tests {
                                     if split {
                                         f64::from(xf[i * k + t])
                                     } else {
-                                        f64::from(x.hi()[i * k + t].to_f32())
+                                        f64::from(x.hi[i * k + t].to_f32())
                                     }
                                 };
                                 let want: f64 = (0..k)

@@ -34,7 +34,7 @@ pub const DPBF16_MIN_ROWS: usize = 2;
 /// count, set once at start-up.
 static MATMUL_PRECISION: AtomicU8 = AtomicU8::new(1);
 
-/// Sets how prompt-sized products of bf16 weights treat their f32 activations (see [`MatmulPrecision`]).
+/// Sets how products of bf16 weights treat their f32 activations (see [`MatmulPrecision`]).
 pub fn set_matmul_precision(p: MatmulPrecision) {
     let v = match p {
         MatmulPrecision::Highest => 0,
@@ -44,7 +44,8 @@ pub fn set_matmul_precision(p: MatmulPrecision) {
     MATMUL_PRECISION.store(v, Ordering::Relaxed);
 }
 
-/// Whether prompt-sized bf16 products take `super::dpbf16`, and with the activations split in two terms.
+/// Whether bf16 products take `super::dpbf16`, and whether prompt-sized ones keep the split (decode-sized
+/// ones always do).
 fn dpbf16_mode() -> Option<bool> {
     match MATMUL_PRECISION.load(Ordering::Relaxed) {
         0 => None,
@@ -260,7 +261,8 @@ fn rounded_inputs<W: WeightElem>(
 ) -> (Vec<Option<usize>>, Vec<dpbf16::Bf16Rows>) {
     let mut index = Vec::with_capacity(products.len());
     let mut rounded: Vec<dpbf16::Bf16Rows> = Vec::new();
-    let mut sources: Vec<*const f32> = Vec::new();
+    // Each rounding's input, as (start, length).
+    let mut sources: Vec<(*const f32, usize)> = Vec::new();
     let mode = dpbf16_mode().filter(|_| dpbf16::available());
     for p in products {
         let Some(split) = mode.filter(|_| p.m >= DPBF16_MIN_ROWS && W::as_bf16(p.w).is_some())
@@ -268,10 +270,10 @@ fn rounded_inputs<W: WeightElem>(
             index.push(None);
             continue;
         };
-        let source = p.x.as_ptr();
+        let source = (p.x.as_ptr(), p.x.len());
         match sources.iter().position(|&s| s == source) {
-            Some(i) if rounded[i].len() == p.x.len() => index.push(Some(i)),
-            _ => {
+            Some(i) => index.push(Some(i)),
+            None => {
                 sources.push(source);
                 // Decode-sized products are never rounded, whatever the mode: a sequence's decode does
                 // not depend on `--matmul-precision` or (beyond f32 summation order) on its batch.
@@ -306,34 +308,30 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
                 let out = Columns(y.as_mut_ptr());
                 for first in (0..n).step_by(ROWS_PER_TASK) {
                     let rows = ROWS_PER_TASK.min(n - first);
-                    tasks.push((
-                        p,
-                        first,
-                        Out::InPlace { y: out, n, rows },
-                        Some(&rounded_x[*i]),
-                    ));
+                    let x = &rounded_x[*i];
+                    tasks.push((p, first, Out::InPlace { y: out, n, rows, x }));
                 }
             }
             None => {
                 for (c, out) in y.chunks_mut(ROWS_PER_TASK * p.m).enumerate() {
-                    tasks.push((p, c * ROWS_PER_TASK, Out::Transposed(out), None));
+                    tasks.push((p, c * ROWS_PER_TASK, Out::Transposed(out)));
                 }
             }
         }
     }
-    tasks.into_par_iter().for_each(|(p, first, out, xb)| {
+    tasks.into_par_iter().for_each(|(p, first, out)| {
         let (m, k) = (p.m, p.k);
         let out = match out {
             Out::Transposed(out) => out,
-            Out::InPlace { y, n, rows } => {
+            Out::InPlace { y, n, rows, x } => {
                 #[cfg(target_arch = "x86_64")]
-                if let (Some(xb), Some(w)) = (xb, W::as_bf16(p.w)) {
+                if let Some(w) = W::as_bf16(p.w) {
                     // SAFETY: `rounded_inputs` rounds only where `dpbf16::available`; `y` is this
                     // product's `[m, n]` result, alive until the pass ends, and this task alone writes
                     // its columns `first..first + rows`.
                     unsafe {
                         dpbf16::tile(
-                            xb,
+                            x,
                             m,
                             k,
                             &w[first * k..(first + rows) * k],
@@ -342,7 +340,7 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
                         )
                     };
                 }
-                let _ = (xb, y, n, rows);
+                let _ = (x, y, n, rows);
                 return;
             }
         };
@@ -377,8 +375,14 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
 enum Out<'a> {
     /// Its own `[rows, m]` run of the transposed result.
     Transposed(&'a mut [f32]),
-    /// Columns `first..first + rows` of the `[m, n]` result at `y`.
-    InPlace { y: Columns, n: usize, rows: usize },
+    /// Columns `first..first + rows` of the `[m, n]` result at `y`, by the AVX512-BF16 kernel from the
+    /// product's input as bf16 (`x`).
+    InPlace {
+        y: Columns,
+        n: usize,
+        rows: usize,
+        x: &'a dpbf16::Bf16Rows,
+    },
 }
 
 /// A result buffer that several tasks write at once, each in its own columns.
