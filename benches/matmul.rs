@@ -2,7 +2,7 @@
 //! (`moeserve::model::cpu::matmul`), f32 weights, for the bench-shaped model's expert, attention and
 //! lm-head shapes. Also the machine's read bandwidth (a parallel sum over 1 GiB), the yardstick for a
 //! memory-bound projection. `stored_precision`: one 16,384 × 1,024 weight (beyond the caches) held in f32,
-//! bf16, f16 and block-FP8, 1–4 and 8 input rows — the kernels that read weights as stored.
+//! bf16, f16 and block-FP8, 1–4, 8 and 16 input rows — the kernels that read weights as stored.
 //! Run: `cargo bench --bench matmul`.
 
 use candle_core::{Device, Tensor};
@@ -53,7 +53,7 @@ fn stored_precision(c: &mut Criterion) {
         .collect();
     let scales = vec![1f32; n.div_ceil(128) * k.div_ceil(128)];
     // 1–4 rows: what each expert sees in a decode batch (16 tokens × top-4 over 32 experts ≈ 2.3 rows).
-    for m in [1usize, 2, 3, 4, 8] {
+    for m in [1usize, 2, 3, 4, 8, 16] {
         let x = tensor(m, k);
         for dtype in [DType::F32, DType::BF16, DType::F16] {
             let wd = w.to_dtype(dtype).unwrap();

@@ -5,7 +5,8 @@
 //! streams each weight row once, dots it with every input row while the row sits in L1, and splits the
 //! weight rows over the rayon pool. f32, bf16, f16 and e4m3 weights (widened in registers by `super::simd`),
 //! f32 activations and accumulation. AVX2+FMA is chosen at run time; other CPUs get a portable loop the
-//! compiler vectorises.
+//! compiler vectorises. Two AVX-512 kernels take over where they pay: `super::dpbf16` for bf16 weights
+//! from two rows on, `super::lanes` for f32 weights with 12–32 rows (decode batches' dense projections).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -13,10 +14,10 @@ use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::dpbf16;
 use super::elem::{dot_lanes, E4m3, Widen};
 use super::host::{with_f32, with_hosts, HostSlices};
 use super::simd::{self, has_fma};
+use super::{dpbf16, lanes};
 use crate::device::MatmulPrecision;
 use crate::error::{Error, Result};
 
@@ -194,6 +195,10 @@ pub trait WeightElem: Widen {
     fn as_bf16(_w: &[Self]) -> Option<&[bf16]> {
         None
     }
+    /// The weights as f32 where they are (for the AVX-512 lane kernel of `super::lanes`).
+    fn as_f32(_w: &[Self]) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// The generic SIMD kernels for a weight type.
@@ -213,7 +218,12 @@ macro_rules! simd_kernels {
     };
 }
 
-simd_kernels!(f32);
+simd_kernels!(
+    f32,
+    fn as_f32(w: &[f32]) -> Option<&[f32]> {
+        Some(w)
+    }
+);
 simd_kernels!(
     bf16,
     fn as_bf16(w: &[bf16]) -> Option<&[bf16]> {
@@ -254,61 +264,78 @@ pub struct Product<'a, W> {
     pub k: usize,
 }
 
-/// For each product that takes the AVX512-BF16 kernel, the index of its input rounded to bf16 in the
-/// returned list (products sharing an input, like an expert's gate and up, share one rounding).
-fn rounded_inputs<W: WeightElem>(
+/// An input prepared once for a kernel that reads it in its own layout (products sharing an input,
+/// like an expert's gate and up or attention's q, k and v, share one).
+enum Prepared {
+    /// Rounded to bf16 (split or not) for `super::dpbf16`.
+    Bf16(dpbf16::Bf16Rows),
+    /// Transposed into 16-lane panels for `super::lanes`.
+    Lanes(lanes::LaneMajor),
+}
+
+/// For each product, the index of its prepared input in the returned list, if its kernel needs one:
+/// bf16 weights from [`DPBF16_MIN_ROWS`] rows on (where the CPU has AVX512-BF16), f32 weights with
+/// `lanes::MIN_ROWS`..=`lanes::MAX_ROWS` rows (where it has AVX-512).
+fn prepared_inputs<W: WeightElem>(
     products: &[Product<'_, W>],
-) -> (Vec<Option<usize>>, Vec<dpbf16::Bf16Rows>) {
+) -> (Vec<Option<usize>>, Vec<Prepared>) {
     let mut index = Vec::with_capacity(products.len());
-    let mut rounded: Vec<dpbf16::Bf16Rows> = Vec::new();
-    // Each rounding's input, as (start, length).
+    let mut prepared: Vec<Prepared> = Vec::new();
+    // Each prepared input's source, as (start, length).
     let mut sources: Vec<(*const f32, usize)> = Vec::new();
     let mode = dpbf16_mode().filter(|_| dpbf16::available());
+    let lanes = lanes::available();
     for p in products {
-        let Some(split) = mode.filter(|_| p.m >= DPBF16_MIN_ROWS && W::as_bf16(p.w).is_some())
-        else {
+        let bf16_split = mode.filter(|_| p.m >= DPBF16_MIN_ROWS && W::as_bf16(p.w).is_some());
+        let in_lanes =
+            lanes && W::as_f32(p.w).is_some() && (lanes::MIN_ROWS..=lanes::MAX_ROWS).contains(&p.m);
+        if bf16_split.is_none() && !in_lanes {
             index.push(None);
             continue;
-        };
+        }
         let source = (p.x.as_ptr(), p.x.len());
         match sources.iter().position(|&s| s == source) {
             Some(i) => index.push(Some(i)),
             None => {
                 sources.push(source);
-                // Decode-sized products are never rounded, whatever the mode: a sequence's decode does
-                // not depend on `--matmul-precision` or (beyond f32 summation order) on its batch.
-                let split = split || p.m <= MAX_ROWS;
-                rounded.push(dpbf16::Bf16Rows::new(p.x, split));
-                index.push(Some(rounded.len() - 1));
+                prepared.push(match bf16_split {
+                    // Decode-sized products are never rounded, whatever the mode: a sequence's decode
+                    // does not depend on `--matmul-precision` or (beyond f32 summation order) on its batch.
+                    Some(split) => {
+                        Prepared::Bf16(dpbf16::Bf16Rows::new(p.x, split || p.m <= MAX_ROWS))
+                    }
+                    None => Prepared::Lanes(lanes::LaneMajor::new(p.x, p.m, p.k)),
+                });
+                index.push(Some(prepared.len() - 1));
             }
         }
     }
-    (index, rounded)
+    (index, prepared)
 }
 
 /// Runs several products in one parallel pass over all their weight rows; returns each `[m, n]`.
 pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>> {
     let fma = has_fma();
-    let (rounded, rounded_x) = rounded_inputs(products);
+    let (prepared, inputs) = prepared_inputs(products);
     // Each result, `[n, m]` (transposed: each task owns a contiguous run of one product's output
-    // columns) — or `[m, n]` for the AVX512-BF16 kernel, whose tasks write disjoint column ranges in
-    // place (prompt-sized results, where a transposing pass would cost as much as a third of the product).
+    // columns) — or `[m, n]` for the AVX512-BF16 and lane kernels, whose tasks write disjoint column
+    // ranges in place (prompt-sized results, where a transposing pass would cost as much as a third of
+    // the product; the 16-row lm head, where it cost 5% of it).
     let mut ys: Vec<Vec<f32>> = products
         .iter()
         .map(|p| vec![0f32; (p.w.len() / p.k.max(1)) * p.m])
         .collect();
     let mut tasks = Vec::new();
-    for ((p, y), xb) in products.iter().zip(ys.iter_mut()).zip(&rounded) {
+    for ((p, y), i) in products.iter().zip(ys.iter_mut()).zip(&prepared) {
         if p.m == 0 || p.k == 0 {
             continue;
         }
         let n = y.len() / p.m;
-        match xb {
-            Some(i) => {
+        match i.map(|i| &inputs[i]) {
+            Some(x) => {
                 let out = Columns(y.as_mut_ptr());
                 for first in (0..n).step_by(ROWS_PER_TASK) {
                     let rows = ROWS_PER_TASK.min(n - first);
-                    let x = &rounded_x[*i];
                     tasks.push((p, first, Out::InPlace { y: out, n, rows, x }));
                 }
             }
@@ -324,21 +351,22 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
         let out = match out {
             Out::Transposed(out) => out,
             Out::InPlace { y, n, rows, x } => {
+                // SAFETY (both kernels): `prepared_inputs` prepares an input only where its kernel is
+                // available; `y` is this product's `[m, n]` result, alive until the pass ends, and this
+                // task alone writes its columns `first..first + rows`.
                 #[cfg(target_arch = "x86_64")]
-                if let Some(w) = W::as_bf16(p.w) {
-                    // SAFETY: `rounded_inputs` rounds only where `dpbf16::available`; `y` is this
-                    // product's `[m, n]` result, alive until the pass ends, and this task alone writes
-                    // its columns `first..first + rows`.
-                    unsafe {
-                        dpbf16::tile(
-                            x,
-                            m,
-                            k,
-                            &w[first * k..(first + rows) * k],
-                            y.0.add(first),
-                            n,
-                        )
-                    };
+                match x {
+                    Prepared::Bf16(x) => {
+                        if let Some(w) = W::as_bf16(p.w) {
+                            let w = &w[first * k..(first + rows) * k];
+                            unsafe { dpbf16::tile(x, m, k, w, y.0.add(first), n) };
+                        }
+                    }
+                    Prepared::Lanes(x) => {
+                        if let Some(w) = W::as_f32(p.w) {
+                            unsafe { lanes::tile(x, w, first, rows, y.0.add(first), n) };
+                        }
+                    }
                 }
                 let _ = (x, y, n, rows);
                 return;
@@ -361,9 +389,9 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
     products
         .iter()
         .zip(ys)
-        .zip(&rounded)
-        .map(|((p, y), xb)| {
-            if p.m <= 1 || xb.is_some() {
+        .zip(&prepared)
+        .map(|((p, y), i)| {
+            if p.m <= 1 || i.is_some() {
                 return y;
             }
             transpose(&y, y.len() / p.m, p.m)
@@ -375,13 +403,13 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
 enum Out<'a> {
     /// Its own `[rows, m]` run of the transposed result.
     Transposed(&'a mut [f32]),
-    /// Columns `first..first + rows` of the `[m, n]` result at `y`, by the AVX512-BF16 kernel from the
-    /// product's input as bf16 (`x`).
+    /// Columns `first..first + rows` of the `[m, n]` result at `y`, by the kernel the product's input
+    /// was prepared for (`x`: `super::dpbf16` or `super::lanes`).
     InPlace {
         y: Columns,
         n: usize,
         rows: usize,
-        x: &'a dpbf16::Bf16Rows,
+        x: &'a Prepared,
     },
 }
 
@@ -467,6 +495,11 @@ mod tests {
             (5, 512, 96),
             (32, 7, 45),
             (2, 3, 8),
+            // The lane kernel's range (f32 weights, AVX-512): one panel, two panels, tails everywhere.
+            (12, 70, 45),
+            (16, 100, 1024),
+            (17, 33, 64),
+            (31, 65, 100),
         ] {
             let x = random(m * k, 1);
             let w = random(n * k, 2);
@@ -477,6 +510,35 @@ mod tests {
                     (g - r).abs() <= 1e-5 * (1.0 + r.abs()),
                     "{m}x{n}x{k}: {g} vs {r}"
                 );
+            }
+        }
+    }
+
+    /// Several products in one pass, three sharing one input (prepared once for the lane kernel).
+    #[test]
+    fn products_sharing_an_input_match_reference() {
+        // q/k/v-style: three weights against one 16-row input (prepared once), plus one of 3 rows.
+        let (m, k) = (16, 96);
+        let x = random(m * k, 5);
+        let ws: Vec<Vec<f32>> = [64, 16, 40]
+            .iter()
+            .map(|&n| random(n * k, n as u64))
+            .collect();
+        let x3 = random(3 * k, 6);
+        let mut products: Vec<Product<'_, f32>> =
+            ws.iter().map(|w| Product { x: &x, m, w, k }).collect();
+        products.push(Product {
+            x: &x3,
+            m: 3,
+            w: &ws[0],
+            k,
+        });
+        let got = run_products(&products);
+        for (p, y) in products.iter().zip(&got) {
+            let want = reference(p.x, p.w, p.m, p.w.len() / k, k);
+            assert_eq!(y.len(), want.len());
+            for (g, r) in y.iter().zip(&want) {
+                assert!((g - r).abs() <= 1e-5 * (1.0 + r.abs()), "{g} vs {r}");
             }
         }
     }
