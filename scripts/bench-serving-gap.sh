@@ -7,7 +7,7 @@
 #   cargo bench --bench decode_step -- 'decode_step_bench_model/(1|16)$'
 set -u
 cd "$(dirname "$0")/.."
-BIN=target/release/moeserve
+BIN=${BIN:-target/release/moeserve}
 MODEL=${1:-weights/bench-f32}
 shift || true
 OUT=${OUT:-/tmp/serving-gap}

@@ -6,7 +6,8 @@
 //! weight rows over the rayon pool. f32, bf16, f16 and e4m3 weights (widened in registers by `super::simd`),
 //! f32 activations and accumulation. AVX2+FMA is chosen at run time; other CPUs get a portable loop the
 //! compiler vectorises. Two AVX-512 kernels take over where they pay: `super::dpbf16` for bf16 weights
-//! from two rows on, `super::lanes` for f32 weights with 12–32 rows (decode batches' dense projections).
+//! from two rows on, for f32 weights `super::tile512` with 2–11 rows and `super::lanes` with 12–32 (decode
+//! batches' dense projections).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -17,7 +18,7 @@ use rayon::prelude::*;
 use super::elem::{dot_lanes, E4m3, Widen};
 use super::host::{with_f32, with_hosts, HostSlices};
 use super::simd::{self, has_fma};
-use super::{dpbf16, lanes};
+use super::{dpbf16, lanes, tile512};
 use crate::device::MatmulPrecision;
 use crate::error::{Error, Result};
 
@@ -316,6 +317,7 @@ fn prepared_inputs<W: WeightElem>(
 /// Runs several products in one parallel pass over all their weight rows; returns each `[m, n]`.
 pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>> {
     let fma = has_fma();
+    let avx512 = lanes::available();
     let (prepared, inputs) = prepared_inputs(products);
     // Each result, `[n, m]` (transposed: each task owns a contiguous run of one product's output
     // columns) — or `[m, n]` for the AVX512-BF16 and lane kernels, whose tasks write disjoint column
@@ -375,6 +377,11 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
         #[cfg(target_arch = "x86_64")]
         if fma && m >= 2 {
             let rows = out.len() / m;
+            if let Some(w) = W::as_f32(p.w).filter(|_| avx512) {
+                // SAFETY: AVX-512F checked by `lanes::available`; shapes as the method requires.
+                unsafe { tile512::tile(p.x, m, k, &w[first * k..(first + rows) * k], out) };
+                return;
+            }
             // SAFETY: AVX2+FMA checked by `has_fma`; shapes as the method requires.
             unsafe { W::tile_avx2(p.x, m, k, &p.w[first * k..(first + rows) * k], out) };
             return;
@@ -557,9 +564,15 @@ mod tests {
                     let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
                     let wbf: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
                     let want_b = reference(&x, &wbf, m, n, k);
+                    // f16 weights: the AVX2 tiles on every x86 CPU (f32 and bf16 take the AVX-512
+                    // kernels where the CPU has them).
+                    let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                    let whf: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+                    let want_h = reference(&x, &whf, m, n, k);
                     let cases = [
                         (run(&x, &w, m, n, k), &want),
                         (run(&x, &wb, m, n, k), &want_b),
+                        (run(&x, &wh, m, n, k), &want_h),
                     ];
                     for (got, want) in cases {
                         for (g, r) in got.iter().zip(want.iter()) {

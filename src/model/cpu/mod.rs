@@ -1,7 +1,8 @@
 //! CPU kernels, by job: `elem` (the weight elements read as stored), `simd` (the x86 tiles and dot
 //! products that widen them in registers), `matmul` (few-row products `x · Wᵀ` with f32 activations and f32 / bf16 / f16
 //! weights widened in registers, and the panel-widening path for many rows), `dpbf16` and `lanes` (the
-//! AVX-512 kernels for bf16 weights and for f32 weights under 12–32-row batches), `experts` (the routed
+//! AVX-512 kernels for bf16 weights and for f32 weights under 12–32-row batches), `tile512` (f32 weights
+//! under 2–11 rows, AVX-512), `experts` (the routed
 //! experts of a decode-sized batch in two parallel passes), `attention` (paged attention read in place
 //! from the cache, AVX2 tiles). The CUDA counterparts live in `src/cuda/`.
 
@@ -18,4 +19,5 @@ pub(crate) mod q4k_x8;
 pub mod q8_0;
 pub mod quant;
 pub(crate) mod simd;
+pub(crate) mod tile512;
 pub mod widen;

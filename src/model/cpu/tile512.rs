@@ -1,0 +1,192 @@
+//! `x · Wᵀ` for f32 weights and 2–11 input rows on AVX-512 CPUs: the dot-product tiles of `super::simd`
+//! with 16-wide registers and 32 of them — four weight rows against up to four input rows per block, at
+//! least sixteen accumulators in flight (the k loop unrolled where the block has fewer), k tails as
+//! masked loads. Most expert products of a decode batch have two to four rows (16 tokens × top-4 over
+//! 32 experts: ~2.3 on average), where the weight read should be the only cost. Against the AVX2 tiles
+//! on a 16,384 × 1,024 weight (both cores, min of 20 alternated runs, three rounds): 2–4 rows 2–10%
+//! less time (both at about the one-row time: memory), 8 rows 9–14% less.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// `out[r * m + i] = x[i] · w[r]` for `x` `[m, k]`, `w` `[rows, k]`: the `[rows, m]` result.
+///
+/// # Safety
+/// AVX512-F must be available; `x.len() == m * k`, `w.len() == rows * k`, `out.len() == rows * m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn tile(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
+    let rows = out.len() / m.max(1);
+    let mut r = 0;
+    while r < rows {
+        let step = match rows - r {
+            1 => 1,
+            2 | 3 => 2,
+            _ => 4,
+        };
+        match step {
+            1 => weight_rows::<1>(x, m, k, w, out, r),
+            2 => weight_rows::<2>(x, m, k, w, out, r),
+            _ => weight_rows::<4>(x, m, k, w, out, r),
+        }
+        r += step;
+    }
+}
+
+/// Weight rows `r..r + R` against every input row, four input rows at a time; the first group
+/// prefetches the next `R` weight rows into L2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weight_rows<const R: usize>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    out: &mut [f32],
+    r: usize,
+) {
+    let rows = w.len() / k.max(1);
+    let ws: [*const f32; R] = std::array::from_fn(|j| w.as_ptr().add((r + j) * k));
+    let next: [*const f32; R] =
+        std::array::from_fn(|j| w.as_ptr().add((r + R + j).min(rows - 1) * k));
+    let xr = |i: usize| x.as_ptr().add(i * k);
+    let mut i = 0;
+    while i < m {
+        let pf = (i == 0).then_some(next);
+        let c = (m - i).min(4);
+        let v = match c {
+            1 => spread(block::<R, 1, 4>(ws, [xr(i)], k, pf)),
+            2 => spread(block::<R, 2, 2>(ws, [xr(i), xr(i + 1)], k, pf)),
+            3 => spread(block::<R, 3, 2>(ws, [xr(i), xr(i + 1), xr(i + 2)], k, pf)),
+            _ => spread(block::<R, 4, 1>(
+                ws,
+                [xr(i), xr(i + 1), xr(i + 2), xr(i + 3)],
+                k,
+                pf,
+            )),
+        };
+        for (j, row) in v.iter().enumerate().take(R) {
+            out[(r + j) * m + i..(r + j) * m + i + c].copy_from_slice(&row[..c]);
+        }
+        i += c;
+    }
+}
+
+/// A block's `[R][C]` sums as `[R][4]` (the first `C` of each row used).
+#[inline(always)]
+fn spread<const R: usize, const C: usize>(v: [[f32; C]; R]) -> [[f32; 4]; R] {
+    let mut out = [[0f32; 4]; R];
+    for (o, row) in out.iter_mut().zip(&v) {
+        o[..C].copy_from_slice(row);
+    }
+    out
+}
+
+/// `R` weight rows against `C` input rows over all of `k`: `U × R × C` accumulators (`U` interleaved
+/// 16-wide steps), each loaded weight vector feeding `C` FMAs and each input vector `R`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+unsafe fn block<const R: usize, const C: usize, const U: usize>(
+    w: [*const f32; R],
+    x: [*const f32; C],
+    k: usize,
+    next: Option<[*const f32; R]>,
+) -> [[f32; C]; R] {
+    let mut acc = [[[_mm512_setzero_ps(); C]; R]; U];
+    let mut at = 0;
+    while at + 16 * U <= k {
+        for u in 0..U {
+            let i = at + 16 * u;
+            // One line of each next row per 16 weights: the whole next group by the end of the pass.
+            if let Some(next) = next {
+                for p in next {
+                    _mm_prefetch::<_MM_HINT_T1>(p.add(i).cast());
+                }
+            }
+            let mut xv = [_mm512_setzero_ps(); C];
+            for c in 0..C {
+                xv[c] = _mm512_loadu_ps(x[c].add(i));
+            }
+            for r in 0..R {
+                let wv = _mm512_loadu_ps(w[r].add(i));
+                for c in 0..C {
+                    acc[u][r][c] = _mm512_fmadd_ps(xv[c], wv, acc[u][r][c]);
+                }
+            }
+        }
+        at += 16 * U;
+    }
+    while at < k {
+        let left = k - at;
+        let mask: __mmask16 = if left >= 16 { !0 } else { (1u16 << left) - 1 };
+        for r in 0..R {
+            let wv = _mm512_maskz_loadu_ps(mask, w[r].add(at));
+            for c in 0..C {
+                let xv = _mm512_maskz_loadu_ps(mask, x[c].add(at));
+                acc[0][r][c] = _mm512_fmadd_ps(xv, wv, acc[0][r][c]);
+            }
+        }
+        at += 16;
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        for c in 0..C {
+            let mut v = acc[0][r][c];
+            for u in 1..U {
+                v = _mm512_add_ps(v, acc[u][r][c]);
+            }
+            out[r][c] = _mm512_reduce_add_ps(v);
+        }
+    }
+    out
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every block shape (1–4 input rows in each remainder, weight-row tails 1–3) and k below, at and
+    /// past each unrolled stride, against an f64 reference.
+    #[test]
+    fn every_shape_matches_reference() {
+        if !is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        for m in 1..=11 {
+            for rows in [1, 2, 3, 4, 5, 7, 9] {
+                for k in [1, 15, 16, 17, 32, 64, 65, 100] {
+                    let x = random(m * k, (m * 100 + k) as u64);
+                    let w = random(rows * k, (rows * 7 + k) as u64);
+                    let mut out = vec![f32::NAN; rows * m];
+                    // SAFETY: AVX-512F checked above; shapes as documented.
+                    unsafe { tile(&x, m, k, &w, &mut out) };
+                    for r in 0..rows {
+                        for i in 0..m {
+                            let want: f64 = (0..k)
+                                .map(|j| x[i * k + j] as f64 * w[r * k + j] as f64)
+                                .sum();
+                            let got = out[r * m + i] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "m={m} rows={rows} k={k} r={r} i={i}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
