@@ -5,7 +5,7 @@
 //! streams each weight row once, dots it with every input row while the row sits in L1, and splits the
 //! weight rows over the rayon pool. f32, bf16, f16 and e4m3 weights (widened in registers by `super::simd`),
 //! f32 activations and accumulation. AVX2+FMA is chosen at run time; other CPUs get a portable loop the
-//! compiler vectorises. Two AVX-512 kernels take over where they pay: `super::dpbf16` for bf16 weights
+//! compiler vectorises. AVX-512 kernels take over where they pay: `super::dpbf16` for bf16 weights
 //! from two rows on, for f32 weights `super::tile512` with 2–11 rows and `super::lanes` with 12–32 (decode
 //! batches' dense projections).
 
