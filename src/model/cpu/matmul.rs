@@ -5,9 +5,8 @@
 //! streams each weight row once, dots it with every input row while the row sits in L1, and splits the
 //! weight rows over the rayon pool. f32, bf16, f16 and e4m3 weights (widened in registers by `super::simd`),
 //! f32 activations and accumulation. AVX2+FMA is chosen at run time; other CPUs get a portable loop the
-//! compiler vectorises. AVX-512 kernels take over where they pay: `super::dpbf16` for bf16 weights
-//! from two rows on, for f32 weights `super::tile512` with 2–11 rows and `super::lanes` with 12–32 (decode
-//! batches' dense projections).
+//! compiler vectorises. AVX-512 kernels take over from two rows on: `super::dpbf16` for bf16 weights,
+//! `super::tile512` for f32 weights.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -18,7 +17,7 @@ use rayon::prelude::*;
 use super::elem::{dot_lanes, E4m3, Widen};
 use super::host::{with_f32, with_hosts, HostSlices};
 use super::simd::{self, has_fma};
-use super::{dpbf16, lanes, tile512};
+use super::{dpbf16, tile512};
 use crate::device::MatmulPrecision;
 use crate::error::{Error, Result};
 
@@ -265,86 +264,78 @@ pub struct Product<'a, W> {
     pub k: usize,
 }
 
-/// An input prepared once for a kernel that reads it in its own layout (products sharing an input,
-/// like an expert's gate and up or attention's q, k and v, share one).
-enum Prepared {
-    /// Rounded to bf16 (split or not) for `super::dpbf16`.
-    Bf16(dpbf16::Bf16Rows),
-    /// Transposed into 16-lane panels for `super::lanes`.
-    Lanes(lanes::LaneMajor),
-}
-
-/// For each product, the index of its prepared input in the returned list, if its kernel needs one:
-/// bf16 weights from [`DPBF16_MIN_ROWS`] rows on (where the CPU has AVX512-BF16), f32 weights with
-/// `lanes::MIN_ROWS`..=`lanes::MAX_ROWS` rows (where it has AVX-512).
-fn prepared_inputs<W: WeightElem>(
+/// For each product that takes the AVX512-BF16 kernel, the index of its input rounded to bf16 in the
+/// returned list (products sharing an input, like an expert's gate and up, share one rounding).
+fn rounded_inputs<W: WeightElem>(
     products: &[Product<'_, W>],
-) -> (Vec<Option<usize>>, Vec<Prepared>) {
+) -> (Vec<Option<usize>>, Vec<dpbf16::Bf16Rows>) {
     let mut index = Vec::with_capacity(products.len());
-    let mut prepared: Vec<Prepared> = Vec::new();
-    // Each prepared input's source, as (start, length).
+    let mut rounded: Vec<dpbf16::Bf16Rows> = Vec::new();
+    // Each rounding's input, as (start, length).
     let mut sources: Vec<(*const f32, usize)> = Vec::new();
     let mode = dpbf16_mode().filter(|_| dpbf16::available());
-    let lanes = lanes::available();
     for p in products {
-        let bf16_split = mode.filter(|_| p.m >= DPBF16_MIN_ROWS && W::as_bf16(p.w).is_some());
-        let in_lanes =
-            lanes && W::as_f32(p.w).is_some() && (lanes::MIN_ROWS..=lanes::MAX_ROWS).contains(&p.m);
-        if bf16_split.is_none() && !in_lanes {
+        let Some(split) = mode.filter(|_| p.m >= DPBF16_MIN_ROWS && W::as_bf16(p.w).is_some())
+        else {
             index.push(None);
             continue;
-        }
+        };
         let source = (p.x.as_ptr(), p.x.len());
         match sources.iter().position(|&s| s == source) {
             Some(i) => index.push(Some(i)),
             None => {
                 sources.push(source);
-                prepared.push(match bf16_split {
-                    // Decode-sized products are never rounded, whatever the mode: a sequence's decode
-                    // does not depend on `--matmul-precision` or (beyond f32 summation order) on its batch.
-                    Some(split) => {
-                        Prepared::Bf16(dpbf16::Bf16Rows::new(p.x, split || p.m <= MAX_ROWS))
-                    }
-                    None => Prepared::Lanes(lanes::LaneMajor::new(p.x, p.m, p.k)),
-                });
-                index.push(Some(prepared.len() - 1));
+                // Decode-sized products are never rounded, whatever the mode: a sequence's decode does
+                // not depend on `--matmul-precision` or (beyond f32 summation order) on its batch.
+                let split = split || p.m <= MAX_ROWS;
+                rounded.push(dpbf16::Bf16Rows::new(p.x, split));
+                index.push(Some(rounded.len() - 1));
             }
         }
     }
-    (index, prepared)
+    (index, rounded)
 }
 
 /// Runs several products in one parallel pass over all their weight rows; returns each `[m, n]`.
 pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>> {
     let fma = has_fma();
-    let avx512 = lanes::available();
-    let (prepared, inputs) = prepared_inputs(products);
+    let (rounded, rounded_x) = rounded_inputs(products);
+    // f32 weights and two or more rows on AVX-512 CPUs: `super::tile512`, in place.
+    let f32_tiles = tile512::available();
+    let in_place: Vec<bool> = products
+        .iter()
+        .zip(&rounded)
+        .map(|(p, r)| r.is_some() || (f32_tiles && p.m >= 2 && W::as_f32(p.w).is_some()))
+        .collect();
     // Each result, `[n, m]` (transposed: each task owns a contiguous run of one product's output
-    // columns) — or `[m, n]` for the AVX512-BF16 and lane kernels, whose tasks write disjoint column
-    // ranges in place (prompt-sized results, where a transposing pass would cost as much as a third of
-    // the product; the 16-row lm head, where it cost 5% of it).
+    // columns) — or `[m, n]` for the AVX-512 kernels, whose tasks write disjoint column ranges in place
+    // (prompt-sized results, where a transposing pass would cost as much as a third of the product; a
+    // 16-row lm head, 5% of it).
     let mut ys: Vec<Vec<f32>> = products
         .iter()
         .map(|p| vec![0f32; (p.w.len() / p.k.max(1)) * p.m])
         .collect();
     let mut tasks = Vec::new();
-    for ((p, y), i) in products.iter().zip(ys.iter_mut()).zip(&prepared) {
+    for (((p, y), xb), &in_place) in products
+        .iter()
+        .zip(ys.iter_mut())
+        .zip(&rounded)
+        .zip(&in_place)
+    {
         if p.m == 0 || p.k == 0 {
             continue;
         }
         let n = y.len() / p.m;
-        match i.map(|i| &inputs[i]) {
-            Some(x) => {
-                let out = Columns(y.as_mut_ptr());
-                for first in (0..n).step_by(ROWS_PER_TASK) {
-                    let rows = ROWS_PER_TASK.min(n - first);
-                    tasks.push((p, first, Out::InPlace { y: out, n, rows, x }));
-                }
+        if in_place {
+            let out = Columns(y.as_mut_ptr());
+            let x = xb.map(|i| &rounded_x[i]);
+            for first in (0..n).step_by(ROWS_PER_TASK) {
+                let rows = ROWS_PER_TASK.min(n - first);
+                tasks.push((p, first, Out::InPlace { y: out, n, rows, x }));
             }
-            None => {
-                for (c, out) in y.chunks_mut(ROWS_PER_TASK * p.m).enumerate() {
-                    tasks.push((p, c * ROWS_PER_TASK, Out::Transposed(out)));
-                }
+        } else {
+            for (c, out) in y.chunks_mut(ROWS_PER_TASK * p.m).enumerate() {
+                tasks.push((p, c * ROWS_PER_TASK, Out::Transposed(out)));
             }
         }
     }
@@ -353,22 +344,20 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
         let out = match out {
             Out::Transposed(out) => out,
             Out::InPlace { y, n, rows, x } => {
-                // SAFETY (both kernels): `prepared_inputs` prepares an input only where its kernel is
-                // available; `y` is this product's `[m, n]` result, alive until the pass ends, and this
-                // task alone writes its columns `first..first + rows`.
+                // SAFETY (both kernels): `rounded_inputs` rounds only where `dpbf16::available`, and
+                // `in_place` picks `tile512` only where it is available; `y` is this product's `[m, n]`
+                // result, alive until the pass ends, and this task alone writes its columns
+                // `first..first + rows`.
                 #[cfg(target_arch = "x86_64")]
-                match x {
-                    Prepared::Bf16(x) => {
-                        if let Some(w) = W::as_bf16(p.w) {
-                            let w = &w[first * k..(first + rows) * k];
-                            unsafe { dpbf16::tile(x, m, k, w, y.0.add(first), n) };
-                        }
+                match (x, W::as_bf16(p.w), W::as_f32(p.w)) {
+                    (Some(x), Some(w), _) => {
+                        let w = &w[first * k..(first + rows) * k];
+                        unsafe { dpbf16::tile(x, m, k, w, y.0.add(first), n) };
                     }
-                    Prepared::Lanes(x) => {
-                        if let Some(w) = W::as_f32(p.w) {
-                            unsafe { lanes::tile(x, w, first, rows, y.0.add(first), n) };
-                        }
-                    }
+                    (None, _, Some(w)) => unsafe {
+                        tile512::tile(p.x, m, k, w, first, rows, y.0.add(first), n)
+                    },
+                    _ => {}
                 }
                 let _ = (x, y, n, rows);
                 return;
@@ -377,11 +366,6 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
         #[cfg(target_arch = "x86_64")]
         if fma && m >= 2 {
             let rows = out.len() / m;
-            if let Some(w) = W::as_f32(p.w).filter(|_| avx512) {
-                // SAFETY: AVX-512F checked by `lanes::available`; shapes as the method requires.
-                unsafe { tile512::tile(p.x, m, k, &w[first * k..(first + rows) * k], out) };
-                return;
-            }
             // SAFETY: AVX2+FMA checked by `has_fma`; shapes as the method requires.
             unsafe { W::tile_avx2(p.x, m, k, &p.w[first * k..(first + rows) * k], out) };
             return;
@@ -396,9 +380,9 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
     products
         .iter()
         .zip(ys)
-        .zip(&prepared)
-        .map(|((p, y), i)| {
-            if p.m <= 1 || i.is_some() {
+        .zip(&in_place)
+        .map(|((p, y), &in_place)| {
+            if p.m <= 1 || in_place {
                 return y;
             }
             transpose(&y, y.len() / p.m, p.m)
@@ -410,13 +394,13 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
 enum Out<'a> {
     /// Its own `[rows, m]` run of the transposed result.
     Transposed(&'a mut [f32]),
-    /// Columns `first..first + rows` of the `[m, n]` result at `y`, by the kernel the product's input
-    /// was prepared for (`x`: `super::dpbf16` or `super::lanes`).
+    /// Columns `first..first + rows` of the `[m, n]` result at `y`: by the AVX512-BF16 kernel from the
+    /// product's input as bf16 (`x`), or (`x` None, f32 weights) by `super::tile512`.
     InPlace {
         y: Columns,
         n: usize,
         rows: usize,
-        x: &'a Prepared,
+        x: Option<&'a dpbf16::Bf16Rows>,
     },
 }
 

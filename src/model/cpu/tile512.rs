@@ -1,40 +1,66 @@
-//! `x · Wᵀ` for f32 weights and 2–11 input rows on AVX-512 CPUs: the dot-product tiles of `super::simd`
-//! with 16-wide registers and 32 of them — four weight rows against up to four input rows per block, at
-//! least sixteen accumulators in flight (the k loop unrolled where the block has fewer), k tails as
-//! masked loads. Most expert products of a decode batch have two to four rows (16 tokens × top-4 over
-//! 32 experts: ~2.3 on average), where the weight read should be the only cost. Against the AVX2 tiles
-//! on a 16,384 × 1,024 weight (both cores, min of 20 alternated runs, three rounds): 2–4 rows 2–10%
-//! less time (both at about the one-row time: memory), 8 rows 9–14% less.
+//! `x · Wᵀ` for f32 weights and 2–32 input rows (decode batches, experts, chunks of short prompts) on
+//! AVX-512 CPUs: the dot-product tiles of `super::simd` with 16-wide registers and 32 of them — four
+//! weight rows against up to four input rows per block (8 loads per 16 FMAs), at least sixteen
+//! accumulators in flight (the k loop unrolled where the block has fewer), k tails as masked loads, and
+//! each block's sums written in place into the row-major result.
+//!
+//! Against the AVX2 tiles (both cores, min of 20 alternated runs): 2–4 rows of a 16,384 × 1,024 weight
+//! 2–10% less time (both at about the one-row time: the weight read), 8 rows 9–14% less; the 16-row lm
+//! head of the bench-shaped model 17.6 → ~11.5 ms. Also measured and dropped: the input rows across the
+//! lanes (x transposed into 16-row panels, each weight broadcast into one FMA for all of them) — as fast
+//! at 16 rows of the lm head, slower at 12 rows and on 1,024-row projections (a broadcast per FMA: one
+//! panel reached ~68% of the FMA peak).
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// `out[r * m + i] = x[i] · w[r]` for `x` `[m, k]`, `w` `[rows, k]`: the `[rows, m]` result.
+/// Whether the CPU runs the kernel: AVX512-F.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn available() -> bool {
+    false
+}
+
+/// `out[i * ld + (r - first)] = x[i] · w[r]` for `x` `[m, k]` and the weight rows `first..first + rows`
+/// of `w` (`[n, k]`, row-major): a `[m, rows]` block of a row-major result with row stride `ld`. The
+/// rows after the block (to the end of `w`) are prefetched as it ends: a thread that takes several
+/// blocks in a row mostly takes the next one.
 ///
 /// # Safety
-/// AVX512-F must be available; `x.len() == m * k`, `w.len() == rows * k`, `out.len() == rows * m`.
+/// AVX512-F must be available; `x.len() == m * k`, `w.len()` a multiple of `k` with at least
+/// `first + rows` rows, `rows <= ld`, and `out` valid for writes at `i * ld + j` for every `i < m`,
+/// `j < rows`, with no other thread touching those.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn tile(x: &[f32], m: usize, k: usize, w: &[f32], out: &mut [f32]) {
-    let rows = out.len() / m.max(1);
-    let mut r = 0;
-    while r < rows {
-        let step = match rows - r {
-            1 => 1,
-            2 | 3 => 2,
-            _ => 4,
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    first: usize,
+    rows: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let end = first + rows;
+    let mut r = first;
+    while r < end {
+        let at = out.add(r - first);
+        r += match end - r {
+            1 => weight_rows::<1>(x, m, k, w, r, at, ld),
+            2 | 3 => weight_rows::<2>(x, m, k, w, r, at, ld),
+            _ => weight_rows::<4>(x, m, k, w, r, at, ld),
         };
-        match step {
-            1 => weight_rows::<1>(x, m, k, w, out, r),
-            2 => weight_rows::<2>(x, m, k, w, out, r),
-            _ => weight_rows::<4>(x, m, k, w, out, r),
-        }
-        r += step;
     }
 }
 
-/// Weight rows `r..r + R` against every input row, four input rows at a time; the first group
-/// prefetches the next `R` weight rows into L2.
+/// Weight rows `r..r + R` against every input row, four input rows at a time, written to
+/// `out[i * ld + j]`; returns `R`. The first group prefetches the next `R` weight rows into L2.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn weight_rows<const R: usize>(
@@ -42,13 +68,13 @@ unsafe fn weight_rows<const R: usize>(
     m: usize,
     k: usize,
     w: &[f32],
-    out: &mut [f32],
     r: usize,
-) {
-    let rows = w.len() / k.max(1);
+    out: *mut f32,
+    ld: usize,
+) -> usize {
+    let n = w.len() / k;
     let ws: [*const f32; R] = std::array::from_fn(|j| w.as_ptr().add((r + j) * k));
-    let next: [*const f32; R] =
-        std::array::from_fn(|j| w.as_ptr().add((r + R + j).min(rows - 1) * k));
+    let next: [*const f32; R] = std::array::from_fn(|j| w.as_ptr().add((r + R + j).min(n - 1) * k));
     let xr = |i: usize| x.as_ptr().add(i * k);
     let mut i = 0;
     while i < m {
@@ -65,11 +91,14 @@ unsafe fn weight_rows<const R: usize>(
                 pf,
             )),
         };
-        for (j, row) in v.iter().enumerate().take(R) {
-            out[(r + j) * m + i..(r + j) * m + i + c].copy_from_slice(&row[..c]);
+        for (j, row) in v.iter().enumerate() {
+            for (c, &value) in row[..c].iter().enumerate() {
+                *out.add((i + c) * ld + j) = value;
+            }
         }
         i += c;
     }
+    R
 }
 
 /// A block's `[R][C]` sums as `[R][4]` (the first `C` of each row used).
@@ -159,26 +188,33 @@ mod tests {
     }
 
     /// Every block shape (1–4 input rows in each remainder, weight-row tails 1–3) and k below, at and
-    /// past each unrolled stride, against an f64 reference.
+    /// past each unrolled stride, against an f64 reference — written into a block of a wider result
+    /// and nowhere else.
     #[test]
     fn every_shape_matches_reference() {
         if !is_x86_feature_detected!("avx512f") {
             return;
         }
-        for m in 1..=11 {
-            for rows in [1, 2, 3, 4, 5, 7, 9] {
+        for m in 1..=33 {
+            for rows in [2, 3, 4, 5, 6, 8, 10] {
                 for k in [1, 15, 16, 17, 32, 64, 65, 100] {
                     let x = random(m * k, (m * 100 + k) as u64);
                     let w = random(rows * k, (rows * 7 + k) as u64);
-                    let mut out = vec![f32::NAN; rows * m];
+                    // Rows 1.. of the weight into columns 2.. of a wider result.
+                    let ld = rows + 3;
+                    let mut out = vec![f32::NAN; m * ld];
                     // SAFETY: AVX-512F checked above; shapes as documented.
-                    unsafe { tile(&x, m, k, &w, &mut out) };
-                    for r in 0..rows {
+                    unsafe { tile(&x, m, k, &w, 1, rows - 1, out.as_mut_ptr().add(2), ld) };
+                    for i in 0..m {
+                        assert!(out[i * ld].is_nan() && out[i * ld + 1].is_nan());
+                        assert!(out[i * ld + rows + 1].is_nan() && out[i * ld + rows + 2].is_nan());
+                    }
+                    for r in 1..rows {
                         for i in 0..m {
                             let want: f64 = (0..k)
                                 .map(|j| x[i * k + j] as f64 * w[r * k + j] as f64)
                                 .sum();
-                            let got = out[r * m + i] as f64;
+                            let got = out[i * ld + r + 1] as f64;
                             assert!(
                                 (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
                                 "m={m} rows={rows} k={k} r={r} i={i}: {got} vs {want}"
