@@ -2,7 +2,8 @@
 # Serving against the engine (issue 15): the bench-shaped model served over HTTP at concurrency 1 and 16
 # (8-token prompts, 48 output tokens), with the engine's own step time read from /metrics before and after
 # each run, so the gap splits into "steps got slower" and "time between steps".
-# Usage: scripts/bench-serving-gap.sh [MODEL] [EXTRA SERVE FLAGS...]   (release build first)
+# Usage: scripts/bench-serving-gap.sh [MODEL] [EXTRA SERVE FLAGS...]   (release build first; BIN=path
+# runs another build of moeserve, to alternate two builds)
 # In-process reference: MOESERVE_BENCH_MODEL=weights/bench-f32 MOESERVE_BENCH_CONTEXT=32 \
 #   cargo bench --bench decode_step -- 'decode_step_bench_model/(1|16)$'
 set -u
