@@ -92,8 +92,8 @@ unsafe fn weight_rows<const R: usize>(
             )),
         };
         for (j, row) in v.iter().enumerate() {
-            for (c, &value) in row[..c].iter().enumerate() {
-                *out.add((i + c) * ld + j) = value;
+            for (col, &value) in row[..c].iter().enumerate() {
+                *out.add((i + col) * ld + j) = value;
             }
         }
         i += c;
