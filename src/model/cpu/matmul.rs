@@ -445,6 +445,7 @@ fn dot<W: WeightElem>(x: &[f32], w: &[W], fma: bool) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cpu::test_values::random;
     use candle_core::Device;
 
     fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
@@ -459,20 +460,6 @@ mod tests {
             }
         }
         y
-    }
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
     }
 
     #[test]

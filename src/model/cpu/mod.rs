@@ -17,5 +17,7 @@ pub(crate) mod q4k_x8;
 pub mod q8_0;
 pub mod quant;
 pub(crate) mod simd;
+#[cfg(test)]
+pub(crate) mod test_values;
 pub(crate) mod tile512;
 pub mod widen;

@@ -174,18 +174,7 @@ unsafe fn block<const R: usize, const C: usize, const U: usize>(
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
-
-    fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::model::cpu::test_values::random;
 
     /// Every block shape (1–4 input rows in each remainder, weight-row tails 1–3) and k below, at and
     /// past each unrolled stride, against an f64 reference — written into a block of a wider result
