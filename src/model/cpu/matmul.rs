@@ -195,7 +195,7 @@ pub trait WeightElem: Widen {
     fn as_bf16(_w: &[Self]) -> Option<&[bf16]> {
         None
     }
-    /// The weights as f32 where they are (for the AVX-512 lane kernel of `super::lanes`).
+    /// The weights as f32 where they are (for the AVX-512 tiles of `super::tile512`).
     fn as_f32(_w: &[Self]) -> Option<&[f32]> {
         None
     }
@@ -357,7 +357,7 @@ pub fn run_products<W: WeightElem>(products: &[Product<'_, W>]) -> Vec<Vec<f32>>
                     (None, _, Some(w)) => unsafe {
                         tile512::tile(p.x, m, k, w, first, rows, y.0.add(first), n)
                     },
-                    _ => {}
+                    _ => debug_assert!(false, "in-place product without its kernel"),
                 }
                 let _ = (x, y, n, rows);
                 return;
@@ -473,7 +473,7 @@ mod tests {
             (5, 512, 96),
             (32, 7, 45),
             (2, 3, 8),
-            // The lane kernel's range (f32 weights, AVX-512): one panel, two panels, tails everywhere.
+            // 12–32 rows (`super::tile512` on AVX-512 CPUs): every input-row remainder, tails everywhere.
             (12, 70, 45),
             (16, 100, 1024),
             (17, 33, 64),
@@ -492,10 +492,11 @@ mod tests {
         }
     }
 
-    /// Several products in one pass, three sharing one input (prepared once for the lane kernel).
+    /// Several products in one pass, three sharing one 16-row input, one with 3 rows, each result in
+    /// its own layout.
     #[test]
     fn products_sharing_an_input_match_reference() {
-        // q/k/v-style: three weights against one 16-row input (prepared once), plus one of 3 rows.
+        // q/k/v-style: three weights against one input, plus one of 3 rows.
         let (m, k) = (16, 96);
         let x = random(m * k, 5);
         let ws: Vec<Vec<f32>> = [64, 16, 40]

@@ -1,8 +1,8 @@
 //! `x · Wᵀ` for f32 weights and 2–32 input rows (decode batches, experts, chunks of short prompts) on
 //! AVX-512 CPUs: the dot-product tiles of `super::simd` with 16-wide registers and 32 of them — four
-//! weight rows against up to four input rows per block (8 loads per 16 FMAs), at least sixteen
-//! accumulators in flight (the k loop unrolled where the block has fewer), k tails as masked loads, and
-//! each block's sums written in place into the row-major result.
+//! weight rows against up to four input rows per block (8 loads per 16 FMAs), sixteen or more
+//! accumulators in flight in four-weight-row blocks (the k loop unrolled where a block has fewer), k
+//! tails as masked loads, and each block's sums written in place into the row-major result.
 //!
 //! Against the AVX2 tiles (both cores, min of 20 alternated runs): 2–4 rows of a 16,384 × 1,024 weight
 //! 2–10% less time (both at about the one-row time: the weight read), 8 rows 9–14% less; the 16-row lm
@@ -80,35 +80,43 @@ unsafe fn weight_rows<const R: usize>(
     while i < m {
         let pf = (i == 0).then_some(next);
         let c = (m - i).min(4);
-        let v = match c {
-            1 => spread(block::<R, 1, 4>(ws, [xr(i)], k, pf)),
-            2 => spread(block::<R, 2, 2>(ws, [xr(i), xr(i + 1)], k, pf)),
-            3 => spread(block::<R, 3, 2>(ws, [xr(i), xr(i + 1), xr(i + 2)], k, pf)),
-            _ => spread(block::<R, 4, 1>(
-                ws,
-                [xr(i), xr(i + 1), xr(i + 2), xr(i + 3)],
-                k,
-                pf,
-            )),
-        };
-        for (j, row) in v.iter().enumerate() {
-            for (col, &value) in row[..c].iter().enumerate() {
-                *out.add((i + col) * ld + j) = value;
-            }
+        match c {
+            1 => store(block::<R, 1, 4>(ws, [xr(i)], k, pf), out, i, ld),
+            2 => store(block::<R, 2, 2>(ws, [xr(i), xr(i + 1)], k, pf), out, i, ld),
+            3 => store(
+                block::<R, 3, 2>(ws, [xr(i), xr(i + 1), xr(i + 2)], k, pf),
+                out,
+                i,
+                ld,
+            ),
+            _ => store(
+                block::<R, 4, 1>(ws, [xr(i), xr(i + 1), xr(i + 2), xr(i + 3)], k, pf),
+                out,
+                i,
+                ld,
+            ),
         }
         i += c;
     }
     R
 }
 
-/// A block's `[R][C]` sums as `[R][4]` (the first `C` of each row used).
+/// A block's sums for input rows `i..i + C` into `out[(i + c) * ld + j]`.
+///
+/// # Safety
+/// `out` valid for those writes (see [`tile`]).
 #[inline(always)]
-fn spread<const R: usize, const C: usize>(v: [[f32; C]; R]) -> [[f32; 4]; R] {
-    let mut out = [[0f32; 4]; R];
-    for (o, row) in out.iter_mut().zip(&v) {
-        o[..C].copy_from_slice(row);
+unsafe fn store<const R: usize, const C: usize>(
+    v: [[f32; C]; R],
+    out: *mut f32,
+    i: usize,
+    ld: usize,
+) {
+    for (j, row) in v.iter().enumerate() {
+        for (c, &value) in row.iter().enumerate() {
+            *out.add((i + c) * ld + j) = value;
+        }
     }
-    out
 }
 
 /// `R` weight rows against `C` input rows over all of `k`: `U × R × C` accumulators (`U` interleaved
