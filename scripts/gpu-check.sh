@@ -7,8 +7,9 @@
 # tests: the kernel tests (tests/gpu_kernels.rs), the golden fixtures on cuda:0 in f32, and every
 #        fixture in bf16/f16 against the f32 reference (tests/dtype_parity.rs);
 # serve: `moeserve serve --device cuda:0` on a fixture and on dummy Qwen3-30B-A3B, one chat request each;
-# bench: decode tokens/s at batch 1 (in-process) and 8/64 (HTTP), and TTFT of a 1,024-token prompt, on
-#        dummy Qwen3-30B-A3B in bf16;
+# bench: decode tokens/s at batch 1 (in-process, CUDA graphs off and on) and 1/8/64 (HTTP), and TTFT of a
+#        1,024-token prompt, on dummy Qwen3-30B-A3B in bf16; the copy bandwidth measured in the same run
+#        and a closing table of each figure next to its floor (scripts/gpu_summary.py);
 # sweep: issue 6's concurrency sweep on the embedded default model on the GPU (64 in, 64 out, 1 to 16
 #        streams, twice): output tokens/s at each level and its multiple of one stream's;
 # profile: GPU time per kernel (Nsight Compute) of a 1,024-token prefill and one decode step on a
@@ -29,7 +30,7 @@ status=0
 want() { [ "$WHAT" = all ] || [[ ",$WHAT," == *",$1,"* ]]; }
 
 if want tests; then
-    for t in ${TESTS:-gpu_kernels golden dtype_parity}; do
+    for t in ${TESTS:-gpu_kernels gpu_graphs golden dtype_parity}; do
         echo "== $t"
         MOESERVE_TEST_DEVICE=cuda:0 timeout 200 "$BIN/$t" --test-threads 1 2>&1 | tee -a "$OUT/tests.log" | grep -E "^test |test result|panicked|assert|experts|GQA|MLA" || true
         [ "${PIPESTATUS[0]}" = 0 ] || status=1
@@ -65,11 +66,17 @@ if want bench; then
     "$BIN/moeserve" generate --model tests/fixtures/qwen3_moe --device cuda:0 --prompt-ids 1,2,3,4 \
         --max-tokens 128 --ignore-eos --json 2>/dev/null \
         | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["timing"]))'
-    echo "== generate: 1024-token prompt, 128 tokens, batch 1"
+    echo "== copy bandwidth (the floors' denominator)"
+    python3 scripts/gpu_summary.py bandwidth | tee "$OUT/bandwidth.txt"
+    echo "== generate: 1024-token prompt, 128 tokens, batch 1, CUDA graphs off / on (alternated)"
     for rep in 1 2; do
-        "$BIN/moeserve" generate --model $M --load-format dummy --dtype bf16 --device cuda:0 \
-            --prompt-ids "$IDS" --max-tokens 128 --ignore-eos --json 2>"$OUT/generate.log" \
-            | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["timing"]))' | tee -a "$OUT/generate.jsonl"
+        for graphs in off on; do
+            "$BIN/moeserve" generate --model $M --load-format dummy --dtype bf16 --device cuda:0 \
+                --cuda-graphs $graphs --prompt-ids "$IDS" --max-tokens 128 --ignore-eos --json \
+                2>>"$OUT/generate.log" \
+                | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["timing"]))' \
+                | tee -a "$OUT/generate-graphs-$graphs.jsonl"
+        done
     done
     echo "== HTTP: concurrency 1, 8, 64 (512 in, 128 out)"
     "$BIN/moeserve" serve --model $M --load-format dummy --dtype bf16 --device cuda:0 --port 8012 \
@@ -87,6 +94,10 @@ if want bench; then
             --result-json "$OUT/bench-c$c.json" 2>>"$OUT/bench.log" | tail -25
     done
     kill $pid; wait $pid 2>/dev/null
+    grep -c "captured as a CUDA graph" "$OUT/serve-bench.log" | sed 's/^/graphs captured by the server: /'
+    grep "capture failed" "$OUT/serve-bench.log" "$OUT/generate.log" | head -5
+    echo "== summary: each figure next to its floor"
+    python3 scripts/gpu_summary.py table "$OUT" configs/qwen3-30b-a3b/config.json | tee "$OUT/summary.md"
 fi
 if want sweep; then
     echo "== sweep: default model, concurrency 1,2,4,8,16 (64 in, 64 out)"

@@ -7,9 +7,9 @@ DEST=${1:-.dev/bin}
 eval "$(bash scripts/cuda-toolchain.sh)"
 cargo build --release --features cuda --target-dir target/cuda
 msgs=$(cargo test --release --features cuda --no-run --target-dir target/cuda \
-    --test gpu_kernels --test golden --test dtype_parity --message-format json 2>/dev/null)
+    --test gpu_kernels --test gpu_graphs --test golden --test dtype_parity --message-format json 2>/dev/null)
 rm -rf "$DEST" && mkdir -p "$DEST"
-for t in gpu_kernels golden dtype_parity; do
+for t in gpu_kernels gpu_graphs golden dtype_parity; do
     exe=$(echo "$msgs" | python3 -c "import json,sys
 for l in sys.stdin:
     m=json.loads(l)
@@ -18,5 +18,5 @@ for l in sys.stdin:
 done
 strip -o "$DEST/moeserve" target/cuda/release/moeserve
 pwd >"$DEST/manifest_dir"
-xz -T2 -6 "$DEST"/moeserve "$DEST"/gpu_kernels "$DEST"/golden "$DEST"/dtype_parity
+xz -T2 -6 "$DEST"/moeserve "$DEST"/gpu_kernels "$DEST"/gpu_graphs "$DEST"/golden "$DEST"/dtype_parity
 du -sh "$DEST"

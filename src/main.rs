@@ -165,6 +165,16 @@ struct ModelArgs {
     /// f32 products (weights widened).
     #[arg(long, value_enum, default_value = "high")]
     matmul_precision: moeserve::device::MatmulPrecision,
+    /// On a CUDA GPU: replay decode steps as CUDA graphs, captured per batch-size bucket as they first
+    /// occur (dense checkpoints; GGUF models keep launching kernel by kernel). No effect on the CPU.
+    #[arg(long, value_enum, default_value = "on")]
+    cuda_graphs: OnOff,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 impl ModelArgs {
@@ -214,25 +224,29 @@ struct GenerateArgs {
     json: bool,
 }
 
-fn load(args: &ModelArgs) -> anyhow::Result<Arc<LoadedModel>> {
+/// Loads the model for steps of up to `max_batch` sequences.
+fn load(args: &ModelArgs, max_batch: usize) -> anyhow::Result<Arc<LoadedModel>> {
     let source = loader::source_for(args.model.as_deref());
     let started = std::time::Instant::now();
     let device = moeserve::device::open(args.device)?;
     let precision = args.precision(&device);
-    let loaded = loader::load_with(&source, &device, precision, args.load_format)
+    let mut loaded = loader::load_with(&source, &device, precision, args.load_format)
         .with_context(|| format!("loading {}", source.describe()))?;
+    let decode_graphs =
+        args.cuda_graphs == OnOff::On && loaded.model.enable_decode_graphs(max_batch);
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         device = %moeserve::device::describe(&device),
         compute_dtype = ?precision.compute,
         load_format = ?args.load_format,
+        decode_graphs,
         "model loaded"
     );
     Ok(Arc::new(loaded))
 }
 
 fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
-    let loaded = load(&args.model)?;
+    let loaded = load(&args.model, 1)?;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),
         (Some(text), None) => loaded.tokenizer.encode(text, true)?,

@@ -53,7 +53,13 @@ fn kv_write_places_rows_at_their_slots() {
         let src = uniform(&mut rng, tokens * heads * dim);
         let mut order: Vec<u32> = (0..slots as u32).collect();
         order.shuffle(&mut rng);
-        let targets = &order[..tokens];
+        // Every fifth row pads the step: it writes nothing.
+        let targets: Vec<u32> = order[..tokens]
+            .iter()
+            .enumerate()
+            .map(|(t, &s)| if t % 5 == 2 { cuda::PAD_SLOT } else { s })
+            .collect();
+        let targets = &targets[..];
         let src_t = Tensor::from_vec(src.clone(), (tokens, heads, dim), &dev)
             .unwrap()
             .to_dtype(dtype)
@@ -75,9 +81,93 @@ fn kv_write_places_rows_at_their_slots() {
         );
         let row = heads * dim;
         for (t, &s) in targets.iter().enumerate() {
-            want[s as usize * row..][..row].copy_from_slice(&src_r[t * row..][..row]);
+            if s != cuda::PAD_SLOT {
+                want[s as usize * row..][..row].copy_from_slice(&src_r[t * row..][..row]);
+            }
         }
         assert_eq!(host(&cache), want, "{dtype:?}");
+    }
+}
+
+/// One launch zeroes the freed blocks of every layer (keys and values, 16-byte and 2-byte stores) and
+/// leaves every other block as it was.
+#[test]
+fn freed_blocks_are_zeroed_in_one_launch() {
+    use moeserve::kv::{KvCache, KvLayout};
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(9);
+    let layouts = [
+        (
+            KvLayout {
+                k: (4, 64),
+                v: Some((4, 64)),
+            },
+            16,
+            DType::BF16,
+        ),
+        (
+            KvLayout {
+                k: (1, 72),
+                v: None,
+            },
+            16,
+            DType::F32,
+        ),
+        // 3 slots of 5 bf16 values: 30-byte blocks take the 2-byte kernel.
+        (
+            KvLayout {
+                k: (1, 5),
+                v: Some((1, 5)),
+            },
+            3,
+            DType::BF16,
+        ),
+    ];
+    for (layout, bs, dtype) in layouts {
+        let blocks = 9;
+        let cache = KvCache::new(3, blocks, bs, layout, dtype, &dev).unwrap();
+        let slots = blocks * bs;
+        let all: Vec<u32> = (0..slots as u32).collect();
+        let slot_t = Tensor::from_slice(&all, slots, &dev).unwrap();
+        let fill = |rng: &mut StdRng, (h, d): (usize, usize)| {
+            Tensor::from_vec(uniform(rng, slots * h * d), (slots, h, d), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        for layer in 0..3 {
+            let k = fill(&mut rng, layout.k);
+            let v = layout.v.map(|v| fill(&mut rng, v));
+            cache.write(layer, &slot_t, &k, v.as_ref()).unwrap();
+        }
+        let before: Vec<Vec<f32>> = (0..3)
+            .map(|l| host(cache.layer(l).0))
+            .chain((0..3).filter_map(|l| cache.layer(l).1.map(host)))
+            .collect();
+        let freed = [1u32, 4, 8];
+        cache.zero_blocks(&freed).unwrap();
+        let after: Vec<Vec<f32>> = (0..3)
+            .map(|l| host(cache.layer(l).0))
+            .chain((0..3).filter_map(|l| cache.layer(l).1.map(host)))
+            .collect();
+        for (b, a) in before.iter().zip(&after) {
+            let per_block = a.len() / blocks;
+            for block in 0..blocks {
+                let range = block * per_block..(block + 1) * per_block;
+                if freed.contains(&(block as u32)) {
+                    assert!(
+                        a[range].iter().all(|&x| x == 0.0),
+                        "{layout:?} block {block}"
+                    );
+                } else {
+                    assert_eq!(a[range.clone()], b[range], "{layout:?} block {block} kept");
+                }
+            }
+        }
+        assert!(
+            cache.zero_blocks(&[blocks as u32]).is_err(),
+            "beyond the cache"
+        );
     }
 }
 

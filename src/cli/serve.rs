@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::OnOff;
 use moeserve::api::limits::{AllowedHosts, RequestLimits};
 use moeserve::api::server::ConnectionLimits;
 use moeserve::engine::{EngineHandle, SchedulerConfig};
@@ -136,12 +137,6 @@ fn json_whitespace(s: &str) -> Result<moeserve::grammar::JsonWhitespace, String>
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum OnOff {
-    On,
-    Off,
-}
-
 /// A flag that is `auto` (detected), `none`, or a named value.
 #[derive(Debug, Clone, Copy)]
 enum Choice<T> {
@@ -256,7 +251,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     plan.check().map_err(|line| anyhow::anyhow!(line))?;
     drop(headers);
-    let loaded = load(&args.model)?;
+    let loaded = load(&args.model, args.max_running_seqs)?;
     let rss = moeserve::memory::process_rss_bytes();
     tracing::info!(
         planned_weights_mib = plan.weights >> 20,

@@ -8,6 +8,7 @@ use super::{cuda_device, dtype_suffix, function, launch_error, output, ptr, Modu
 use crate::error::{Error, Result};
 
 /// What every query token of a step attends to, uploaded once per step and shared by all layers.
+#[derive(Clone)]
 pub struct PagedContext {
     /// `[T, 3]` u32: offset of the token's sequence in `slot_list`, first and one-past-last visible
     /// position.
@@ -15,7 +16,7 @@ pub struct PagedContext {
     /// Every sequence's context slots, back to back.
     slot_list: Tensor,
     tokens: usize,
-    /// Longest visible range of any token.
+    /// Longest visible range of any token (what the kernel's partitions are sized by).
     max_visible: usize,
 }
 
@@ -25,28 +26,37 @@ pub struct ContextSeq<'a> {
     pub context_slots: &'a [u32],
 }
 
+/// A step's context on the host: `(meta, slot_list, tokens, max_visible)`.
+type Described = (Vec<u32>, Vec<u32>, usize, usize);
+
+/// Lays out a step of sequences back to back (causal; `window` limits how far back a token sees).
+fn describe(seqs: &[ContextSeq<'_>], window: Option<usize>) -> Result<Described> {
+    let tokens: usize = seqs.iter().map(|s| s.query_len).sum();
+    let mut meta = Vec::with_capacity(tokens * 3);
+    let mut slot_list = Vec::new();
+    let mut max_visible = 0;
+    for s in seqs {
+        let ctx = s.context_slots.len();
+        if s.query_len > ctx {
+            return Err(Error::Batch("more query tokens than context".into()));
+        }
+        let offset = slot_list.len() as u32;
+        slot_list.extend_from_slice(s.context_slots);
+        for i in 0..s.query_len {
+            let end = ctx - s.query_len + i + 1;
+            let first = window.map_or(0, |w| end.saturating_sub(w));
+            max_visible = max_visible.max(end - first);
+            meta.extend_from_slice(&[offset, first as u32, end as u32]);
+        }
+    }
+    Ok((meta, slot_list, tokens, max_visible))
+}
+
 impl PagedContext {
     /// Describes a step of sequences laid out back to back (causal; `window` limits how far back a
     /// token sees).
     pub fn new(seqs: &[ContextSeq<'_>], window: Option<usize>, device: &Device) -> Result<Self> {
-        let tokens: usize = seqs.iter().map(|s| s.query_len).sum();
-        let mut meta = Vec::with_capacity(tokens * 3);
-        let mut slot_list = Vec::new();
-        let mut max_visible = 0;
-        for s in seqs {
-            let ctx = s.context_slots.len();
-            if s.query_len > ctx {
-                return Err(Error::Batch("more query tokens than context".into()));
-            }
-            let offset = slot_list.len() as u32;
-            slot_list.extend_from_slice(s.context_slots);
-            for i in 0..s.query_len {
-                let end = ctx - s.query_len + i + 1;
-                let first = window.map_or(0, |w| end.saturating_sub(w));
-                max_visible = max_visible.max(end - first);
-                meta.extend_from_slice(&[offset, first as u32, end as u32]);
-            }
-        }
+        let (meta, mut slot_list, tokens, max_visible) = describe(seqs, window)?;
         if slot_list.is_empty() {
             slot_list.push(0);
         }
@@ -57,6 +67,51 @@ impl PagedContext {
             tokens,
             max_visible,
         })
+    }
+
+    /// Fixed buffers for steps of `tokens` query tokens with up to `slots` context slots in all and
+    /// visible ranges up to `max_visible` (a captured graph reads them at fixed addresses; the kernel's
+    /// partitions are sized for `max_visible`). Filled by [`PagedContext::fill`]; empty until then.
+    pub fn with_capacity(
+        tokens: usize,
+        slots: usize,
+        max_visible: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            meta: Tensor::zeros((tokens, 3), DType::U32, device)?,
+            slot_list: Tensor::zeros(slots.max(1), DType::U32, device)?,
+            tokens,
+            max_visible,
+        })
+    }
+
+    /// Writes a step into buffers made by [`PagedContext::with_capacity`], in place (the step must have
+    /// exactly their number of tokens and fit their slots and visible range).
+    pub fn fill(&self, seqs: &[ContextSeq<'_>], window: Option<usize>) -> Result<()> {
+        let (meta, slot_list, tokens, max_visible) = describe(seqs, window)?;
+        if tokens != self.tokens
+            || slot_list.len() > self.slot_list.elem_count()
+            || max_visible > self.max_visible
+        {
+            return Err(Error::Batch(format!(
+                "a step of {tokens} tokens, {} slots, {max_visible} visible does not fit buffers of \
+                 {}, {}, {}",
+                slot_list.len(),
+                self.tokens,
+                self.slot_list.elem_count(),
+                self.max_visible
+            )));
+        }
+        let device = self.meta.device();
+        self.meta
+            .slice_set(&Tensor::from_vec(meta, (tokens, 3), device)?, 0, 0)?;
+        if !slot_list.is_empty() {
+            let n = slot_list.len();
+            self.slot_list
+                .slice_set(&Tensor::from_vec(slot_list, n, device)?, 0, 0)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,16 +1,20 @@
 //! Launchers for the CUDA kernels in `kernels/` (compiled to PTX by build.rs under the `cuda` feature):
-//! writing the paged KV cache, paged attention, MoE routing and the expert sort. Each takes and returns
-//! candle tensors on one CUDA device; everything runs on candle's stream, so no launch synchronises with
-//! the host.
+//! writing and zeroing the paged KV cache, paged attention, MoE routing and the expert sort, and decode
+//! steps captured as CUDA graphs. Each takes and returns candle tensors on one CUDA device; everything
+//! runs on candle's stream, so no launch synchronises with the host.
 
 mod attention;
+mod graph;
+mod kv;
 mod moe;
 
 pub use attention::{paged_attention, CacheHeads, ContextSeq, PagedContext};
+pub use graph::CapturedGraph;
+pub use kv::{kv_write, BlockZeroer, PAD_SLOT};
 pub use moe::{expert_matmul, route, sort_by_expert, RouteMode, RouteParams, SortedRoutes};
 
 use candle_core::cuda_backend::cudarc::driver::CudaFunction;
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::DevicePtr;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Storage, Tensor};
 
@@ -80,6 +84,7 @@ fn ptr(t: &Tensor) -> Result<u64> {
             .as_cuda_slice::<half::f16>()
             .map(|x| x.device_ptr(&stream).0),
         DType::U32 => s.as_cuda_slice::<u32>().map(|x| x.device_ptr(&stream).0),
+        DType::I64 => s.as_cuda_slice::<i64>().map(|x| x.device_ptr(&stream).0),
         other => return Err(Error::Device(format!("no kernel takes {other:?} tensors"))),
     }
     .map_err(|e| kernel_error("device pointer", e))?;
@@ -140,49 +145,4 @@ fn dtype_suffix(dtype: DType) -> Result<&'static str> {
 
 fn launch_error(name: &str, e: impl std::fmt::Display) -> Error {
     kernel_error(&format!("launching {name}"), e)
-}
-
-/// Writes `src` (`[T, ...]`) into rows `slots` (`[T]` u32) of `cache` (`[slots, ...]`, same row size and
-/// dtype), in place.
-pub fn kv_write(cache: &Tensor, slots: &Tensor, src: &Tensor) -> Result<()> {
-    let tokens = src.dim(0)?;
-    if tokens == 0 {
-        return Ok(());
-    }
-    let row = src.elem_count() / tokens;
-    let cache_rows = cache.dim(0)?;
-    if cache.elem_count() != cache_rows * row || cache.dtype() != src.dtype() {
-        return Err(Error::Kv(format!(
-            "cache rows of {} {:?} values, writing rows of {row} {:?}",
-            cache.elem_count() / cache_rows.max(1),
-            cache.dtype(),
-            src.dtype()
-        )));
-    }
-    if slots.dtype() != DType::U32 || slots.elem_count() != tokens {
-        return Err(Error::Kv("slot mapping must be u32 [tokens]".into()));
-    }
-    let src = src.contiguous()?;
-    let dev = cuda_device(cache)?;
-    let name = format!("kv_write_{}", dtype_suffix(src.dtype())?);
-    let f = function(dev, Module::KvCache, &name)?;
-    let (src_p, cache_p, slots_p) = (ptr(&src)?, ptr(cache)?, ptr(slots)?);
-    let (tokens_i, row_i) = (tokens as i32, row as i32);
-    let blocks = (tokens * row).div_ceil(256).clamp(1, 8192) as u32;
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    b.arg(&src_p)
-        .arg(&cache_p)
-        .arg(&slots_p)
-        .arg(&tokens_i)
-        .arg(&row_i);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: the pointers come from live tensors of the sizes checked above; every slot is a row of
-    // the cache (the block tables hand out slots below num_blocks * block_size).
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
-    Ok(())
 }

@@ -14,6 +14,11 @@ pub struct KvCache {
     num_blocks: usize,
     layout: KvLayout,
     layers: Vec<(Tensor, Option<Tensor>)>,
+    /// Unique per cache made in this process (what was captured against which cache).
+    id: u64,
+    /// On a GPU: zeroes freed blocks of every layer in one launch.
+    #[cfg(feature = "cuda")]
+    zeroer: Option<crate::cuda::BlockZeroer>,
 }
 
 impl KvCache {
@@ -36,12 +41,31 @@ impl KvCache {
                 Ok((k, v))
             })
             .collect::<Result<Vec<_>>>()?;
+        #[cfg(feature = "cuda")]
+        let zeroer = if device.is_cuda() {
+            let tensors: Vec<&Tensor> = layers
+                .iter()
+                .flat_map(|(k, v)| std::iter::once(k).chain(v.as_ref()))
+                .collect();
+            crate::cuda::BlockZeroer::new(&tensors, block_size)?
+        } else {
+            None
+        };
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Self {
             block_size,
             num_blocks,
             layout,
             layers,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            #[cfg(feature = "cuda")]
+            zeroer,
         })
+    }
+
+    /// Unique per cache made in this process.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn layout(&self) -> KvLayout {
@@ -118,6 +142,16 @@ impl KvCache {
     pub fn zero_blocks(&self, blocks: &[u32]) -> Result<()> {
         if blocks.is_empty() {
             return Ok(());
+        }
+        if blocks.iter().any(|&b| b as usize >= self.num_blocks) {
+            return Err(crate::Error::Kv(format!(
+                "zeroing a block beyond the cache's {}",
+                self.num_blocks
+            )));
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(z) = &self.zeroer {
+            return z.zero(blocks);
         }
         let Some((k0, _)) = self.layers.first() else {
             return Ok(());

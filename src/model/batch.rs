@@ -74,6 +74,46 @@ impl Batch {
         self.tokens.is_empty()
     }
 
+    /// Whether every sequence decodes one token (no prompt in the step).
+    pub fn is_decode_only(&self) -> bool {
+        self.seqs.iter().all(|s| s.query_len == 1)
+    }
+
+    /// Pads a decode-only batch to `rows` sequences, for a step captured at that size: each pad row is
+    /// token 0 at position 0, writes its key/value to `pad_slot` (on a GPU [`crate::cuda::PAD_SLOT`],
+    /// which writes nothing) and sees one context slot, the first sequence's first (read, never written;
+    /// any finite cache row serves). Rows are independent through every layer, so the real rows' logits
+    /// do not change; the pad rows' are dropped.
+    pub fn pad_decode(&mut self, rows: usize, pad_slot: u32) -> Result<()> {
+        let Some(seen) = self
+            .seqs
+            .first()
+            .and_then(|s| s.context_slots.first())
+            .copied()
+        else {
+            return Err(Error::Batch("padding an empty batch".into()));
+        };
+        if !self.is_decode_only() || rows < self.seqs.len() {
+            return Err(Error::Batch(format!(
+                "padding {} sequences (decode only: {}) to {rows}",
+                self.seqs.len(),
+                self.is_decode_only()
+            )));
+        }
+        for _ in self.seqs.len()..rows {
+            self.seqs.push(SeqSlice {
+                query_start: self.tokens.len(),
+                query_len: 1,
+                context_len: 1,
+                context_slots: vec![seen],
+            });
+            self.tokens.push(0);
+            self.positions.push(0);
+            self.slot_mapping.push(pad_slot);
+        }
+        Ok(())
+    }
+
     /// Flat index of each sequence's last token.
     pub fn last_token_indices(&self) -> Vec<u32> {
         self.seqs

@@ -58,6 +58,9 @@ pub struct Model {
     gather_attention: bool,
     /// The KV cache's dtype (the compute dtype unless `--kv-cache-dtype` says otherwise).
     kv_dtype: DType,
+    /// Decode steps replayed as CUDA graphs ([`Model::enable_decode_graphs`]).
+    #[cfg(feature = "cuda")]
+    decode_graphs: Option<super::decode_graphs::DecodeGraphs>,
 }
 
 impl Model {
@@ -128,6 +131,8 @@ impl Model {
             weight_dtype: store.matrix_dtype(),
             gather_attention: false,
             kv_dtype: store.dtype(),
+            #[cfg(feature = "cuda")]
+            decode_graphs: None,
         })
     }
 
@@ -146,7 +151,38 @@ impl Model {
         self.kv_dtype
     }
 
+    /// Replays decode steps of up to `max_batch` sequences as CUDA graphs, captured per batch-size
+    /// bucket as they first occur. Applies on a CUDA device with dense embeddings and lm head (GGUF
+    /// models keep the eager path) and the paged attention kernel; returns whether it does.
+    pub fn enable_decode_graphs(&mut self, max_batch: usize) -> bool {
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda()
+            && !self.gather_attention
+            && max_batch > 0
+            && self.embed.as_dense().is_some()
+            && self.lm_head.weight().as_dense().is_some()
+        {
+            self.decode_graphs = Some(super::decode_graphs::DecodeGraphs::new(
+                max_batch,
+                self.spec.max_position_embeddings,
+            ));
+            return true;
+        }
+        let _ = max_batch;
+        false
+    }
+
+    /// Rope cos and sin tables (`[positions, rotary/2]` f32) on the model's device.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
+        self.rope.tables(positions, &self.device)
+    }
+
     pub fn set_gather_attention(&mut self, on: bool) {
+        #[cfg(feature = "cuda")]
+        if on {
+            self.decode_graphs = None;
+        }
         self.gather_attention = on;
     }
 
@@ -271,6 +307,43 @@ impl Model {
 
     /// Runs one step: writes the batch's keys/values into `kv` and returns logits (f32).
     pub fn forward(&self, batch: &Batch, kv: &KvCache, output: LogitsOutput) -> Result<Tensor> {
+        self.check_batch(batch, kv)?;
+        #[cfg(feature = "cuda")]
+        if let Some(graphs) = &self.decode_graphs {
+            if let Some(logits) = graphs.forward(self, batch, kv, &output)? {
+                return Ok(logits);
+            }
+        }
+        let inputs = self.attention_inputs(batch)?;
+        let x = match &self.embed {
+            Matrix::Dense(_) => {
+                let ids = Tensor::from_slice(&batch.tokens, batch.tokens.len(), &self.device)?;
+                self.embed_ids(&ids)?
+            }
+            quant => quant
+                .rows_f32(&batch.tokens, &self.device)?
+                .to_dtype(self.dtype)?,
+        };
+        let rows = match output {
+            LogitsOutput::All => None,
+            LogitsOutput::Rows(rows) => {
+                if rows.iter().any(|&r| r as usize >= batch.num_tokens()) {
+                    return Err(Error::Batch("logits row beyond the batch".into()));
+                }
+                let n = rows.len();
+                Some(Tensor::from_vec(rows, n, &self.device)?)
+            }
+            LogitsOutput::LastPerSequence => {
+                let last = batch.last_token_indices();
+                Some(Tensor::from_vec(last, batch.seqs.len(), &self.device)?)
+            }
+        };
+        self.run(x, &inputs, kv, rows.as_ref())
+    }
+
+    /// Refuses a batch that names tokens outside the vocabulary or slots outside the cache (kernels
+    /// write through raw slots).
+    fn check_batch(&self, batch: &Batch, kv: &KvCache) -> Result<()> {
         if batch.is_empty() {
             return Err(Error::Batch("empty batch".into()));
         }
@@ -296,21 +369,33 @@ impl Model {
                 "cache slot beyond the cache's {cache_slots}"
             )));
         }
-        let inputs = self.attention_inputs(batch)?;
-        let mut x = match &self.embed {
-            Matrix::Dense(embed) => {
-                let ids = Tensor::from_slice(&batch.tokens, batch.tokens.len(), &self.device)?;
-                embed.index_select(&ids, 0)?.to_dtype(self.dtype)?
-            }
-            quant => quant
-                .rows_f32(&batch.tokens, &self.device)?
-                .to_dtype(self.dtype)?,
-        };
+        Ok(())
+    }
+
+    /// Embeddings of `ids` (`[T]` u32 on the model's device) from a dense table, in the compute dtype.
+    pub(crate) fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        let embed = self
+            .embed
+            .as_dense()
+            .ok_or_else(|| Error::Batch("embedding table is not dense".into()))?;
+        Ok(embed.index_select(ids, 0)?.to_dtype(self.dtype)?)
+    }
+
+    /// The layers, final norm and lm head over embedded tokens `x` (`[T, hidden]`): logits (f32) of the
+    /// flat token indices `rows` (`[R]` u32), or of every token. Everything it reads lives on the device
+    /// already, so a decode step's run can be captured as a graph.
+    pub(crate) fn run(
+        &self,
+        mut x: Tensor,
+        inputs: &AttentionInputs,
+        kv: &KvCache,
+        rows: Option<&Tensor>,
+    ) -> Result<Tensor> {
         for (i, layer) in self.layers.iter().enumerate() {
             let h = layer.input_norm.forward(&x)?;
             let a = match &layer.attention {
-                LayerAttention::Gqa(att) => att.forward(&h, i, &inputs, kv)?,
-                LayerAttention::Mla(att) => att.forward(&h, i, &inputs, kv)?,
+                LayerAttention::Gqa(att) => att.forward(&h, i, inputs, kv)?,
+                LayerAttention::Mla(att) => att.forward(&h, i, inputs, kv)?,
             };
             x = (x + a)?;
             let h = layer.post_norm.forward(&x)?;
@@ -320,19 +405,9 @@ impl Model {
             };
             x = (x + f)?;
         }
-        let x = match output {
-            LogitsOutput::All => x,
-            LogitsOutput::Rows(rows) => {
-                if rows.iter().any(|&r| r as usize >= batch.num_tokens()) {
-                    return Err(Error::Batch("logits row beyond the batch".into()));
-                }
-                let n = rows.len();
-                x.index_select(&Tensor::from_vec(rows, n, &self.device)?, 0)?
-            }
-            LogitsOutput::LastPerSequence => {
-                let last = batch.last_token_indices();
-                x.index_select(&Tensor::from_vec(last, batch.seqs.len(), &self.device)?, 0)?
-            }
+        let x = match rows {
+            Some(rows) => x.index_select(rows, 0)?,
+            None => x,
         };
         let x = self.norm.forward(&x)?;
         Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
@@ -368,5 +443,92 @@ mod tests {
             .model
             .forward(&batch, &kv, LogitsOutput::LastPerSequence)
             .is_ok());
+    }
+
+    /// A decode step padded to a graph's batch size gives the real rows the logits they had unpadded
+    /// and writes nothing but the pad slot (GQA with a sliding window, and MLA).
+    #[test]
+    fn padded_decode_steps_keep_the_real_rows() {
+        for fixture in ["mixtral", "moonlight"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(fixture);
+            let loaded =
+                crate::loader::load(&ModelSource::Dir(dir), &Device::Cpu, DType::F32).unwrap();
+            let model = &loaded.model;
+            let bs = 4;
+            // Block 7 holds no sequence: the pad rows write there.
+            let kv = model.new_kv_cache(8, bs).unwrap();
+            let pad_slot = (7 * bs) as u32;
+            let prompts: [&[u32]; 3] = [&[5, 9, 2, 7, 1], &[3, 8], &[4, 4, 6, 10, 11, 12, 2]];
+            let mut alloc = crate::kv::BlockAllocator::new(7);
+            let mut tables = Vec::new();
+            for p in prompts {
+                let mut t = BlockTable::new();
+                t.reserve(p.len() + 1, bs, &mut alloc).unwrap();
+                let mut b = Batch::default();
+                b.push(p, 0, &t, bs).unwrap();
+                model
+                    .forward(&b, &kv, LogitsOutput::LastPerSequence)
+                    .unwrap();
+                tables.push(t);
+            }
+            let mut step = Batch::default();
+            for (i, (p, t)) in prompts.iter().zip(&tables).enumerate() {
+                step.push(&[13 + i as u32], p.len(), t, bs).unwrap();
+            }
+            let plain = model
+                .forward(&step, &kv, LogitsOutput::LastPerSequence)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let real_blocks: Vec<Tensor> = (0..7)
+                .map(|b| kv.block_keys(0, b).unwrap().copy().unwrap())
+                .collect();
+            let mut padded = step.clone();
+            padded.pad_decode(8, pad_slot).unwrap();
+            assert_eq!(padded.seqs.len(), 8);
+            assert!(padded.is_decode_only());
+            let logits = model
+                .forward(&padded, &kv, LogitsOutput::LastPerSequence)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (row, (a, b)) in plain.iter().zip(&logits).enumerate() {
+                let worst = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(worst < 1e-4, "{fixture} row {row}: {worst}");
+            }
+            // The real rows rewrite this step's keys (rounded the same to ~1e-7); a pad row landing in a
+            // sequence's block would change it by O(1).
+            for (b, before) in real_blocks.iter().enumerate() {
+                let now = kv.block_keys(0, b as u32).unwrap();
+                let diff = (now - before).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(
+                    diff.to_scalar::<f32>().unwrap() < 1e-5,
+                    "{fixture} block {b} changed"
+                );
+            }
+            let pad_block = kv
+                .block_keys(0, 7)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert!(
+                pad_block.to_scalar::<f32>().unwrap() > 0.0,
+                "the pad rows wrote their slot"
+            );
+            assert!(
+                step.clone().pad_decode(2, pad_slot).is_err(),
+                "fewer rows than sequences"
+            );
+            let mut prompt = Batch::default();
+            prompt.push(&[1, 2], 0, &tables[0], bs).unwrap();
+            assert!(
+                prompt.pad_decode(4, pad_slot).is_err(),
+                "a prompt step is not padded"
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@ pub(crate) mod attention;
 pub(crate) mod batch;
 pub mod config;
 pub mod cpu;
+pub(crate) mod decode_graphs;
 pub(crate) mod decoder;
 pub mod families;
 pub(crate) mod gguf_config;

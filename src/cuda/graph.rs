@@ -1,0 +1,67 @@
+//! Capturing a run of launches on candle's stream as a CUDA graph and replaying it: one launch in place
+//! of the ~1,400 a decode step of a 48-layer model makes.
+//!
+//! What may run inside a capture: kernels and stream-ordered allocations (cudarc allocates with
+//! `cuMemAllocAsync`; buffers made inside the capture belong to the graph and come back at the same
+//! addresses on every replay — `AUTO_FREE_ON_LAUNCH` releases the previous replay's first). What may not:
+//! any host↔device copy or synchronisation. The step's inputs are therefore written into fixed buffers
+//! before each replay, and the closure is first run eagerly with candle's upload cache on, so the small
+//! parameter uploads candle's kernels make (dims and strides) are cached before the capture needs them.
+
+use candle_core::cuda_backend::cudarc::driver::sys::{
+    CUgraphInstantiate_flags, CUstreamCaptureMode,
+};
+use candle_core::cuda_backend::cudarc::driver::CudaGraph;
+use candle_core::Device;
+
+use super::kernel_error;
+use crate::error::{Error, Result};
+
+/// A captured run of launches, replayed on the stream it was captured on.
+pub struct CapturedGraph {
+    graph: CudaGraph,
+}
+
+// SAFETY: CUDA allows a graph to be used from any thread as long as calls on it are serialised
+// (cudarc's `CudaGraph` is not `Send` only because it holds raw handles); its one owner keeps it behind a
+// lock (`model::decode_graphs`), and launching binds the context to the calling thread first.
+unsafe impl Send for CapturedGraph {}
+
+impl CapturedGraph {
+    /// Runs `f` once for real (its result is the first one returned), then captures a second run of it
+    /// (whose result — tensors at the graph's fixed addresses — is the second one). `f` must read its
+    /// inputs only from buffers that outlive the graph and must not copy to or from the host. On any
+    /// error the stream leaves capture mode and nothing is kept.
+    pub fn capture<T>(device: &Device, mut f: impl FnMut() -> Result<T>) -> Result<(T, T, Self)> {
+        let dev = device
+            .as_cuda_device()
+            .map_err(|e| kernel_error("graph capture needs a CUDA device", e))?;
+        // Scoped to the eager run and the capture only: anything uploaded while it is on stays on the
+        // device for the life of the process, so step inputs are never uploaded under it.
+        let _uploads = dev.enable_cuda_graph_htod_cache();
+        let eager = f()?;
+        device.synchronize()?;
+        let stream = dev.cuda_stream();
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| kernel_error("beginning a graph capture", e))?;
+        let captured = f();
+        let graph = stream
+            .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
+        let captured = captured?;
+        let graph = graph
+            .map_err(|e| kernel_error("ending a graph capture", e))?
+            .ok_or_else(|| Error::Device("the graph capture recorded nothing".into()))?;
+        graph
+            .upload()
+            .map_err(|e| kernel_error("uploading a graph", e))?;
+        Ok((eager, captured, Self { graph }))
+    }
+
+    /// Replays the graph on its stream (asynchronously, like any launch).
+    pub fn launch(&self) -> Result<()> {
+        self.graph
+            .launch()
+            .map_err(|e| kernel_error("launching a graph", e))
+    }
+}
