@@ -113,6 +113,13 @@ impl PagedContext {
         }
         Ok(())
     }
+
+    /// Zeroes the buffers (a step's slot lists name where its content lives).
+    pub fn clear(&self) -> Result<()> {
+        self.meta.zero_set()?;
+        self.slot_list.zero_set()?;
+        Ok(())
+    }
 }
 
 /// Where one layer's cache keeps the heads attention reads (strides in elements).

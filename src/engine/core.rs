@@ -58,6 +58,12 @@ impl EngineCore {
         self.sched.has_work()
     }
 
+    /// Called when the engine goes idle: device counters flushed, the last step's buffers zeroed.
+    pub fn went_idle(&self) {
+        self.runner.flush_counters();
+        self.runner.forget_step_inputs();
+    }
+
     pub fn kv(&self) -> &KvCache {
         self.runner.kv()
     }

@@ -179,11 +179,7 @@ fn run(core: &mut EngineCore, rx: mpsc::Receiver<Command>) {
             continue;
         }
         match std::panic::catch_unwind(AssertUnwindSafe(|| core.step())) {
-            Ok(Ok(_)) => {
-                if !core.has_work() {
-                    core.flush_counters();
-                }
-            }
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "engine step failed; aborting its sequences");
                 core.fail_all("internal error in the engine");
@@ -192,6 +188,9 @@ fn run(core: &mut EngineCore, rx: mpsc::Receiver<Command>) {
                 tracing::error!("engine step panicked; aborting its sequences");
                 core.fail_all("internal error in the engine");
             }
+        }
+        if !core.has_work() {
+            core.went_idle();
         }
     }
     core.abort_all();

@@ -152,6 +152,13 @@ impl ModelRunner {
         }
     }
 
+    /// Zeroes what the model keeps of the last steps (on a GPU the captured steps' input buffers).
+    pub(crate) fn forget_step_inputs(&self) {
+        if let Err(e) = self.loaded.model.forget_step_inputs() {
+            tracing::error!(error = %e, "clearing the last step's buffers failed");
+        }
+    }
+
     /// Copies whole blocks (source, destination) in the cache.
     pub(crate) fn copy_blocks(&mut self, copies: &[(u32, u32)]) -> Result<()> {
         for &(src, dst) in copies {

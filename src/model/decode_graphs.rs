@@ -135,6 +135,14 @@ mod captured {
             self.context.fill(&seqs, self.window)
         }
 
+        /// Zeroes the buffers (the last step's token ids, positions and slots).
+        fn clear(&self) -> Result<()> {
+            for t in [&self.tokens, &self.positions, &self.slots] {
+                t.zero_set()?;
+            }
+            self.context.clear()
+        }
+
         /// The step over the buffers: every launch reads them or the model; nothing crosses to the host.
         fn run(&self, model: &Model, rope: &(Tensor, Tensor), kv: &KvCache) -> Result<Tensor> {
             let x = model.embed_ids(&self.tokens)?;
@@ -165,6 +173,22 @@ mod captured {
                 max_context,
                 state: Mutex::new(State::default()),
             }
+        }
+
+        /// Zeroes what the graphs keep of the last step of each shape: its input buffers (token ids,
+        /// positions, slots) and its logits. Called when the engine goes idle, so no request's tokens
+        /// stay in them past the request; the activations inside the graph's own memory are rewritten by
+        /// the shape's next step (like the memory an eager step frees).
+        pub(crate) fn forget(&self) -> Result<()> {
+            let state = self
+                .state
+                .lock()
+                .map_err(|_| Error::Device("decode graph state poisoned".into()))?;
+            for step in state.graphs.values() {
+                step.inputs.clear()?;
+                step.logits.zero_set()?;
+            }
+            Ok(())
         }
 
         /// The step's logits through a graph (captured now if its shape is new), or `None` where the step

@@ -172,6 +172,16 @@ impl Model {
         false
     }
 
+    /// Zeroes what the model keeps of the last steps between steps (the CUDA graphs' input buffers and
+    /// logits); the engine calls it when it goes idle. Nothing to do on the CPU.
+    pub fn forget_step_inputs(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Some(graphs) = &self.decode_graphs {
+            return graphs.forget();
+        }
+        Ok(())
+    }
+
     /// Rope cos and sin tables (`[positions, rotary/2]` f32) on the model's device.
     #[cfg(feature = "cuda")]
     pub(crate) fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {
