@@ -483,9 +483,13 @@ fn sort_groups_long_prompts_by_expert() {
 }
 
 fn check_experts(tokens: usize, dtype: DType) {
+    check_experts_shaped(tokens, dtype, 256, 96);
+}
+
+fn check_experts_shaped(tokens: usize, dtype: DType, hidden: usize, inter: usize) {
     let dev = gpu();
     let mut rng = StdRng::seed_from_u64(tokens as u64);
-    let (e, k, hidden, inter) = (16, 4, 256, 96);
+    let (e, k) = (16, 4);
     let w = |rng: &mut StdRng, a: usize, b: usize| -> Tensor {
         let v: Vec<f32> = uniform(rng, a * b).iter().map(|x| x * 0.2).collect();
         // Rounded to the GPU dtype so both sides hold the same weights.
@@ -558,7 +562,71 @@ fn grouped_experts_match_reference() {
     check_experts(21, DType::F16);
     check_experts(300, DType::F16);
     check_experts(7, DType::F32);
+    // A hidden size off the 16-byte vector width: the one-element gate/up (SwiGLU) kernels.
+    check_experts_shaped(9, DType::BF16, 250, 96);
+    check_experts_shaped(9, DType::F32, 250, 98);
     // More than 8,192 routed tokens (2,100 × top-4).
     check_experts(2100, DType::BF16);
     check_experts(2100, DType::F32);
+}
+
+/// The fused residual add + RMSNorm against candle's add and rms_norm on the same GPU inputs.
+#[test]
+fn add_rms_norm_matches_candle_ops() {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(11);
+    for (t, h) in [(1, 2048), (5, 7168), (64, 2048), (3, 100)] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let mk = |rng: &mut StdRng, shape: &[usize]| {
+                let n = shape.iter().product();
+                Tensor::from_vec(uniform(rng, n), shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let (x, d, w) = (
+                mk(&mut rng, &[t, h]),
+                mk(&mut rng, &[t, h]),
+                mk(&mut rng, &[h]),
+            );
+            let (sum, normed) = cuda::add_rms_norm(&x, &d, &w, 1e-6).unwrap();
+            let want_sum = (&x + &d).unwrap();
+            let want = candle_nn::ops::rms_norm(&want_sum, &w, 1e-6).unwrap();
+            let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+            let sum_diff = rel_max_diff(&host(&sum), &host(&want_sum));
+            assert!(sum_diff < tol, "sum {t}x{h} {dtype:?}: {sum_diff}");
+            let diff = rel_max_diff(&host(&normed), &host(&want));
+            assert!(diff < tol, "norm {t}x{h} {dtype:?}: {diff}");
+        }
+    }
+}
+
+/// The top-k sum against candle's f32 sum of the same rows.
+#[test]
+fn moe_combine_sums_each_tokens_rows() {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(12);
+    for (t, k, h) in [(1, 8, 2048), (37, 6, 130), (700, 4, 256)] {
+        for dtype in [DType::F32, DType::BF16] {
+            let y = Tensor::from_vec(uniform(&mut rng, t * k * h), (t * k, h), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let got = cuda::moe_combine(&y, k).unwrap();
+            let want = y
+                .to_dtype(DType::F32)
+                .unwrap()
+                .reshape((t, k, h))
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            assert_eq!(got.dims(), &[t, h]);
+            let diff = rel_max_diff(&host(&got), &host(&want));
+            let tol = if dtype == DType::F32 { 1e-6 } else { 1e-2 };
+            assert!(diff < tol, "combine {t}x{k}x{h} {dtype:?}: {diff}");
+        }
+    }
+    assert!(cuda::moe_combine(&Tensor::zeros((5, 3), DType::F32, &dev).unwrap(), 2).is_err());
 }

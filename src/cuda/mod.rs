@@ -4,14 +4,18 @@
 //! runs on candle's stream, so no launch synchronises with the host.
 
 mod attention;
+mod fused;
 mod graph;
 mod kv;
 mod moe;
 
 pub use attention::{paged_attention, CacheHeads, ContextSeq, PagedContext};
+pub use fused::{add_rms_norm, moe_combine};
 pub use graph::CapturedGraph;
 pub use kv::{kv_write, BlockZeroer, PAD_SLOT};
-pub use moe::{expert_matmul, route, sort_by_expert, RouteMode, RouteParams, SortedRoutes};
+pub use moe::{
+    expert_glu, expert_matmul, route, sort_by_expert, RouteMode, RouteParams, SortedRoutes,
+};
 
 use candle_core::cuda_backend::cudarc::driver::CudaFunction;
 use candle_core::cuda_backend::cudarc::driver::DevicePtr;
@@ -24,6 +28,7 @@ const KV_CACHE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kv_cache.ptx"
 const PAGED_ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
 const MOE_ROUTING_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/moe_routing.ptx"));
 const EXPERT_MATMUL_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/expert_matmul.ptx"));
+const FUSED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 
 /// One of our PTX modules.
 #[derive(Clone, Copy)]
@@ -32,6 +37,7 @@ enum Module {
     PagedAttention,
     MoeRouting,
     ExpertMatmul,
+    Fused,
 }
 
 impl Module {
@@ -41,6 +47,7 @@ impl Module {
             Module::PagedAttention => ("moeserve_paged_attention", PAGED_ATTENTION_PTX),
             Module::MoeRouting => ("moeserve_moe_routing", MOE_ROUTING_PTX),
             Module::ExpertMatmul => ("moeserve_expert_matmul", EXPERT_MATMUL_PTX),
+            Module::Fused => ("moeserve_fused", FUSED_PTX),
         }
     }
 }

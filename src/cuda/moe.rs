@@ -206,21 +206,50 @@ pub fn expert_matmul(
     in_div: usize,
     scale: Option<&Tensor>,
 ) -> Result<Tensor> {
+    launch_expert(x, weights, sorted, in_div, scale, false)
+}
+
+/// The gate and up projections with SwiGLU applied in the same pass: `weights` is `[E, 2·I, K]` (gate
+/// rows then up rows, as the GPU experts stack them); row `a` of the result (`[T·k, I]`) is
+/// `silu(gate_e · x) * (up_e · x)` for `x = x[a / in_div]`, computed in f32 and rounded once.
+pub fn expert_glu(
+    x: &Tensor,
+    weights: &Tensor,
+    sorted: &SortedRoutes,
+    in_div: usize,
+) -> Result<Tensor> {
+    launch_expert(x, weights, sorted, in_div, None, true)
+}
+
+fn launch_expert(
+    x: &Tensor,
+    weights: &Tensor,
+    sorted: &SortedRoutes,
+    in_div: usize,
+    scale: Option<&Tensor>,
+    glu: bool,
+) -> Result<Tensor> {
     let (_, k_dim) = x.dims2()?;
     let (e, n, wk) = weights.dims3()?;
     let rows = sorted.assignments.elem_count();
-    if wk != k_dim || e != sorted.num_experts || x.dtype() != weights.dtype() || in_div == 0 {
+    if wk != k_dim
+        || e != sorted.num_experts
+        || x.dtype() != weights.dtype()
+        || in_div == 0
+        || (glu && n % 2 != 0)
+    {
         return Err(Error::Device(format!(
             "expert matmul: input [_, {k_dim}] {:?}, weights [{e}, {n}, {wk}] {:?}",
             x.dtype(),
             weights.dtype()
         )));
     }
+    let out_cols = if glu { n / 2 } else { n };
     let dev = cuda_device(x)?;
     if rows == 0 {
-        return Ok(Tensor::zeros((0, n), x.dtype(), x.device())?);
+        return Ok(Tensor::zeros((0, out_cols), x.dtype(), x.device())?);
     }
-    let out = output((rows, n), x.dtype(), x.device())?;
+    let out = output((rows, out_cols), x.dtype(), x.device())?;
     let x = x.contiguous()?;
     let vec = 16 / x.dtype().size_in_bytes();
     let aligned = |p: u64| p.is_multiple_of(16);
@@ -229,7 +258,8 @@ pub fn expert_matmul(
     } else {
         1
     };
-    let name = format!("expert_matmul_{}_v{vec}", super::dtype_suffix(x.dtype())?);
+    let kind = if glu { "glu" } else { "matmul" };
+    let name = format!("expert_{kind}_{}_v{vec}", super::dtype_suffix(x.dtype())?);
     let f = function(dev, Module::ExpertMatmul, &name)?;
     let pointers = [
         ptr(&x)?,
@@ -249,9 +279,15 @@ pub fn expert_matmul(
     for i in &ints {
         b.arg(i);
     }
+    // A plain warp computes MATMUL_ROWS_PER_WARP rows; a GLU warp one output column (two rows).
+    let per_block = if glu {
+        MATMUL_WARPS
+    } else {
+        MATMUL_WARPS * MATMUL_ROWS_PER_WARP
+    };
     let cfg = LaunchConfig {
         grid_dim: (
-            n.div_ceil(MATMUL_WARPS * MATMUL_ROWS_PER_WARP) as u32,
+            out_cols.div_ceil(per_block) as u32,
             sorted.max_active as u32,
             1,
         ),
@@ -259,7 +295,8 @@ pub fn expert_matmul(
         shared_mem_bytes: 0,
     };
     // SAFETY: shapes checked above; assignment indices are below rows (moe_sort), input rows below
-    // rows / in_div; 16-byte loads only where K is a multiple of the vector width.
+    // rows / in_div; 16-byte loads only where K is a multiple of the vector width; GLU weights have an
+    // even number of rows.
     unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
     Ok(out)
 }

@@ -396,23 +396,29 @@ impl Model {
     /// already, so a decode step's run can be captured as a graph.
     pub(crate) fn run(
         &self,
-        mut x: Tensor,
+        x: Tensor,
         inputs: &AttentionInputs,
         kv: &KvCache,
         rows: Option<&Tensor>,
     ) -> Result<Tensor> {
+        // Each residual add is fused with the norm that follows it (one launch on a GPU); the last
+        // layer's FFN output is added before the rows are picked.
+        let mut x = x;
+        let mut pending: Option<Tensor> = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = layer.input_norm.forward(&x)?;
+            let (sum, h) = layer.input_norm.add_then_forward(&x, pending.as_ref())?;
             let a = match &layer.attention {
                 LayerAttention::Gqa(att) => att.forward(&h, i, inputs, kv)?,
                 LayerAttention::Mla(att) => att.forward(&h, i, inputs, kv)?,
             };
-            x = (x + a)?;
-            let h = layer.post_norm.forward(&x)?;
-            let f = match &layer.ffn {
+            let (sum, h) = layer.post_norm.add_then_forward(&sum, Some(&a))?;
+            x = sum;
+            pending = Some(match &layer.ffn {
                 Ffn::Dense(mlp) => mlp.forward(&h)?,
                 Ffn::Moe(moe) => moe.forward(&h)?,
-            };
+            });
+        }
+        if let Some(f) = pending {
             x = (x + f)?;
         }
         let x = match rows {

@@ -134,6 +134,21 @@ impl RmsNorm {
             self.eps,
         )?)
     }
+
+    /// The residual stream `x` plus `delta` (when given) and its norm: `(x + delta, norm(x + delta))`.
+    /// One launch on a GPU (`kernels/fused.cu`), the same two ops as before elsewhere.
+    pub fn add_then_forward(&self, x: &Tensor, delta: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let Some(delta) = delta else {
+            return Ok((x.clone(), self.forward(x)?));
+        };
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() && x.rank() == 2 && self.weight.dtype() == x.dtype() {
+            return crate::cuda::add_rms_norm(x, delta, &self.weight, self.eps);
+        }
+        let sum = (x + delta)?;
+        let normed = self.forward(&sum)?;
+        Ok((sum, normed))
+    }
 }
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.

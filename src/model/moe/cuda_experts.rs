@@ -1,7 +1,8 @@
 //! The GPU experts backend: every expert's gate and up projections stacked as one `[E, 2·I, H]` tensor
 //! and the down projections as `[E, H, I]`; a step's assignments are sorted by expert on the device, then
 //! gate/up in one grouped pass, SwiGLU, down with the routing weight applied, and each token's k rows
-//! summed. Decode-sized batches use our streaming kernel (`kernels/expert_matmul.cu`); bf16 prefill uses
+//! summed. Decode-sized batches use our streaming kernel (`kernels/expert_matmul.cu`, SwiGLU applied inside
+//! the gate/up pass) and `moe_combine` for the sum; bf16 prefill uses
 //! candle's tensor-core `moe_gemm` (its f16 output conversion is broken in candle 0.11.1, so f16 and f32
 //! stay on ours). No host round-trip.
 
@@ -64,8 +65,9 @@ impl ExpertsBackend for CudaExperts {
             && t * k >= GEMM_ROWS_PER_EXPERT * self.num_experts
             && self.hidden.is_multiple_of(8)
             && self.intermediate.is_multiple_of(8);
-        let gate_up = if wmma {
-            candle_nn::moe::moe_gemm(
+        // [T·k, I], row = assignment: silu(gate) · up.
+        let h = if wmma {
+            let gate_up = candle_nn::moe::moe_gemm(
                 &x,
                 &self.gate_up,
                 &None,
@@ -73,13 +75,14 @@ impl ExpertsBackend for CudaExperts {
                 &sorted.experts,
                 k,
                 true,
-            )?
+            )?;
+            let i = self.intermediate;
+            (candle_nn::ops::silu(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?
+                .contiguous()?
         } else {
-            cuda::expert_matmul(&x, &self.gate_up, &sorted, k, None)?
-        }; // [T·k, 2·I], row = assignment
-        let i = self.intermediate;
-        let h = (candle_nn::ops::silu(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?
-            .contiguous()?;
+            // SwiGLU inside the projection: one launch, no [T·k, 2·I] intermediate.
+            cuda::expert_glu(&x, &self.gate_up, &sorted, k)?
+        };
         let y = if wmma {
             candle_nn::moe::moe_gemm(
                 &h,
@@ -93,10 +96,8 @@ impl ExpertsBackend for CudaExperts {
         } else {
             cuda::expert_matmul(&h, &self.down, &sorted, 1, Some(&weights))?
         }; // [T·k, H], weighted
-        Ok(y.to_dtype(DType::F32)?
-            .reshape((t, k, self.hidden))?
-            .sum(1)?
-            .to_dtype(x.dtype())?)
+           // Each token's k rows summed in f32, rounded once: one launch.
+        cuda::moe_combine(&y, k)
     }
 
     fn bytes_per_expert(&self) -> usize {
