@@ -2,7 +2,8 @@
 //! sequence's sampling state (seeded sampler, constraint). A step's scheduled work becomes a flat batch →
 //! one forward pass (the constrained sequences' token masks computed beside it) → prompt logprobs for the
 //! sequences that asked → one sampled token per sampling sequence. What comes out ([`StepOutput`]) is
-//! token ids and logprobs, never the logits, so sampling on the device can replace this later.
+//! token ids and logprobs, never the logits. On a GPU a step whose every sequence is plain greedy takes each
+//! row's argmax on the device: only the token ids cross to the host.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -204,11 +205,17 @@ impl ModelRunner {
                 Some((id, c))
             })
             .collect();
+        let argmax_on_device = self.argmax_on_device(&input, &output);
         let (logits, masks) = {
             let (model, kv) = (&self.loaded.model, &self.kv);
             rayon::join(
-                || -> Result<Vec<Vec<f32>>> {
-                    Ok(model.forward(&batch, kv, output)?.to_vec2::<f32>()?)
+                || -> Result<StepLogits> {
+                    let logits = model.forward(&batch, kv, output)?;
+                    Ok(if argmax_on_device {
+                        StepLogits::Argmax(row_argmax(&logits)?)
+                    } else {
+                        StepLogits::Rows(logits.to_vec2::<f32>()?)
+                    })
                 },
                 || compute_masks(&mut constrained),
             )
@@ -223,6 +230,13 @@ impl ModelRunner {
         let mut out = StepOutput {
             tokens: batch.num_tokens(),
             ..StepOutput::default()
+        };
+        let logits = match logits {
+            StepLogits::Rows(rows) => rows,
+            StepLogits::Argmax(ids) => {
+                self.take_argmax(&input, &rows, &ids, &mut out);
+                return Ok(out);
+            }
         };
         for &(seq, _) in &input.work {
             if seq.wants_prompt_logprobs() {
@@ -252,6 +266,45 @@ impl ModelRunner {
             .collect();
         self.sample_all(&work, &logits, &allowed, &mut out);
         Ok(out)
+    }
+
+    /// Whether this step's tokens can be chosen where the logits are (a GPU), so that only their ids
+    /// cross to the host: every sampling sequence is plain greedy with no logprobs and no constraint,
+    /// and no prompt logprobs are wanted. On the CPU the logits are on the host already.
+    fn argmax_on_device(&self, input: &StepInput<'_>, output: &LogitsOutput) -> bool {
+        !self.loaded.model.device().is_cpu()
+            && *output == LogitsOutput::LastPerSequence
+            && input.samplers.iter().all(|(id, _)| {
+                self.sampling.get(id).is_some_and(|s| {
+                    s.sampler.is_plain_greedy() && s.logprobs.is_none() && s.constraint.is_none()
+                })
+            })
+    }
+
+    /// Each sampling sequence's token from its row's argmax (see [`ModelRunner::argmax_on_device`]).
+    fn take_argmax(
+        &mut self,
+        input: &StepInput<'_>,
+        rows: &HashMap<SeqId, (usize, usize)>,
+        ids: &[u32],
+        out: &mut StepOutput,
+    ) {
+        for &(id, owner) in &input.samplers {
+            let (Some(&(first, count)), Some(s)) = (rows.get(&owner), self.sampling.get_mut(&id))
+            else {
+                continue;
+            };
+            let Some(&token) = ids.get(first + count - 1) else {
+                continue;
+            };
+            s.sampler.observe(token);
+            out.sampled.push(Sampled {
+                id,
+                token,
+                logprob: None,
+                constraint_done: false,
+            });
+        }
     }
 
     /// Samples each `(sequence, logits row)` in parallel (each sequence has its own random stream, so
@@ -320,6 +373,17 @@ impl ModelRunner {
     }
 }
 
+/// A step's logits as they come back to the host: every row, or (plain greedy steps) each row's argmax.
+enum StepLogits {
+    Rows(Vec<Vec<f32>>),
+    Argmax(Vec<u32>),
+}
+
+/// The index of each row's largest logit (`logits`: `[rows, vocab]` f32), computed where the logits are.
+fn row_argmax(logits: &candle_core::Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?)
+}
+
 /// One sequence's sampled token, or why its constraint refused to go on.
 type SampleResult = std::result::Result<Sampled, (SeqId, ConstraintError)>;
 
@@ -368,4 +432,26 @@ fn prompt_logprobs(seq: &Sequence, logits: &[Vec<f32>]) -> Option<PromptLogprobs
         tokens,
         ranks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_argmax_matches_the_host_argmax() {
+        let (rows, vocab) = (5, 1000);
+        let values: Vec<f32> = (0..rows * vocab)
+            .map(|i| ((i * 7919 % 1009) as f32 * 0.37).sin())
+            .collect();
+        let t =
+            candle_core::Tensor::from_vec(values.clone(), (rows, vocab), &candle_core::Device::Cpu)
+                .unwrap();
+        let got = row_argmax(&t).unwrap();
+        let want: Vec<u32> = values
+            .chunks(vocab)
+            .map(|r| super::super::sampler::argmax(r) as u32)
+            .collect();
+        assert_eq!(got, want);
+    }
 }

@@ -113,6 +113,17 @@ impl Sampler {
         self
     }
 
+    /// Whether the choice is the argmax of the raw logits: greedy (temperature 0 or top-k 1) with no
+    /// bias or penalty to apply first. Such a choice can be made where the logits are (on a GPU).
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        (p.temperature <= 0.0 || p.top_k == Some(1))
+            && p.logit_bias.is_empty()
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+    }
+
     /// Registers a token as generated (called for every token appended, sampled or not).
     pub fn observe(&mut self, token: u32) {
         *self.output_counts.entry(token).or_insert(0) += 1;
@@ -390,5 +401,45 @@ mod tests {
         let top = top_logprobs(&[1.0, 3.0, 2.0], 2);
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
         assert!((top[0].1 - logprob_of(&[1.0, 3.0, 2.0], 1)).abs() < 1e-7);
+    }
+
+    #[test]
+    fn plain_greedy_is_the_argmax_of_the_raw_logits() {
+        let logits = [0.5f32, 3.0, -1.0, 2.9];
+        let greedy = |f: fn(&mut SamplingParams)| {
+            let mut p = SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            };
+            f(&mut p);
+            Sampler::new(p)
+        };
+        let plain = [
+            greedy(|_| {}),
+            greedy(|p| {
+                p.temperature = 0.7;
+                p.top_k = Some(1);
+            }),
+        ];
+        for mut s in plain {
+            assert!(s.is_plain_greedy());
+            assert_eq!(s.sample(&logits) as usize, argmax(&logits));
+        }
+        let not_plain = [
+            greedy(|p| p.temperature = 0.7),
+            greedy(|p| p.logit_bias = vec![(3, 1.0)]),
+            greedy(|p| p.repetition_penalty = 1.2),
+            greedy(|p| p.presence_penalty = 0.5),
+            greedy(|p| p.frequency_penalty = 0.5),
+        ];
+        for s in &not_plain {
+            assert!(!s.is_plain_greedy());
+        }
+        let mut biased = greedy(|p| p.logit_bias = vec![(3, 1.0)]);
+        assert_ne!(
+            biased.sample(&logits) as usize,
+            argmax(&logits),
+            "bias moves the choice"
+        );
     }
 }
