@@ -6,11 +6,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 5] = [
+const KERNELS: [&str; 6] = [
     "kv_cache",
     "paged_attention",
     "moe_routing",
     "expert_matmul",
+    "expert_fp8",
     "fused",
 ];
 

@@ -9,11 +9,6 @@
 
 constexpr int EM_WARPS = 4;
 
-template <typename T, int VEC>
-struct alignas(sizeof(T) * VEC) Pack {
-    T v[VEC];
-};
-
 template <typename T, int VEC, int MT, int R, bool GLU>
 __device__ void expert_matmul(const T* __restrict__ x, const T* __restrict__ w,
                               const uint32_t* __restrict__ sorted, const uint32_t* __restrict__ offsets,

@@ -10,6 +10,8 @@
 # bench: decode tokens/s at batch 1 (in-process, CUDA graphs off and on) and 1/8/64 (HTTP), and TTFT of a
 #        1,024-token prompt, on dummy Qwen3-30B-A3B in bf16; the copy bandwidth measured in the same run
 #        and a closing table of each figure next to its floor (scripts/gpu_summary.py);
+# fp8:   8 DeepSeek-V3-shaped layers (3 dense, 5 MoE) with block-FP8 experts kept as stored, dummy
+#        weights: decode batch 1 against its FP8 floor (needs bench's bandwidth.txt, or measures it);
 # sweep: issue 6's concurrency sweep on the embedded default model on the GPU (64 in, 64 out, 1 to 16
 #        streams, twice): output tokens/s at each level and its multiple of one stream's;
 # profile: GPU time per kernel (Nsight Compute) of a 1,024-token prefill and one decode step on a
@@ -98,6 +100,20 @@ if want bench; then
     grep "capture failed" "$OUT/serve-bench.log" "$OUT/generate.log" | head -5
     echo "== summary: each figure next to its floor"
     python3 scripts/gpu_summary.py table "$OUT" configs/qwen3-30b-a3b/config.json | tee "$OUT/summary.md"
+fi
+if want fp8; then
+    echo "== FP8: 8 DeepSeek-V3 layers, experts kept FP8, batch 1 (256 in, 64 out)"
+    mkdir -p /tmp/dsv3 && python3 -c "import json; c=json.load(open('configs/deepseek-v3/config.json')); c['num_hidden_layers']=8; json.dump(c, open('/tmp/dsv3/config.json','w'))"
+    [ -s "$OUT/bandwidth.txt" ] || python3 scripts/gpu_summary.py bandwidth >"$OUT/bandwidth.txt"
+    IDS256=$(echo "$IDS" | cut -d, -f1-256)
+    for rep in 1 2; do
+        "$BIN/moeserve" generate --model /tmp/dsv3 --load-format dummy --dtype bf16 --device cuda:0 \
+            --prompt-ids "$IDS256" --max-tokens 64 --ignore-eos --json 2>>"$OUT/generate-fp8.log" \
+            | python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["timing"]))' \
+            | tee -a "$OUT/generate-fp8.jsonl" || status=1
+    done
+    grep -i "error\|capture failed" "$OUT/generate-fp8.log" | head -5
+    python3 scripts/gpu_summary.py fp8 "$OUT" /tmp/dsv3/config.json | tee -a "$OUT/summary.md"
 fi
 if want sweep; then
     echo "== sweep: default model, concurrency 1,2,4,8,16 (64 in, 64 out)"

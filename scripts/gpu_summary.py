@@ -3,6 +3,7 @@
 
   python3 scripts/gpu_summary.py bandwidth            # device copy bandwidth (torch), GB/s (read + write)
   python3 scripts/gpu_summary.py table OUT CONFIG     # each measured figure next to its floor
+  python3 scripts/gpu_summary.py fp8 OUT CONFIG       # DeepSeek-V3-shaped layers, FP8 experts, batch 1
 
 A step's floor is the bytes it must read at the bandwidth measured in the same run: attention, router and
 lm-head weights, the distinct experts a batch routes to (uniform routing: E * (1 - (1 - k/E)^b) per layer)
@@ -64,6 +65,49 @@ class Shape:
         return max(memory, compute)
 
 
+class MlaFp8Shape:
+    """DeepSeek-V3-shaped layers as the GPU holds them: routed experts FP8 (one byte per weight, scales
+    aside), everything else bf16; the KV cache one bf16 latent per token and layer."""
+
+    def __init__(self, cfg):
+        h = cfg["hidden_size"]
+        nh, nope, rope, v = (cfg["num_attention_heads"], cfg["qk_nope_head_dim"],
+                             cfg["qk_rope_head_dim"], cfg["v_head_dim"])
+        ql, kvl = cfg.get("q_lora_rank"), cfg["kv_lora_rank"]
+        q = h * ql + ql * nh * (nope + rope) if ql else h * nh * (nope + rope)
+        attention = q + h * (kvl + rope) + kvl * nh * (nope + v) + nh * v * h
+        self.layers = cfg["num_hidden_layers"]
+        dense = min(cfg.get("first_k_dense_replace", 0), self.layers)
+        moe = self.layers - dense
+        self.experts, self.top_k = cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+        inter = cfg["moe_intermediate_size"]
+        self.moe_layers = moe
+        self.fixed = BF16 * (
+            self.layers * attention
+            + dense * 3 * h * cfg["intermediate_size"]
+            + moe * (h * self.experts + cfg.get("n_shared_experts", 0) * 3 * h * inter)
+            + cfg["vocab_size"] * h
+        )
+        self.expert = 3 * h * inter  # bytes at one byte per weight
+        self.kv_per_token = self.layers * (kvl + rope) * BF16
+
+    def step_bytes(self, batch, context):
+        distinct = self.experts * (1 - (1 - self.top_k / self.experts) ** batch)
+        return self.fixed + self.moe_layers * distinct * self.expert + batch * context * self.kv_per_token
+
+
+def fp8(out, config):
+    shape = MlaFp8Shape(json.load(open(config)))
+    bw_line = open(os.path.join(out, "bandwidth.txt")).read().split()
+    bw = float(bw_line[bw_line.index("copy_bandwidth_GBps") + 1]) * 1e9
+    timings = read_jsonl(os.path.join(out, "generate-fp8.jsonl"))
+    tps = median([t["decode_tokens_per_s"] for t in timings if t.get("decode_tokens_per_s")])
+    floor = shape.step_bytes(1, 256 + 32) / bw * 1e3
+    measured = f"{1e3 / tps:.2f} ms" if tps else "missing"
+    fraction = f"{100 * floor * tps / 1e3:.0f}%" if tps else "-"
+    print(f"| decode batch 1, {shape.layers} DeepSeek-V3 layers, FP8 experts | {measured} | {floor:.2f} ms | {fraction} |")
+
+
 def median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -119,5 +163,7 @@ if __name__ == "__main__":
         bandwidth()
     elif sys.argv[1:2] == ["table"] and len(sys.argv) == 4:
         table(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["fp8"] and len(sys.argv) == 4:
+        fp8(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)

@@ -180,7 +180,9 @@ pub fn read_headers(
         }
         LoadFormat::Dummy => {
             let dtype = crate::weights::matrix_dtype(precision, device, declared_dtype(&cfg));
-            weight_bytes = quantized_weight_bytes(&spec, dtype, precision, device);
+            weight_bytes = quantized_weight_bytes(&spec, dtype, precision, device).or_else(|| {
+                dummy_fp8_expert_bytes(&spec, dtype, precision, device, declared_fp8_block(&cfg))
+            });
             let (params, _) = spec.parameter_counts();
             let summary = StoreSummary {
                 shards: Vec::new(),
@@ -258,6 +260,47 @@ fn declared_dtype(cfg: &HubConfig) -> Option<DType> {
     }
 }
 
+/// Bytes a dummy FP8 checkpoint's weights take on a GPU that keeps its routed experts FP8 (one byte
+/// per expert weight, scales aside; everything else at `dtype`); `None` where they are not kept so.
+fn dummy_fp8_expert_bytes(
+    spec: &ModelSpec,
+    dtype: DType,
+    precision: Precision,
+    device: &Device,
+    block: Option<(usize, usize)>,
+) -> Option<u64> {
+    block?;
+    if !device.is_cuda() || !matches!(precision.compute, DType::BF16 | DType::F16) {
+        return None;
+    }
+    let (params, _) = spec.parameter_counts();
+    let experts: u64 = spec
+        .layers
+        .iter()
+        .map(|l| match l {
+            crate::model::spec::FfnSpec::Moe(m) => {
+                (m.num_experts * 3 * spec.hidden_size * m.expert_intermediate_size) as u64
+            }
+            crate::model::spec::FfnSpec::Dense { .. } => 0,
+        })
+        .sum();
+    Some((params - experts) * dtype.size_in_bytes() as u64 + experts)
+}
+
+/// The block size of a checkpoint that declares block-FP8 weights (`quantization_config` with
+/// `quant_method: fp8` and `weight_block_size`, as DeepSeek-V3, Kimi K2 and Qwen3-FP8 ship).
+fn declared_fp8_block(cfg: &HubConfig) -> Option<(usize, usize)> {
+    let q = cfg.get("quantization_config")?;
+    if q.get("quant_method")?.as_str()? != "fp8" {
+        return None;
+    }
+    let block = q.get("weight_block_size")?.as_array()?;
+    match block.as_slice() {
+        [r, c] => Some((r.as_u64()? as usize, c.as_u64()? as usize)),
+        _ => None,
+    }
+}
+
 /// Loads a checkpoint, or with `LoadFormat::Dummy` builds its architecture with random weights. A dummy
 /// model without tokenizer files gets a placeholder tokenizer (one `<tN>` word per id).
 pub fn load_with(
@@ -274,7 +317,13 @@ pub fn load_with(
     let (cfg, spec) = read_spec(source)?;
     let mut store = match format {
         LoadFormat::Auto => WeightStore::open(source, device, precision)?,
-        LoadFormat::Dummy => WeightStore::dummy(device, precision, declared_dtype(&cfg)),
+        LoadFormat::Dummy => {
+            let mut store = WeightStore::dummy(device, precision, declared_dtype(&cfg));
+            if let Some(block) = declared_fp8_block(&cfg) {
+                store.set_dummy_fp8(block);
+            }
+            store
+        }
     };
     let mut model = Model::load(&spec, &mut store)?;
     model.set_kv_dtype(precision.kv_dtype());
@@ -325,4 +374,21 @@ fn load_gguf(
         chat_template: crate::tokenizer::gguf::chat_template(model).map(|t| (t, GGUF_TEMPLATE)),
         weights,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp8_checkpoints_are_recognised_by_their_quantization_config() {
+        let cfg = |v: serde_json::Value| HubConfig::from_value("config.json".into(), v);
+        let fp8 = cfg(serde_json::json!({"quantization_config":
+            {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}}));
+        assert_eq!(declared_fp8_block(&fp8), Some((128, 128)));
+        let other = cfg(serde_json::json!({"quantization_config":
+            {"quant_method": "awq", "weight_block_size": [128, 128]}}));
+        assert_eq!(declared_fp8_block(&other), None);
+        assert_eq!(declared_fp8_block(&cfg(serde_json::json!({}))), None);
+    }
 }

@@ -630,3 +630,87 @@ fn moe_combine_sums_each_tokens_rows() {
     }
     assert!(cuda::moe_combine(&Tensor::zeros((5, 3), DType::F32, &dev).unwrap(), 2).is_err());
 }
+
+/// Block-FP8 experts kept as stored on the GPU against the same blocks dequantized on the CPU (the
+/// grouped f32 reference): several tokens per expert, two block shapes, a hidden size of three blocks.
+#[test]
+fn fp8_experts_match_dequantized_reference() {
+    use moeserve::model::moe::cuda_fp8_experts::CudaFp8Experts;
+    use moeserve::weights::Fp8Blocks;
+    let dev = gpu();
+    for (tokens, hidden, inter, block) in [
+        (1, 256, 128, (128, 128)),
+        (5, 384, 256, (128, 128)),
+        (40, 256, 128, (64, 32)),
+    ] {
+        let mut rng = StdRng::seed_from_u64(tokens as u64 + 100);
+        let (e, k) = (8, 2);
+        let mut blocks = |rows: usize, cols: usize| -> Fp8Blocks {
+            // Bit 6 cleared: finite e4m3 values up to 1.875.
+            let bytes: Vec<u8> = (0..rows * cols)
+                .map(|_| rng.random::<u8>() & 0xbf)
+                .collect();
+            let n_scales = rows.div_ceil(block.0) * cols.div_ceil(block.1);
+            let scales = (0..n_scales)
+                .map(|_| rng.random_range(0.01f32..0.05))
+                .collect();
+            Fp8Blocks {
+                bytes,
+                scales,
+                rows,
+                cols,
+                block,
+            }
+        };
+        let experts: Vec<[Fp8Blocks; 3]> = (0..e)
+            .map(|_| {
+                [
+                    blocks(inter, hidden),
+                    blocks(inter, hidden),
+                    blocks(hidden, inter),
+                ]
+            })
+            .collect();
+        let dense: Vec<(Tensor, Tensor, Tensor)> = experts
+            .iter()
+            .map(|[g, u, d]| {
+                let f = |b: &Fp8Blocks| b.to_f32(&Device::Cpu).unwrap();
+                (f(g), f(u), f(d))
+            })
+            .collect();
+        let reference = GroupedExperts::from_weights(dense).unwrap();
+        let gpu_experts = CudaFp8Experts::from_blocks(&experts, &dev).unwrap();
+        let x = Tensor::from_vec(
+            uniform(&mut rng, tokens * hidden),
+            (tokens, hidden),
+            &Device::Cpu,
+        )
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+        let mut ids = Vec::new();
+        let mut wts = Vec::new();
+        for _ in 0..tokens {
+            let mut all: Vec<u32> = (0..e as u32).collect();
+            all.shuffle(&mut rng);
+            ids.extend_from_slice(&all[..k]);
+            wts.extend((0..k).map(|_| rng.random_range(0.1f32..0.6)));
+        }
+        let routes = |d: &Device| Routes {
+            ids: Tensor::from_slice(&ids, (tokens, k), d).unwrap(),
+            weights: Tensor::from_slice(&wts, (tokens, k), d).unwrap(),
+        };
+        let want = host(&reference.forward(&x, &routes(&Device::Cpu)).unwrap());
+        let got = gpu_experts
+            .forward(
+                &x.to_device(&dev).unwrap().to_dtype(DType::BF16).unwrap(),
+                &routes(&dev),
+            )
+            .unwrap();
+        assert_eq!(got.dims(), &[tokens, hidden]);
+        let d = rel_max_diff(&host(&got), &want);
+        assert!(d < 3e-2, "FP8 experts {tokens} tokens {block:?}: {d}");
+    }
+}

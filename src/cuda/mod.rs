@@ -4,12 +4,14 @@
 //! runs on candle's stream, so no launch synchronises with the host.
 
 mod attention;
+mod fp8;
 mod fused;
 mod graph;
 mod kv;
 mod moe;
 
 pub use attention::{paged_attention, CacheHeads, ContextSeq, PagedContext};
+pub use fp8::{expert_matmul_fp8, Fp8Stack};
 pub use fused::{add_rms_norm, moe_combine};
 pub use graph::CapturedGraph;
 pub use kv::{kv_write, BlockZeroer, PAD_SLOT};
@@ -28,6 +30,7 @@ const KV_CACHE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kv_cache.ptx"
 const PAGED_ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/paged_attention.ptx"));
 const MOE_ROUTING_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/moe_routing.ptx"));
 const EXPERT_MATMUL_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/expert_matmul.ptx"));
+const EXPERT_FP8_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/expert_fp8.ptx"));
 const FUSED_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
 
 /// One of our PTX modules.
@@ -37,6 +40,7 @@ enum Module {
     PagedAttention,
     MoeRouting,
     ExpertMatmul,
+    ExpertFp8,
     Fused,
 }
 
@@ -47,6 +51,7 @@ impl Module {
             Module::PagedAttention => ("moeserve_paged_attention", PAGED_ATTENTION_PTX),
             Module::MoeRouting => ("moeserve_moe_routing", MOE_ROUTING_PTX),
             Module::ExpertMatmul => ("moeserve_expert_matmul", EXPERT_MATMUL_PTX),
+            Module::ExpertFp8 => ("moeserve_expert_fp8", EXPERT_FP8_PTX),
             Module::Fused => ("moeserve_fused", FUSED_PTX),
         }
     }
@@ -91,6 +96,7 @@ fn ptr(t: &Tensor) -> Result<u64> {
             .as_cuda_slice::<half::f16>()
             .map(|x| x.device_ptr(&stream).0),
         DType::U32 => s.as_cuda_slice::<u32>().map(|x| x.device_ptr(&stream).0),
+        DType::U8 => s.as_cuda_slice::<u8>().map(|x| x.device_ptr(&stream).0),
         DType::I64 => s.as_cuda_slice::<i64>().map(|x| x.device_ptr(&stream).0),
         other => return Err(Error::Device(format!("no kernel takes {other:?} tensors"))),
     }

@@ -144,9 +144,9 @@ pub struct SortedRoutes {
     pub offsets: Tensor,
     /// `[E + 1]` u32: the experts that have tokens, in order; their number at index E.
     pub active: Tensor,
-    num_experts: usize,
+    pub(super) num_experts: usize,
     /// Upper bound of the number of active experts (known on the host without reading `active`).
-    max_active: usize,
+    pub(super) max_active: usize,
 }
 
 const SORT_THREADS: u32 = 1024;
@@ -236,7 +236,7 @@ fn launch_expert(
         || e != sorted.num_experts
         || x.dtype() != weights.dtype()
         || in_div == 0
-        || (glu && n % 2 != 0)
+        || (glu && !n.is_multiple_of(2))
     {
         return Err(Error::Device(format!(
             "expert matmul: input [_, {k_dim}] {:?}, weights [{e}, {n}, {wk}] {:?}",

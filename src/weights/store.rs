@@ -70,6 +70,11 @@ fn keeps_fp8(precision: Precision, device: &Device) -> bool {
         && precision.matrices == MatrixPrecision::Stored
 }
 
+/// Whether block-FP8 routed experts stay FP8: on a GPU computing in bf16 or f16 (the FP8 expert kernels).
+fn keeps_fp8_experts(precision: Precision, device: &Device) -> bool {
+    device.is_cuda() && matches!(precision.compute, DType::BF16 | DType::F16)
+}
+
 /// `--quantize` where it applies: the CPU with f32 compute (the quantized kernels' home).
 fn quantize_on(precision: Precision, device: &Device) -> Option<Quantize> {
     precision
@@ -113,6 +118,11 @@ pub struct WeightStore {
     matrices: DType,
     /// Block-FP8 matrices may stay FP8 (CPU, f32 compute, weights as stored).
     keep_fp8: bool,
+    /// Block-FP8 routed experts stay FP8 (a GPU with bf16/f16 compute: its FP8 expert kernels).
+    fp8_experts_as_stored: bool,
+    /// `--load-format dummy` of a checkpoint that declares block-FP8 weights: its experts are made up as
+    /// FP8 in blocks of this size.
+    dummy_fp8_block: Option<(usize, usize)>,
     progress: indicatif::ProgressBar,
     /// `--load-format dummy`: every requested tensor is made up on the device (no files).
     dummy: Option<DummyStats>,
@@ -234,6 +244,8 @@ impl WeightStore {
             dtype,
             matrices: matrix_dtype(precision, device, stored),
             keep_fp8: keeps_fp8(precision, device),
+            fp8_experts_as_stored: keeps_fp8_experts(precision, device),
+            dummy_fp8_block: None,
             progress,
             dummy: None,
             gguf: None,
@@ -256,6 +268,7 @@ impl WeightStore {
         store.dummy = None;
         store.matrices = matrix_dtype(precision, device, tensors.dominant_float());
         store.keep_fp8 = keeps_fp8(precision, device);
+        store.fp8_experts_as_stored = false;
         store.gguf = Some(tensors);
         Ok(store)
     }
@@ -267,16 +280,18 @@ impl WeightStore {
         if let Some(g) = &self.gguf {
             return Some(g.held_bytes(self.keeps_quant(), self.matrices, self.dtype) as u64);
         }
-        if !self.keep_fp8 {
+        if !self.keep_fp8 && !self.fp8_experts_as_stored {
             return None;
         }
-        // Block-FP8 matrices stay one byte per weight plus their f32 scales; the rest at the matrix dtype.
+        // Block-FP8 matrices stay one byte per weight plus their f32 scales (on a GPU the routed experts
+        // only); the rest at the matrix dtype.
         let mut fp8 = false;
         let mut bytes = 0u64;
         for (name, e) in &self.entries {
             let n = e.shape.iter().product::<usize>() as u64;
             let scaled = self.entries.contains_key(&format!("{name}_scale_inv"));
-            bytes += if e.dtype == Dtype::F8_E4M3 && e.shape.len() == 2 && scaled {
+            let kept = self.keep_fp8 || name.contains(".experts.");
+            bytes += if e.dtype == Dtype::F8_E4M3 && e.shape.len() == 2 && scaled && kept {
                 fp8 = true;
                 n
             } else if name.ends_with("_scale_inv") {
@@ -371,6 +386,37 @@ impl WeightStore {
     /// Takes a block-FP8 matrix as stored, when this store keeps FP8 (see [`Precision`]) and `name` is one;
     /// `None` otherwise (take it with [`Self::get_matrix`], dequantized).
     pub fn get_fp8(&mut self, name: &str, shape: &[usize]) -> Result<Option<Fp8Blocks>> {
+        let keep = self.keep_fp8;
+        self.take_fp8(name, shape, keep)
+    }
+
+    /// Whether this store hands out block-FP8 routed experts as stored for a GPU's FP8 kernels (see
+    /// [`Self::get_fp8_expert`]).
+    pub fn fp8_experts_as_stored(&self) -> bool {
+        self.fp8_experts_as_stored && self.gguf.is_none()
+    }
+
+    /// Takes a routed expert's block-FP8 matrix as stored where the CPU kernels or a GPU's FP8 expert
+    /// kernels read it; `None` otherwise.
+    pub fn get_fp8_expert(&mut self, name: &str, shape: &[usize]) -> Result<Option<Fp8Blocks>> {
+        let keep = self.keep_fp8 || self.fp8_experts_as_stored;
+        self.take_fp8(name, shape, keep)
+    }
+
+    /// Makes a dummy store's routed experts block-FP8 in `block`-sized blocks (a checkpoint whose config
+    /// declares FP8 weights), where its device keeps them so.
+    pub fn set_dummy_fp8(&mut self, block: (usize, usize)) {
+        if self.dummy.is_some() && self.fp8_experts_as_stored {
+            self.dummy_fp8_block = Some(block);
+        }
+    }
+
+    /// The block size of a dummy store's FP8 experts (see [`Self::set_dummy_fp8`]).
+    pub fn dummy_fp8_block(&self) -> Option<(usize, usize)> {
+        self.dummy_fp8_block
+    }
+
+    fn take_fp8(&mut self, name: &str, shape: &[usize], keep: bool) -> Result<Option<Fp8Blocks>> {
         if self.gguf.is_some() {
             return Ok(None);
         }
@@ -379,7 +425,7 @@ impl WeightStore {
             .entries
             .get(name)
             .is_some_and(|e| e.dtype == Dtype::F8_E4M3 && e.shape == shape && shape.len() == 2);
-        if !self.keep_fp8 || !is_fp8 || !self.entries.contains_key(&scale_name) {
+        if !keep || !is_fp8 || !self.entries.contains_key(&scale_name) {
             return Ok(None);
         }
         let (rows, cols) = (shape[0], shape[1]);
@@ -495,6 +541,19 @@ impl WeightStore {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }
 
+    /// The scale block (rows, columns) of a stored block-FP8 matrix, without taking it; `None` where
+    /// `name` is not one (or is a GGUF tensor).
+    pub fn fp8_block_of(&self, name: &str) -> Option<(usize, usize)> {
+        let e = self.entries.get(name)?;
+        let scale = self.entries.get(&format!("{name}_scale_inv"))?;
+        match (e.dtype, e.shape.as_slice(), scale.shape.as_slice()) {
+            (Dtype::F8_E4M3, [rows, cols], [sr, sc]) if *sr > 0 && *sc > 0 => {
+                Some((rows.div_ceil(*sr), cols.div_ceil(*sc)))
+            }
+            _ => None,
+        }
+    }
+
     /// Takes a tensor with an expected shape, in the store's compute dtype.
     pub fn get(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.get_as(name, shape, self.dtype)
@@ -513,6 +572,8 @@ impl WeightStore {
             dtype: precision.compute,
             matrices: matrix_dtype(precision, device, stored),
             keep_fp8: false,
+            fp8_experts_as_stored: keeps_fp8_experts(precision, device),
+            dummy_fp8_block: None,
             progress: indicatif::ProgressBar::hidden(),
             dummy: Some(DummyStats::default()),
             gguf: None,
@@ -757,6 +818,12 @@ mod tests {
             &dev,
             DType::F32.into(),
         )?;
+        assert_eq!(store.fp8_block_of("x.weight"), Some((2, 2)));
+        assert_eq!(store.fp8_block_of("x.weight_scale_inv"), None);
+        assert!(
+            !store.fp8_experts_as_stored(),
+            "the CPU keeps FP8 by its own rule"
+        );
         let got = store.get("x.weight", &[3, 5])?.to_vec2::<f32>()?;
         // All values are exact in e4m3; each is multiplied by its block's scale.
         let expected = [

@@ -4,6 +4,8 @@
 #[cfg(feature = "cuda")]
 pub mod cuda_experts;
 #[cfg(feature = "cuda")]
+pub mod cuda_fp8_experts;
+#[cfg(feature = "cuda")]
 pub mod cuda_quant_experts;
 pub mod experts;
 pub(crate) mod fp8_experts;
@@ -240,6 +242,25 @@ fn load_experts(
     }
     #[cfg(feature = "cuda")]
     if store.device().is_cuda() {
+        // Block-FP8 experts kept as stored for the GPU's FP8 kernels.
+        if let Some(blk) = store.dummy_fp8_block() {
+            let seed = block
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+            return Ok(Box::new(cuda_fp8_experts::CudaFp8Experts::dummy(
+                spec.num_experts,
+                hidden,
+                spec.expert_intermediate_size,
+                blk,
+                seed,
+                store.device(),
+            )?));
+        }
+        if let Some(fp8) =
+            cuda_fp8_experts::CudaFp8Experts::load(store, block, names, spec, hidden)?
+        {
+            return Ok(Box::new(fp8));
+        }
         let names3 = names
             .expert_proj
             .map(|n| format!("{block}.experts.0.{n}.weight"));
