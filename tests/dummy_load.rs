@@ -89,3 +89,47 @@ fn inspect_reports_the_real_architecture_of_a_dummy_model() {
     assert!(text.contains("compute dtype: F32"), "{text}");
     assert!(text.contains("weight dtype:  BF16"), "{text}");
 }
+
+/// The published DeepSeek-V3 config (block-FP8 declared) shrunk to two layers: a dummy model on the CPU
+/// is built from it (experts dense there; the GPU keeps them FP8) and generates.
+#[test]
+fn dummy_fp8_deepseek_v3_config_builds_on_the_cpu() {
+    let text = std::fs::read_to_string("configs/deepseek-v3/config.json").unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(cfg["quantization_config"]["quant_method"], "fp8");
+    for (k, v) in [
+        ("num_hidden_layers", 2),
+        ("first_k_dense_replace", 1),
+        ("hidden_size", 128),
+        ("intermediate_size", 96),
+        ("moe_intermediate_size", 32),
+        ("n_routed_experts", 16),
+        ("n_group", 4),
+        ("topk_group", 2),
+        ("num_experts_per_tok", 4),
+        ("vocab_size", 500),
+        ("num_attention_heads", 4),
+        ("num_key_value_heads", 4),
+        ("q_lora_rank", 64),
+        ("kv_lora_rank", 32),
+        ("qk_nope_head_dim", 16),
+        ("qk_rope_head_dim", 8),
+        ("v_head_dim", 16),
+        ("num_nextn_predict_layers", 0),
+    ] {
+        cfg[k] = v.into();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let source = ModelSource::Dir(dir.path().to_path_buf());
+    let loaded = std::sync::Arc::new(
+        loader::load_with(&source, &Device::Cpu, DType::F32, LoadFormat::Dummy).unwrap(),
+    );
+    let params = RequestParams {
+        max_tokens: 4,
+        ignore_eos: true,
+        ..RequestParams::default()
+    };
+    let out = generate(&loaded, vec![1, 2, 3], params).unwrap();
+    assert_eq!(out.token_ids.len(), 4);
+}
