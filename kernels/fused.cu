@@ -62,3 +62,88 @@ __device__ void moe_combine(const T* __restrict__ y, T* __restrict__ out, int to
 MOE_COMBINE(moe_combine_f32, float)
 MOE_COMBINE(moe_combine_bf16, __nv_bfloat16)
 MOE_COMBINE(moe_combine_f16, __half)
+
+// A decode layer's attention inputs in one launch (grouped-query attention): per head of the step's q,
+// k and v rows — optional per-head RMSNorm of q and k (Qwen3), rope over the first `rd` dims (pairs
+// (i, i + rd/2), or (2i, 2i+1) when `interleaved`) — q written to q_out, k and v into the cache at the
+// token's slot (PAD_SLOT rows write nothing). One block per (token, head); heads past nh are kv heads.
+// The norm's output is rounded to T before rope reads it, as the unfused ops do.
+#define PAD_SLOT 0xffffffffu
+constexpr int QKV_THREADS = 128;
+constexpr int QKV_MAX_HD = 512;
+
+template <typename T>
+__device__ void qk_norm_rope_write(const T* __restrict__ q, const T* __restrict__ k,
+                                   const T* __restrict__ v, const T* __restrict__ q_w,
+                                   const T* __restrict__ k_w, const T* __restrict__ cos,
+                                   const T* __restrict__ sin, const uint32_t* __restrict__ slots,
+                                   T* __restrict__ q_out, T* __restrict__ k_cache,
+                                   T* __restrict__ v_cache, int nh, int nkv, int hd, int rd,
+                                   int interleaved, float eps) {
+    __shared__ float row[QKV_MAX_HD];
+    __shared__ float partial[QKV_THREADS / 32];
+    const int tok = blockIdx.x, head = blockIdx.y;
+    const bool is_q = head < nh;
+    const int kvh = head - nh;
+    const T* src = is_q ? q + ((size_t)tok * nh + head) * hd : k + ((size_t)tok * nkv + kvh) * hd;
+    const T* w = is_q ? q_w : k_w;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < hd; i += QKV_THREADS) {
+        const float x = to_f32(src[i]);
+        row[i] = x;
+        ss += x * x;
+    }
+    if (w != nullptr) {
+        ss = warp_sum(ss);
+        if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+        __syncthreads();
+        float total = 0.f;
+#pragma unroll
+        for (int j = 0; j < QKV_THREADS / 32; ++j) total += partial[j];
+        const float scale = rsqrtf(total / hd + eps);
+        for (int i = threadIdx.x; i < hd; i += QKV_THREADS)
+            row[i] = to_f32(from_f32<T>(scale * row[i] * to_f32(w[i])));
+    }
+    __syncthreads();
+    const uint32_t slot = is_q ? 0u : slots[tok];
+    if (!is_q && slot == PAD_SLOT) return;
+    T* dst = is_q ? q_out + ((size_t)tok * nh + head) * hd
+                  : k_cache + ((size_t)slot * nkv + kvh) * hd;
+    const int half = rd / 2;
+    const T* c = cos + (size_t)tok * half;
+    const T* s = sin + (size_t)tok * half;
+    for (int i = threadIdx.x; i < hd; i += QKV_THREADS) {
+        float out = row[i];
+        if (i < rd) {
+            if (interleaved) {
+                const int p = i / 2;
+                const float cp = to_f32(c[p]), sp = to_f32(s[p]);
+                out = (i % 2 == 0) ? row[i] * cp - row[i + 1] * sp : row[i - 1] * sp + row[i] * cp;
+            } else if (i < half) {
+                const float cp = to_f32(c[i]), sp = to_f32(s[i]);
+                out = row[i] * cp - row[i + half] * sp;
+            } else {
+                const float cp = to_f32(c[i - half]), sp = to_f32(s[i - half]);
+                out = row[i - half] * sp + row[i] * cp;
+            }
+        }
+        dst[i] = from_f32<T>(out);
+    }
+    if (!is_q) {
+        const T* vs = v + ((size_t)tok * nkv + kvh) * hd;
+        T* vd = v_cache + ((size_t)slot * nkv + kvh) * hd;
+        for (int i = threadIdx.x; i < hd; i += QKV_THREADS) vd[i] = vs[i];
+    }
+}
+
+#define QK_NORM_ROPE_WRITE(NAME, T)                                                                \
+    extern "C" __global__ void __launch_bounds__(QKV_THREADS)                                      \
+        NAME(const T* q, const T* k, const T* v, const T* q_w, const T* k_w, const T* cos,         \
+             const T* sin, const uint32_t* slots, T* q_out, T* k_cache, T* v_cache, int nh,        \
+             int nkv, int hd, int rd, int interleaved, float eps) {                                \
+        qk_norm_rope_write<T>(q, k, v, q_w, k_w, cos, sin, slots, q_out, k_cache, v_cache, nh,    \
+                              nkv, hd, rd, interleaved, eps);                                      \
+    }
+QK_NORM_ROPE_WRITE(qk_norm_rope_write_f32, float)
+QK_NORM_ROPE_WRITE(qk_norm_rope_write_bf16, __nv_bfloat16)
+QK_NORM_ROPE_WRITE(qk_norm_rope_write_f16, __half)

@@ -714,3 +714,102 @@ fn fp8_experts_match_dequantized_reference() {
         assert!(d < 3e-2, "FP8 experts {tokens} tokens {block:?}: {d}");
     }
 }
+
+/// The fused q/k norm + rope + KV write against the ops it replaces (rms_norm, rope, kv_write), with and
+/// without per-head norms, rotate-half and interleaved, full and partial rotary dims, a pad row.
+#[test]
+fn qk_norm_rope_write_matches_the_ops() {
+    use moeserve::model::rope::apply;
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(13);
+    let cases = [
+        (3, 8, 2, 128, 128, false, true),
+        (5, 4, 4, 64, 32, true, false),
+        (1, 16, 2, 96, 96, false, false),
+    ];
+    for (t, nh, nkv, hd, rd, interleaved, norms) in cases {
+        for dtype in [DType::F32, DType::BF16] {
+            let mk = |rng: &mut StdRng, shape: &[usize]| {
+                let n = shape.iter().product();
+                Tensor::from_vec(uniform(rng, n), shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let (q, k, v) = (
+                mk(&mut rng, &[t, nh * hd]),
+                mk(&mut rng, &[t, nkv * hd]),
+                mk(&mut rng, &[t, nkv * hd]),
+            );
+            let (qn, kn) = (mk(&mut rng, &[hd]), mk(&mut rng, &[hd]));
+            let angles: Vec<f32> = (0..t * rd / 2).map(|i| i as f32 * 0.37).collect();
+            let table = |f: fn(f32) -> f32| {
+                Tensor::from_vec(angles.iter().map(|&a| f(a)).collect(), (t, rd / 2), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let (cos, sin) = (table(f32::cos), table(f32::sin));
+            let slots_n = 40;
+            let mut order: Vec<u32> = (0..slots_n as u32).collect();
+            order.shuffle(&mut rng);
+            let mut slots: Vec<u32> = order[..t].to_vec();
+            if t > 2 {
+                slots[1] = cuda::PAD_SLOT;
+            }
+            let slots_t = Tensor::from_slice(&slots, t, &dev).unwrap();
+            let cache = |rng: &mut StdRng| mk(rng, &[slots_n, nkv, hd]);
+            let (kc, vc) = (cache(&mut rng), cache(&mut rng));
+            let (kc_ref, vc_ref) = (kc.copy().unwrap(), vc.copy().unwrap());
+            let step = cuda::QkvStep {
+                q: &q,
+                k: &k,
+                v: &v,
+                norms: norms.then_some((&qn, &kn, 1e-6)),
+                cos: &cos,
+                sin: &sin,
+                rotary_dim: rd,
+                interleaved,
+                slots: &slots_t,
+                k_cache: &kc,
+                v_cache: &vc,
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let got_q = cuda::qk_norm_rope_write(&step)
+                .unwrap()
+                .expect("the kernel takes these");
+            // The ops, as the unfused path runs them.
+            let heads = |x: &Tensor, n: usize, w: &Tensor| {
+                let x = x.reshape((t, n, hd)).unwrap();
+                if norms {
+                    candle_nn::ops::rms_norm(&x.contiguous().unwrap(), w, 1e-6).unwrap()
+                } else {
+                    x
+                }
+            };
+            let rot = |x: Tensor| {
+                if rd == hd {
+                    apply(&x, &cos, &sin, interleaved).unwrap()
+                } else {
+                    let r = apply(&x.narrow(2, 0, rd).unwrap(), &cos, &sin, interleaved).unwrap();
+                    Tensor::cat(&[&r, &x.narrow(2, rd, hd - rd).unwrap()], 2).unwrap()
+                }
+            };
+            let want_q = rot(heads(&q, nh, &qn));
+            let want_k = rot(heads(&k, nkv, &kn));
+            cuda::kv_write(&kc_ref, &slots_t, &want_k).unwrap();
+            cuda::kv_write(&vc_ref, &slots_t, &v.reshape((t, nkv, hd)).unwrap()).unwrap();
+            let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
+            let case = format!(
+                "{t}x{nh}/{nkv}x{hd} rd {rd} interleaved {interleaved} norms {norms} {dtype:?}"
+            );
+            let dq = rel_max_diff(&host(&got_q), &host(&want_q));
+            assert!(dq < tol, "q {case}: {dq}");
+            let dk = rel_max_diff(&host(&kc), &host(&kc_ref));
+            assert!(dk < tol, "k cache {case}: {dk}");
+            assert_eq!(host(&vc), host(&vc_ref), "v cache {case}");
+        }
+    }
+}

@@ -1,8 +1,9 @@
-//! Launchers of `kernels/fused.cu`: the residual add fused with the RMSNorm after it, and the sum of a
-//! token's top-k expert rows — each one launch where candle ops take two or three.
+//! Launchers of `kernels/fused.cu`: the residual add fused with the RMSNorm after it, the sum of a
+//! token's top-k expert rows, and a grouped-query attention layer's q/k norm + rope + KV write — each one
+//! launch where candle ops take two to eight.
 
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::{cuda_device, dtype_suffix, function, launch_error, output, ptr, Module};
 use crate::error::{Error, Result};
@@ -85,4 +86,108 @@ pub fn moe_combine(y: &Tensor, k: usize) -> Result<Tensor> {
     // SAFETY: y is [t·k, h] contiguous, out [t, h].
     unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
     Ok(out)
+}
+
+/// One grouped-query attention layer's step inputs for [`qk_norm_rope_write`].
+pub struct QkvStep<'a> {
+    /// `[T, nh·hd]`, `[T, nkv·hd]`, `[T, nkv·hd]` (the projections' outputs).
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    /// Per-head RMSNorm weights (`[hd]`) of q and k, with their epsilon (Qwen3), or none.
+    pub norms: Option<(&'a Tensor, &'a Tensor, f32)>,
+    /// `[T, rotary_dim/2]` each, in the compute dtype.
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    pub rotary_dim: usize,
+    pub interleaved: bool,
+    /// `[T]` u32 cache slots ([`super::PAD_SLOT`] writes nothing).
+    pub slots: &'a Tensor,
+    /// The layer's cache, `[slots, nkv, hd]` each.
+    pub k_cache: &'a Tensor,
+    pub v_cache: &'a Tensor,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+const QKV_THREADS: u32 = 128;
+const QKV_MAX_HD: usize = 512;
+
+/// Norms q and k per head (when asked), ropes them, writes k and v into the cache at the step's slots and
+/// returns q `[T, nh, hd]`: one launch for what takes about eight candle ops. `None` where the kernel does
+/// not take the shapes (the caller runs the ops).
+pub fn qk_norm_rope_write(s: &QkvStep<'_>) -> Result<Option<Tensor>> {
+    let (nh, nkv, hd, rd) = (s.num_heads, s.num_kv_heads, s.head_dim, s.rotary_dim);
+    let dtype = s.q.dtype();
+    let t = s.q.dim(0)?;
+    let same = |x: &Tensor| x.dtype() == dtype;
+    let fits = hd <= QKV_MAX_HD
+        && rd <= hd
+        && rd.is_multiple_of(2)
+        && [s.k, s.v, s.cos, s.sin, s.k_cache, s.v_cache]
+            .iter()
+            .all(|x| same(x))
+        && s.norms.is_none_or(|(qn, kn, _)| same(qn) && same(kn))
+        && s.q.elem_count() == t * nh * hd
+        && s.k.elem_count() == t * nkv * hd
+        && s.v.elem_count() == t * nkv * hd
+        && s.cos.elem_count() == t * rd / 2
+        && s.sin.elem_count() == t * rd / 2
+        && s.slots.elem_count() == t
+        && s.slots.dtype() == DType::U32;
+    if !fits {
+        return Ok(None);
+    }
+    let (q, k, v) = (s.q.contiguous()?, s.k.contiguous()?, s.v.contiguous()?);
+    let (cos, sin) = (s.cos.contiguous()?, s.sin.contiguous()?);
+    let q_out = output((t, nh, hd), dtype, q.device())?;
+    if t == 0 {
+        return Ok(Some(q_out));
+    }
+    let dev = cuda_device(&q)?;
+    let name = format!("qk_norm_rope_write_{}", dtype_suffix(dtype)?);
+    let f = function(dev, Module::Fused, &name)?;
+    let (qn, kn, eps) = match s.norms {
+        Some((qn, kn, eps)) => (ptr(qn)?, ptr(kn)?, eps),
+        None => (0, 0, 0.0),
+    };
+    let pointers = [
+        ptr(&q)?,
+        ptr(&k)?,
+        ptr(&v)?,
+        qn,
+        kn,
+        ptr(&cos)?,
+        ptr(&sin)?,
+        ptr(s.slots)?,
+        ptr(&q_out)?,
+        ptr(s.k_cache)?,
+        ptr(s.v_cache)?,
+    ];
+    let ints = [
+        nh as i32,
+        nkv as i32,
+        hd as i32,
+        rd as i32,
+        i32::from(s.interleaved),
+    ];
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    for p in &pointers {
+        b.arg(p);
+    }
+    for i in &ints {
+        b.arg(i);
+    }
+    b.arg(&eps);
+    let cfg = LaunchConfig {
+        grid_dim: (t as u32, (nh + nkv) as u32, 1),
+        block_dim: (QKV_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: element counts and dtypes checked above; hd within the kernel's shared row; every slot
+    // is below the cache's rows (checked when the batch was built) or PAD_SLOT.
+    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    Ok(Some(q_out))
 }

@@ -183,6 +183,10 @@ impl Attention {
         let (Some(mut q), Some(mut k), Some(mut v)) = (qkv.next(), qkv.next(), qkv.next()) else {
             return Err(Error::Batch("q/k/v projection failed".into()));
         };
+        #[cfg(feature = "cuda")]
+        if let Some(out) = self.fused_gpu_step(&q, &k, &v, layer, inputs, kv)? {
+            return Ok(out);
+        }
         if self.spec.qk_norm == QkNorm::Whole {
             if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
                 q = qn.forward(&q)?;
@@ -286,6 +290,74 @@ impl Attention {
         }
         let out = Tensor::cat(&outs, 0)?;
         self.o.forward(&out)
+    }
+
+    /// On a GPU with the paged kernel: q/k norm, rope and the KV write in one launch
+    /// (`cuda::qk_norm_rope_write`), then attention and the output projection. `None` where the fused
+    /// kernel does not apply (whole-q/k norms, clipping, shapes it does not take).
+    #[cfg(feature = "cuda")]
+    fn fused_gpu_step(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        layer: usize,
+        inputs: &AttentionInputs,
+        kv: &KvCache,
+    ) -> Result<Option<Tensor>> {
+        let Some(ctx) = &inputs.paged else {
+            return Ok(None);
+        };
+        if self.spec.clip_qkv.is_some() || self.spec.qk_norm == QkNorm::Whole {
+            return Ok(None);
+        }
+        let norms = match (self.spec.qk_norm, &self.q_norm, &self.k_norm) {
+            (QkNorm::PerHead, Some(qn), Some(kn)) => Some((qn.weight(), kn.weight(), qn.eps())),
+            (QkNorm::PerHead, _, _) => return Ok(None),
+            _ => None,
+        };
+        let (nh, nkv, hd) = (
+            self.spec.num_heads,
+            self.spec.num_kv_heads,
+            self.spec.head_dim,
+        );
+        let (kc, vc) = kv.layer(layer);
+        let Some(vc) = vc else {
+            return Ok(None);
+        };
+        let step = crate::cuda::QkvStep {
+            q,
+            k,
+            v,
+            norms,
+            cos: &inputs.cos,
+            sin: &inputs.sin,
+            rotary_dim: self.spec.rope.rotary_dim.min(hd),
+            interleaved: self.spec.rope.interleaved,
+            slots: &inputs.slots,
+            k_cache: kc,
+            v_cache: vc,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let Some(q) = crate::cuda::qk_norm_rope_write(&step)? else {
+            return Ok(None);
+        };
+        let heads = crate::cuda::CacheHeads {
+            keys: kc,
+            values: vc,
+            key_dim: hd,
+            value_dim: hd,
+            key_slot_stride: nkv * hd,
+            key_head_stride: hd,
+            value_slot_stride: nkv * hd,
+            value_head_stride: hd,
+            heads_per_kv: nh / nkv,
+        };
+        let t = q.dim(0)?;
+        let out = crate::cuda::paged_attention(&q, &heads, ctx, self.scale as f32)?;
+        Ok(Some(self.o.forward(&out.reshape((t, nh * hd))?)?))
     }
 
     fn rotate(&self, x: &Tensor, inputs: &AttentionInputs) -> Result<Tensor> {

@@ -135,6 +135,15 @@ impl RmsNorm {
         )?)
     }
 
+    /// The scale weights (`[dim]`).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
     /// The residual stream `x` plus `delta` (when given) and its norm: `(x + delta, norm(x + delta))`.
     /// One launch on a GPU (`kernels/fused.cu`), the same two ops as before elsewhere.
     pub fn add_then_forward(&self, x: &Tensor, delta: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
