@@ -139,11 +139,12 @@ def table(out, config):
         else:
             rows.append((name, f"{ms:.2f} ms", f"{floor_ms:.2f} ms", f"{100 * floor_ms / ms:.0f}%"))
 
-    for graphs in ("off", "on"):
-        timings = read_jsonl(os.path.join(out, f"generate-graphs-{graphs}.jsonl"))
+    for graphs, fusions in (("off", "off"), ("off", "on"), ("on", "on")):
+        name = f"generate-graphs-{graphs}-fusions-{fusions}.jsonl"
+        timings = read_jsonl(os.path.join(out, name))
         tps = median([t["decode_tokens_per_s"] for t in timings if t.get("decode_tokens_per_s")])
         floor = shape.step_bytes(1, 1024 + 64) / bw * 1e3
-        row(f"decode batch 1, in-process, graphs {graphs}", 1e3 / tps if tps else None, floor)
+        row(f"decode batch 1, in-process, graphs {graphs}, fusions {fusions}", 1e3 / tps if tps else None, floor)
     for c in (1, 8, 64):
         run = bench_run(os.path.join(out, f"bench-c{c}.json"))
         floor = shape.step_bytes(c, 512 + 64) / bw * 1e3

@@ -169,6 +169,11 @@ struct ModelArgs {
     /// occur (dense checkpoints; GGUF models keep launching kernel by kernel). No effect on the CPU.
     #[arg(long, value_enum, default_value = "on")]
     cuda_graphs: OnOff,
+    /// On a CUDA GPU: the fused decode kernels (residual add + norm, q/k norm + rope + KV write, SwiGLU
+    /// inside the expert pass, the top-k sum). off runs the separate ops they replace (to measure them,
+    /// or to rule them out). No effect on the CPU.
+    #[arg(long, value_enum, default_value = "on")]
+    cuda_fusions: OnOff,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -230,6 +235,10 @@ fn load(args: &ModelArgs, max_batch: usize) -> anyhow::Result<Arc<LoadedModel>> 
     let started = std::time::Instant::now();
     let device = moeserve::device::open(args.device)?;
     let precision = args.precision(&device);
+    #[cfg(feature = "cuda")]
+    moeserve::cuda::set_fusions(args.cuda_fusions == OnOff::On);
+    #[cfg(not(feature = "cuda"))]
+    let _ = args.cuda_fusions;
     let mut loaded = loader::load_with(&source, &device, precision, args.load_format)
         .with_context(|| format!("loading {}", source.describe()))?;
     let decode_graphs =

@@ -10,6 +10,37 @@ use crate::error::{Error, Result};
 
 const NORM_THREADS: u32 = 256;
 
+/// 0: not set yet (read `MOESERVE_CUDA_FUSIONS` once), 1: on, 2: off.
+static FUSIONS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Turns the fused decode kernels (this file's, SwiGLU inside the expert pass) on or off for the
+/// process (`--cuda-fusions`); off runs the candle ops they replace — for measuring what they save and
+/// for ruling them out on a GPU where something is wrong, without a rebuild.
+pub fn set_fusions(on: bool) {
+    FUSIONS.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the fused decode kernels run: `--cuda-fusions`, else the environment variable
+/// `MOESERVE_CUDA_FUSIONS=off` (test binaries), else on.
+pub fn fusions() -> bool {
+    use std::sync::atomic::Ordering;
+    match FUSIONS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = std::env::var("MOESERVE_CUDA_FUSIONS").map_or(true, |v| v != "off");
+            // A racing `set_fusions` wins: only an unset value is replaced.
+            let _ = FUSIONS.compare_exchange(
+                0,
+                if on { 1 } else { 2 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            FUSIONS.load(Ordering::Relaxed) == 1
+        }
+    }
+}
+
 /// `x + d` and its RMSNorm with `weight` (`[H]`): returns `(x + d, rmsnorm(x + d) · weight)`, both
 /// `[T, H]` like `x`, with candle's rounding (the sum rounded to the dtype before the norm reads it).
 pub fn add_rms_norm(x: &Tensor, d: &Tensor, weight: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {

@@ -12,7 +12,7 @@ mod moe;
 
 pub use attention::{paged_attention, CacheHeads, ContextSeq, PagedContext};
 pub use fp8::{expert_matmul_fp8, Fp8Stack};
-pub use fused::{add_rms_norm, moe_combine, qk_norm_rope_write, QkvStep};
+pub use fused::{add_rms_norm, fusions, moe_combine, qk_norm_rope_write, set_fusions, QkvStep};
 pub use graph::CapturedGraph;
 pub use kv::{kv_write, BlockZeroer, PAD_SLOT};
 pub use moe::{

@@ -308,7 +308,10 @@ impl Attention {
         let Some(ctx) = &inputs.paged else {
             return Ok(None);
         };
-        if self.spec.clip_qkv.is_some() || self.spec.qk_norm == QkNorm::Whole {
+        if !crate::cuda::fusions()
+            || self.spec.clip_qkv.is_some()
+            || self.spec.qk_norm == QkNorm::Whole
+        {
             return Ok(None);
         }
         let norms = match (self.spec.qk_norm, &self.q_norm, &self.k_norm) {

@@ -151,7 +151,11 @@ impl RmsNorm {
             return Ok((x.clone(), self.forward(x)?));
         };
         #[cfg(feature = "cuda")]
-        if x.device().is_cuda() && x.rank() == 2 && self.weight.dtype() == x.dtype() {
+        if x.device().is_cuda()
+            && x.rank() == 2
+            && self.weight.dtype() == x.dtype()
+            && crate::cuda::fusions()
+        {
             return crate::cuda::add_rms_norm(x, delta, &self.weight, self.eps);
         }
         let sum = (x + delta)?;

@@ -79,9 +79,14 @@ impl ExpertsBackend for CudaExperts {
             let i = self.intermediate;
             (candle_nn::ops::silu(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?
                 .contiguous()?
-        } else {
+        } else if cuda::fusions() {
             // SwiGLU inside the projection: one launch, no [T·k, 2·I] intermediate.
             cuda::expert_glu(&x, &self.gate_up, &sorted, k)?
+        } else {
+            let gate_up = cuda::expert_matmul(&x, &self.gate_up, &sorted, k, None)?;
+            let i = self.intermediate;
+            (candle_nn::ops::silu(&gate_up.narrow(1, 0, i)?)? * gate_up.narrow(1, i, i)?)?
+                .contiguous()?
         };
         let y = if wmma {
             candle_nn::moe::moe_gemm(
@@ -97,7 +102,13 @@ impl ExpertsBackend for CudaExperts {
             cuda::expert_matmul(&h, &self.down, &sorted, 1, Some(&weights))?
         }; // [T·k, H], weighted
            // Each token's k rows summed in f32, rounded once: one launch.
-        cuda::moe_combine(&y, k)
+        if cuda::fusions() {
+            return cuda::moe_combine(&y, k);
+        }
+        Ok(y.to_dtype(DType::F32)?
+            .reshape((t, k, self.hidden))?
+            .sum(1)?
+            .to_dtype(x.dtype())?)
     }
 
     fn bytes_per_expert(&self) -> usize {
