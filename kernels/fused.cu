@@ -147,3 +147,36 @@ __device__ void qk_norm_rope_write(const T* __restrict__ q, const T* __restrict_
 QK_NORM_ROPE_WRITE(qk_norm_rope_write_f32, float)
 QK_NORM_ROPE_WRITE(qk_norm_rope_write_bf16, __nv_bfloat16)
 QK_NORM_ROPE_WRITE(qk_norm_rope_write_f16, __half)
+
+// Each row's argmax (f32 logits [rows, n]): the largest value, the lowest index among equals (NaN never
+// wins), as the host sampler's argmax — candle's keeps whichever thread's candidate, not the lowest index.
+constexpr int ARGMAX_THREADS = 256;
+
+extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
+    row_argmax_f32(const float* __restrict__ logits, uint32_t* __restrict__ out, int n) {
+    const float* row = logits + (size_t)blockIdx.x * n;
+    float best = -INFINITY;
+    int idx = n;  // past the end: loses every tie until a value is seen
+    for (int i = threadIdx.x; i < n; i += ARGMAX_THREADS) {
+        const float v = row[i];
+        if (v > best || (idx == n && v == best)) {
+            best = v;
+            idx = i;
+        }
+    }
+    warp_argmax(best, idx);
+    __shared__ float bv[ARGMAX_THREADS / 32];
+    __shared__ int bi[ARGMAX_THREADS / 32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+        bv[warp] = best;
+        bi[warp] = idx;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        best = lane < ARGMAX_THREADS / 32 ? bv[lane] : -INFINITY;
+        idx = lane < ARGMAX_THREADS / 32 ? bi[lane] : n;
+        warp_argmax(best, idx);
+        if (lane == 0) out[blockIdx.x] = idx < n ? (uint32_t)idx : 0u;
+    }
+}

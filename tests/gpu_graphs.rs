@@ -123,6 +123,13 @@ fn check(fixture: &str, dtype: DType, tolerance: f32) {
             lens[s] += 1;
         }
     }
+    // Buckets 4, 8 and 1 were captured (a failed capture would fall back to eager and match anyway).
+    assert_eq!(sides[0].model.decode_graphs_captured(), 0);
+    assert_eq!(
+        sides[1].model.decode_graphs_captured(),
+        3,
+        "{fixture} {dtype:?}"
+    );
     // The graphed side's cache holds what the eager side's does (pad rows wrote nothing).
     let (a, b) = (sides[0].kv.layer(0).0, sides[1].kv.layer(0).0);
     let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())

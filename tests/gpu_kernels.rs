@@ -813,3 +813,40 @@ fn qk_norm_rope_write_matches_the_ops() {
         }
     }
 }
+
+/// Each row's argmax on the device is the host sampler's: the lowest index among equal maxima, NaN
+/// never chosen, rows longer and shorter than the block.
+#[test]
+fn row_argmax_takes_the_lowest_index_among_ties() {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(14);
+    for n in [7, 256, 151_936] {
+        let rows = 5;
+        let mut values: Vec<f32> = uniform(&mut rng, rows * n);
+        // Row 1: the maximum twice (both after the first element); row 2: a NaN ahead of the maximum;
+        // row 3: all equal.
+        let (a, b) = (n / 3, n - 1);
+        values[n + a] = 2.0;
+        values[n + b] = 2.0;
+        values[2 * n] = f32::NAN;
+        values[2 * n + n / 2] = 3.0;
+        values[3 * n..4 * n].iter_mut().for_each(|v| *v = 0.5);
+        let t = Tensor::from_vec(values.clone(), (rows, n), &dev).unwrap();
+        let got = cuda::row_argmax(&t).unwrap().to_vec1::<u32>().unwrap();
+        let want: Vec<u32> = values
+            .chunks(n)
+            .map(|r| {
+                let mut best = 0;
+                for (i, &v) in r.iter().enumerate() {
+                    if v > r[best] || r[best].is_nan() {
+                        best = i;
+                    }
+                }
+                best as u32
+            })
+            .collect();
+        assert_eq!(got, want, "n {n}");
+        assert_eq!(got[1], a as u32);
+        assert_eq!(got[3], 0);
+    }
+}

@@ -222,3 +222,34 @@ pub fn qk_norm_rope_write(s: &QkvStep<'_>) -> Result<Option<Tensor>> {
     unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
     Ok(Some(q_out))
 }
+
+/// Each row's argmax of f32 `logits` (`[rows, n]`): `[rows]` u32, the lowest index among equal maxima
+/// (as the host sampler's argmax; candle's GPU argmax breaks ties by thread).
+pub fn row_argmax(logits: &Tensor) -> Result<Tensor> {
+    let (rows, n) = logits.dims2()?;
+    if logits.dtype() != DType::F32 || n == 0 || n > i32::MAX as usize {
+        return Err(Error::Device(format!(
+            "argmax of {:?} rows of {n}",
+            logits.dtype()
+        )));
+    }
+    let out = output(rows, DType::U32, logits.device())?;
+    if rows == 0 {
+        return Ok(out);
+    }
+    let logits = logits.contiguous()?;
+    let dev = cuda_device(&logits)?;
+    let f = function(dev, Module::Fused, "row_argmax_f32")?;
+    let (l_p, o_p, n_i) = (ptr(&logits)?, ptr(&out)?, n as i32);
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    b.arg(&l_p).arg(&o_p).arg(&n_i);
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: logits [rows, n] contiguous f32, out [rows] u32.
+    unsafe { b.launch(cfg) }.map_err(|e| launch_error("row_argmax_f32", e))?;
+    Ok(out)
+}

@@ -8,10 +8,13 @@
 //! before each replay, and the closure is first run eagerly with candle's upload cache on, so the small
 //! parameter uploads candle's kernels make (dims and strides) are cached before the capture needs them.
 
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::result as driver_result;
 use candle_core::cuda_backend::cudarc::driver::sys::{
-    CUgraphInstantiate_flags, CUstreamCaptureMode,
+    CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus,
 };
-use candle_core::cuda_backend::cudarc::driver::CudaGraph;
+use candle_core::cuda_backend::cudarc::driver::{CudaGraph, CudaStream};
 use candle_core::Device;
 
 use super::kernel_error;
@@ -46,12 +49,9 @@ impl CapturedGraph {
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| kernel_error("beginning a graph capture", e))?;
         let captured = f();
-        let graph = stream
-            .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
+        let graph = end_capture(&stream);
         let captured = captured?;
-        let graph = graph
-            .map_err(|e| kernel_error("ending a graph capture", e))?
-            .ok_or_else(|| Error::Device("the graph capture recorded nothing".into()))?;
+        let graph = graph?;
         graph
             .upload()
             .map_err(|e| kernel_error("uploading a graph", e))?;
@@ -64,4 +64,43 @@ impl CapturedGraph {
             .launch()
             .map_err(|e| kernel_error("launching a graph", e))
     }
+}
+
+/// Whether `device`'s stream is capturing a graph now (work that cannot be captured — candle's
+/// prompt-sized `moe_gemm` allocates and synchronises through thrust — takes another path then).
+pub fn capturing(device: &Device) -> bool {
+    device.as_cuda_device().is_ok_and(|d| {
+        !matches!(
+            d.cuda_stream().capture_status(),
+            Ok(CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        )
+    })
+}
+
+/// Ends the capture on `stream` whatever happened inside it, and instantiates what was captured.
+/// cudarc's `end_capture` returns early on an error stored by an earlier call (a free that failed in an
+/// invalidated capture), which would leave the stream capturing and every later launch failing: stored
+/// errors are drained first, and the capture is ended directly if it is still on.
+fn end_capture(stream: &Arc<CudaStream>) -> Result<CudaGraph> {
+    let stored = stream.context().check_err();
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
+    if !matches!(
+        stream.capture_status(),
+        Ok(CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    ) {
+        // SAFETY: the stream is candle's, alive; ending its capture returns a graph (or an error)
+        // that nothing else refers to, destroyed here.
+        if let Ok(g) = unsafe { driver_result::stream::end_capture(stream.cu_stream()) } {
+            if !g.is_null() {
+                // SAFETY: `g` was just returned by cuStreamEndCapture and is owned by no one else.
+                let _ = unsafe { driver_result::graph::destroy(g) };
+            }
+        }
+    }
+    let _ = stream.context().check_err();
+    stored.map_err(|e| kernel_error("an error during the graph capture", e))?;
+    graph
+        .map_err(|e| kernel_error("ending a graph capture", e))?
+        .ok_or_else(|| Error::Device("the graph capture recorded nothing".into()))
 }

@@ -12,8 +12,10 @@ mod moe;
 
 pub use attention::{paged_attention, CacheHeads, ContextSeq, PagedContext};
 pub use fp8::{expert_matmul_fp8, Fp8Stack};
-pub use fused::{add_rms_norm, fusions, moe_combine, qk_norm_rope_write, set_fusions, QkvStep};
-pub use graph::CapturedGraph;
+pub use fused::{
+    add_rms_norm, fusions, moe_combine, qk_norm_rope_write, row_argmax, set_fusions, QkvStep,
+};
+pub use graph::{capturing, CapturedGraph};
 pub use kv::{kv_write, BlockZeroer, PAD_SLOT};
 pub use moe::{
     expert_glu, expert_matmul, route, sort_by_expert, RouteMode, RouteParams, SortedRoutes,

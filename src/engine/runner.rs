@@ -196,6 +196,8 @@ impl ModelRunner {
         } else {
             LogitsOutput::Rows(selected)
         };
+        // Decided before the constraints are taken out below (a constrained sequence never qualifies).
+        let argmax_on_device = self.argmax_on_device(&input, &output);
         // The constrained samplers' masks are computed while the model runs.
         let mut constrained: Vec<(SeqId, Box<dyn TokenConstraint>)> = input
             .samplers
@@ -205,7 +207,6 @@ impl ModelRunner {
                 Some((id, c))
             })
             .collect();
-        let argmax_on_device = self.argmax_on_device(&input, &output);
         let (logits, masks) = {
             let (model, kv) = (&self.loaded.model, &self.kv);
             rayon::join(
@@ -274,6 +275,10 @@ impl ModelRunner {
     fn argmax_on_device(&self, input: &StepInput<'_>, output: &LogitsOutput) -> bool {
         !self.loaded.model.device().is_cpu()
             && *output == LogitsOutput::LastPerSequence
+            && !input
+                .work
+                .iter()
+                .any(|(seq, _)| seq.wants_prompt_logprobs())
             && input.samplers.iter().all(|(id, _)| {
                 self.sampling.get(id).is_some_and(|s| {
                     s.sampler.is_plain_greedy() && s.logprobs.is_none() && s.constraint.is_none()
@@ -379,8 +384,13 @@ enum StepLogits {
     Argmax(Vec<u32>),
 }
 
-/// The index of each row's largest logit (`logits`: `[rows, vocab]` f32), computed where the logits are.
+/// The index of each row's largest logit (`logits`: `[rows, vocab]` f32; the lowest index on ties, as
+/// the host sampler's argmax), computed where the logits are.
 fn row_argmax(logits: &candle_core::Tensor) -> Result<Vec<u32>> {
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() {
+        return Ok(crate::cuda::row_argmax(logits)?.to_vec1::<u32>()?);
+    }
     Ok(logits.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?)
 }
 

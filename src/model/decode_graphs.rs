@@ -241,11 +241,32 @@ mod captured {
             inputs.fill(&padded)?;
             match CapturedGraph::capture(model.device(), || inputs.run(model, &rope, kv)) {
                 Ok((eager, logits, graph)) => {
+                    // The first replay brings the graph's memory to life and must give what the eager
+                    // run gave (the same kernels on the same inputs; it rewrites the same cache rows).
+                    if let Err(e) = graph.launch() {
+                        // Never launched: its logits buffer was never allocated, so it is not freed.
+                        std::mem::forget(logits);
+                        drop(graph);
+                        return Ok(Some(self.give_up(
+                            &mut state,
+                            key,
+                            &e.to_string(),
+                            eager,
+                            n,
+                        )?));
+                    }
+                    if !agree(&eager, &logits)? {
+                        drop(logits);
+                        drop(graph);
+                        let why = "its replay differs from the eager step";
+                        return Ok(Some(self.give_up(&mut state, key, why, eager, n)?));
+                    }
                     tracing::info!(
                         batch = key.0,
                         context = key.1,
                         "decode step captured as a CUDA graph"
                     );
+                    let out = logits.narrow(0, 0, n)?.copy()?;
                     state.graphs.insert(
                         key,
                         StepGraph {
@@ -254,7 +275,7 @@ mod captured {
                             graph,
                         },
                     );
-                    Ok(Some(eager.narrow(0, 0, n)?))
+                    Ok(Some(out))
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -268,6 +289,39 @@ mod captured {
                 }
             }
         }
+
+        /// Marks a shape as eager from now on (logged with the shape and the reason, never content) and
+        /// returns the eager step's logits.
+        fn give_up(
+            &self,
+            state: &mut State,
+            key: (usize, usize),
+            why: &str,
+            eager: Tensor,
+            n: usize,
+        ) -> Result<Tensor> {
+            tracing::warn!(
+                batch = key.0,
+                context = key.1,
+                error = why,
+                "decode step graph dropped; this shape runs without a graph"
+            );
+            state.failed.insert(key);
+            Ok(eager.narrow(0, 0, n)?)
+        }
+
+        /// Shapes captured so far (tests and logs).
+        pub(crate) fn captured(&self) -> usize {
+            self.state.lock().map_or(0, |s| s.graphs.len())
+        }
+    }
+
+    /// Whether a replay's logits match the eager step's (within bf16 rounding of the largest logit: the
+    /// same kernels give the same numbers; a graph reading a stale buffer is off by far more).
+    fn agree(eager: &Tensor, replay: &Tensor) -> Result<bool> {
+        let scale = eager.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (eager - replay)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        Ok(diff.is_finite() && diff <= 2e-2 * scale.max(1e-3))
     }
 }
 

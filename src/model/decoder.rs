@@ -182,6 +182,15 @@ impl Model {
         Ok(())
     }
 
+    /// Decode-step shapes captured as CUDA graphs so far (0 without graphs).
+    pub fn decode_graphs_captured(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        if let Some(graphs) = &self.decode_graphs {
+            return graphs.captured();
+        }
+        0
+    }
+
     /// Rope cos and sin tables (`[positions, rotary/2]` f32) on the model's device.
     #[cfg(feature = "cuda")]
     pub(crate) fn rope_tables(&self, positions: &[u32]) -> Result<(Tensor, Tensor)> {

@@ -61,8 +61,11 @@ impl ExpertsBackend for CudaExperts {
         let weights = routes.weights.flatten_all()?.contiguous()?;
         // Prefill-sized bf16 batches take the tensor-core GEMM; decode (and f32/f16, where candle's
         // kernel does not apply) the streaming kernel.
+        // Not while a decode step is being captured: candle's GEMM path allocates and synchronises
+        // (thrust) inside, which a capture cannot hold.
         let wmma = x.dtype() == DType::BF16
             && t * k >= GEMM_ROWS_PER_EXPERT * self.num_experts
+            && !cuda::capturing(x.device())
             && self.hidden.is_multiple_of(8)
             && self.intermediate.is_multiple_of(8);
         // [T·k, I], row = assignment: silu(gate) · up.
