@@ -180,3 +180,103 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
         if (lane == 0) out[blockIdx.x] = idx < n ? (uint32_t)idx : 0u;
     }
 }
+
+// MLA (DeepSeek-V2/V3, Kimi K2): the step's latent rows into the cache in one launch — the compressed
+// kv (first L of the kv_a projection's L + R outputs) RMSNorm-ed (rounded to T, as the unfused op) and
+// the rope key (last R) roped, both written at the token's slot (PAD_SLOT rows write nothing). One block
+// per token.
+template <typename T>
+__device__ void mla_latent_write(const T* __restrict__ ckv, const T* __restrict__ w,
+                                 const T* __restrict__ cos, const T* __restrict__ sin,
+                                 const uint32_t* __restrict__ slots, T* __restrict__ cache, int L,
+                                 int R, int interleaved, float eps) {
+    __shared__ float partial[QKV_THREADS / 32];
+    __shared__ float pe[QKV_MAX_HD];
+    const int tok = blockIdx.x;
+    const uint32_t slot = slots[tok];
+    if (slot == PAD_SLOT) return;
+    const T* src = ckv + (size_t)tok * (L + R);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < L; i += QKV_THREADS) {
+        const float x = to_f32(src[i]);
+        ss += x * x;
+    }
+    for (int i = threadIdx.x; i < R; i += QKV_THREADS) pe[i] = to_f32(src[L + i]);
+    ss = warp_sum(ss);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int j = 0; j < QKV_THREADS / 32; ++j) total += partial[j];
+    const float scale = rsqrtf(total / L + eps);
+    T* dst = cache + (size_t)slot * (L + R);
+    for (int i = threadIdx.x; i < L; i += QKV_THREADS)
+        dst[i] = from_f32<T>(scale * to_f32(src[i]) * to_f32(w[i]));
+    const int half = R / 2;
+    const T* c = cos + (size_t)tok * half;
+    const T* s = sin + (size_t)tok * half;
+    for (int i = threadIdx.x; i < R; i += QKV_THREADS) {
+        float out;
+        if (interleaved) {
+            const int p = i / 2;
+            const float cp = to_f32(c[p]), sp = to_f32(s[p]);
+            out = (i % 2 == 0) ? pe[i] * cp - pe[i + 1] * sp : pe[i - 1] * sp + pe[i] * cp;
+        } else if (i < half) {
+            out = pe[i] * to_f32(c[i]) - pe[i + half] * to_f32(s[i]);
+        } else {
+            out = pe[i - half] * to_f32(s[i - half]) + pe[i] * to_f32(c[i - half]);
+        }
+        dst[L + i] = from_f32<T>(out);
+    }
+}
+
+#define MLA_LATENT_WRITE(NAME, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(QKV_THREADS)                                      \
+        NAME(const T* ckv, const T* w, const T* cos, const T* sin, const uint32_t* slots,          \
+             T* cache, int L, int R, int interleaved, float eps) {                                 \
+        mla_latent_write<T>(ckv, w, cos, sin, slots, cache, L, R, interleaved, eps);               \
+    }
+MLA_LATENT_WRITE(mla_latent_write_f32, float)
+MLA_LATENT_WRITE(mla_latent_write_bf16, __nv_bfloat16)
+MLA_LATENT_WRITE(mla_latent_write_f16, __half)
+
+// MLA's absorbed query rows for paged attention in one launch: out[t, h] = [q_lat[h, t, 0..L] |
+// rope(q[t, h, nope..nope+R])] ([T, nh, L + R]), from the absorbed no-rope part (`[nh, T, L]`, the
+// per-head matmul's output) and the q projection's rows (`[T, nh, nope + R]`). One block per (t, h).
+template <typename T>
+__device__ void mla_query(const T* __restrict__ q, const T* __restrict__ q_lat,
+                          const T* __restrict__ cos, const T* __restrict__ sin, T* __restrict__ out,
+                          int T_, int nh, int nope, int L, int R, int interleaved) {
+    const int tok = blockIdx.x, h = blockIdx.y;
+    const T* lat = q_lat + ((size_t)h * T_ + tok) * L;
+    const T* pe = q + ((size_t)tok * nh + h) * (nope + R) + nope;
+    T* dst = out + ((size_t)tok * nh + h) * (L + R);
+    for (int i = threadIdx.x; i < L; i += QKV_THREADS) dst[i] = lat[i];
+    const int half = R / 2;
+    const T* c = cos + (size_t)tok * half;
+    const T* s = sin + (size_t)tok * half;
+    for (int i = threadIdx.x; i < R; i += QKV_THREADS) {
+        float o;
+        if (interleaved) {
+            const int p = i / 2;
+            const float cp = to_f32(c[p]), sp = to_f32(s[p]);
+            o = (i % 2 == 0) ? to_f32(pe[i]) * cp - to_f32(pe[i + 1]) * sp
+                             : to_f32(pe[i - 1]) * sp + to_f32(pe[i]) * cp;
+        } else if (i < half) {
+            o = to_f32(pe[i]) * to_f32(c[i]) - to_f32(pe[i + half]) * to_f32(s[i]);
+        } else {
+            o = to_f32(pe[i - half]) * to_f32(s[i - half]) + to_f32(pe[i]) * to_f32(c[i - half]);
+        }
+        dst[L + i] = from_f32<T>(o);
+    }
+}
+
+#define MLA_QUERY(NAME, T)                                                                         \
+    extern "C" __global__ void __launch_bounds__(QKV_THREADS)                                      \
+        NAME(const T* q, const T* q_lat, const T* cos, const T* sin, T* out, int T_, int nh,       \
+             int nope, int L, int R, int interleaved) {                                            \
+        mla_query<T>(q, q_lat, cos, sin, out, T_, nh, nope, L, R, interleaved);                    \
+    }
+MLA_QUERY(mla_query_f32, float)
+MLA_QUERY(mla_query_bf16, __nv_bfloat16)
+MLA_QUERY(mla_query_f16, __half)

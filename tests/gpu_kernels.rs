@@ -850,3 +850,87 @@ fn row_argmax_takes_the_lowest_index_among_ties() {
         assert_eq!(got[3], 0);
     }
 }
+
+/// MLA's fused latent write and query rows against the ops they replace (rms_norm + rope + cat +
+/// kv_write; transpose + rope + cat), rotate-half and interleaved, with a pad row.
+#[test]
+fn mla_latent_write_and_query_match_the_ops() {
+    use moeserve::model::rope::apply;
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(15);
+    for (t, nh, nope, l, r, interleaved) in [(3, 4, 16, 32, 8, true), (1, 16, 128, 512, 64, false)]
+    {
+        for dtype in [DType::F32, DType::BF16] {
+            let mk = |rng: &mut StdRng, shape: &[usize]| {
+                let n = shape.iter().product();
+                Tensor::from_vec(uniform(rng, n), shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let ckv = mk(&mut rng, &[t, l + r]);
+            let w = mk(&mut rng, &[l]);
+            let angles: Vec<f32> = (0..t * r / 2).map(|i| i as f32 * 0.29).collect();
+            let table = |f: fn(f32) -> f32| {
+                Tensor::from_vec(angles.iter().map(|&a| f(a)).collect(), (t, r / 2), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let (cos, sin) = (table(f32::cos), table(f32::sin));
+            let rope = cuda::MlaRope {
+                cos: &cos,
+                sin: &sin,
+                interleaved,
+            };
+            let slots_n = 20;
+            let mut slots: Vec<u32> = (0..t as u32).map(|i| 3 + 5 * i).collect();
+            if t > 2 {
+                slots[1] = cuda::PAD_SLOT;
+            }
+            let slots_t = Tensor::from_slice(&slots, t, &dev).unwrap();
+            let cache = mk(&mut rng, &[slots_n, 1, l + r]);
+            let cache_ref = cache.copy().unwrap();
+            assert!(cuda::mla_latent_write(&ckv, &w, 1e-6, &rope, &slots_t, &cache, l, r).unwrap());
+            let c = candle_nn::ops::rms_norm(
+                &ckv.narrow(1, 0, l).unwrap().contiguous().unwrap(),
+                &w,
+                1e-6,
+            )
+            .unwrap();
+            let k_pe = apply(
+                &ckv.narrow(1, l, r).unwrap().reshape((t, 1, r)).unwrap(),
+                &cos,
+                &sin,
+                interleaved,
+            )
+            .unwrap();
+            let latent = Tensor::cat(&[&c, &k_pe.reshape((t, r)).unwrap()], 1).unwrap();
+            cuda::kv_write(
+                &cache_ref,
+                &slots_t,
+                &latent.reshape((t, 1, l + r)).unwrap(),
+            )
+            .unwrap();
+            let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
+            let case =
+                format!("{t}x{nh} nope {nope} L {l} R {r} interleaved {interleaved} {dtype:?}");
+            let d = rel_max_diff(&host(&cache), &host(&cache_ref));
+            assert!(d < tol, "latent {case}: {d}");
+
+            let q = mk(&mut rng, &[t, nh, nope + r]);
+            let q_lat = mk(&mut rng, &[nh, t, l]);
+            let got = cuda::mla_query(&q, &q_lat, &rope, nope, r)
+                .unwrap()
+                .expect("takes these");
+            let q_pe = apply(&q.narrow(2, nope, r).unwrap(), &cos, &sin, interleaved).unwrap();
+            let want = Tensor::cat(
+                &[&q_lat.transpose(0, 1).unwrap().contiguous().unwrap(), &q_pe],
+                2,
+            )
+            .unwrap();
+            let d = rel_max_diff(&host(&got), &host(&want));
+            assert!(d < tol, "query {case}: {d}");
+        }
+    }
+}

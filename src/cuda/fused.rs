@@ -253,3 +253,142 @@ pub fn row_argmax(logits: &Tensor) -> Result<Tensor> {
     unsafe { b.launch(cfg) }.map_err(|e| launch_error("row_argmax_f32", e))?;
     Ok(out)
 }
+
+/// MLA's step inputs for [`mla_latent_write`] and [`mla_query`].
+pub struct MlaRope<'a> {
+    /// `[T, R/2]` each, in the compute dtype.
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+    pub interleaved: bool,
+}
+
+/// Writes MLA's latent rows into the layer's cache (`[slots, 1, L + R]`) at `slots`: the first `l` of
+/// `ckv` (`[T, L + R]`, the kv_a projection) RMSNorm-ed with `norm` (`[L]`, `eps`), the last `r` roped.
+/// `Ok(false)` where the kernel does not take the shapes (the caller runs the ops).
+#[allow(clippy::too_many_arguments)]
+pub fn mla_latent_write(
+    ckv: &Tensor,
+    norm: &Tensor,
+    eps: f32,
+    rope: &MlaRope<'_>,
+    slots: &Tensor,
+    cache: &Tensor,
+    l: usize,
+    r: usize,
+) -> Result<bool> {
+    let t = ckv.dim(0)?;
+    let dtype = ckv.dtype();
+    let fits = r <= QKV_MAX_HD
+        && r.is_multiple_of(2)
+        && ckv.elem_count() == t * (l + r)
+        && norm.elem_count() == l
+        && [norm, rope.cos, rope.sin, cache]
+            .iter()
+            .all(|x| x.dtype() == dtype)
+        && rope.cos.elem_count() == t * r / 2
+        && rope.sin.elem_count() == t * r / 2
+        && slots.elem_count() == t
+        && slots.dtype() == DType::U32
+        && cache.elem_count().is_multiple_of(l + r);
+    if !fits {
+        return Ok(false);
+    }
+    if t == 0 {
+        return Ok(true);
+    }
+    let (ckv, cos, sin) = (
+        ckv.contiguous()?,
+        rope.cos.contiguous()?,
+        rope.sin.contiguous()?,
+    );
+    let dev = cuda_device(&ckv)?;
+    let name = format!("mla_latent_write_{}", dtype_suffix(dtype)?);
+    let f = function(dev, Module::Fused, &name)?;
+    let pointers = [
+        ptr(&ckv)?,
+        ptr(norm)?,
+        ptr(&cos)?,
+        ptr(&sin)?,
+        ptr(slots)?,
+        ptr(cache)?,
+    ];
+    let ints = [l as i32, r as i32, i32::from(rope.interleaved)];
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    for p in &pointers {
+        b.arg(p);
+    }
+    for i in &ints {
+        b.arg(i);
+    }
+    b.arg(&eps);
+    let cfg = LaunchConfig {
+        grid_dim: (t as u32, 1, 1),
+        block_dim: (QKV_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: shapes and dtypes checked above; slots are cache rows (checked when the batch was built)
+    // or PAD_SLOT.
+    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    Ok(true)
+}
+
+/// MLA's absorbed query rows `[T, nh, L + R]`: `q_lat` (`[nh, T, L]`) beside the roped rope part of `q`
+/// (`[T, nh, nope + R]`). `None` where the kernel does not take the shapes.
+pub fn mla_query(
+    q: &Tensor,
+    q_lat: &Tensor,
+    rope: &MlaRope<'_>,
+    nope: usize,
+    r: usize,
+) -> Result<Option<Tensor>> {
+    let (t, nh, qd) = q.dims3()?;
+    let (lh, lt, l) = q_lat.dims3()?;
+    let dtype = q.dtype();
+    let fits = qd == nope + r
+        && lh == nh
+        && lt == t
+        && r.is_multiple_of(2)
+        && [q_lat, rope.cos, rope.sin]
+            .iter()
+            .all(|x| x.dtype() == dtype)
+        && rope.cos.elem_count() == t * r / 2
+        && rope.sin.elem_count() == t * r / 2;
+    if !fits {
+        return Ok(None);
+    }
+    let out = output((t, nh, l + r), dtype, q.device())?;
+    if t == 0 {
+        return Ok(Some(out));
+    }
+    let (q, q_lat) = (q.contiguous()?, q_lat.contiguous()?);
+    let (cos, sin) = (rope.cos.contiguous()?, rope.sin.contiguous()?);
+    let dev = cuda_device(&q)?;
+    let name = format!("mla_query_{}", dtype_suffix(dtype)?);
+    let f = function(dev, Module::Fused, &name)?;
+    let pointers = [ptr(&q)?, ptr(&q_lat)?, ptr(&cos)?, ptr(&sin)?, ptr(&out)?];
+    let ints = [
+        t as i32,
+        nh as i32,
+        nope as i32,
+        l as i32,
+        r as i32,
+        i32::from(rope.interleaved),
+    ];
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    for p in &pointers {
+        b.arg(p);
+    }
+    for i in &ints {
+        b.arg(i);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (t as u32, nh as u32, 1),
+        block_dim: (QKV_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: q [t, nh, nope + r], q_lat [nh, t, l] contiguous, out [t, nh, l + r].
+    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    Ok(Some(out))
+}

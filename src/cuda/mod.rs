@@ -13,7 +13,8 @@ mod moe;
 pub use attention::{paged_attention, CacheHeads, ContextSeq, PagedContext};
 pub use fp8::{expert_matmul_fp8, Fp8Stack};
 pub use fused::{
-    add_rms_norm, fusions, moe_combine, qk_norm_rope_write, row_argmax, set_fusions, QkvStep,
+    add_rms_norm, fusions, mla_latent_write, mla_query, moe_combine, qk_norm_rope_write,
+    row_argmax, set_fusions, MlaRope, QkvStep,
 };
 pub use graph::{capturing, CapturedGraph};
 pub use kv::{kv_write, BlockZeroer, PAD_SLOT};

@@ -83,6 +83,87 @@ impl MlaAttention {
         })
     }
 
+    /// On a GPU with the paged kernel: the latent write (kv norm + rope key + cache write) and the
+    /// absorbed query rows (no-rope part beside the roped part) in one launch each
+    /// (`cuda::mla_latent_write`, `cuda::mla_query`), then attention, the value absorption and the
+    /// output projection. `None` where the fused kernels do not apply (off, or shapes they do not take:
+    /// the caller runs the ops, nothing written yet).
+    #[cfg(feature = "cuda")]
+    fn fused_gpu_step(
+        &self,
+        x: &Tensor,
+        q: &Tensor,
+        layer: usize,
+        inputs: &AttentionInputs,
+        kv: &KvCache,
+    ) -> Result<Option<Tensor>> {
+        let Some(ctx) = &inputs.paged else {
+            return Ok(None);
+        };
+        if !crate::cuda::fusions() {
+            return Ok(None);
+        }
+        let s = &self.spec;
+        let (nh, nope, r, l, v) = (
+            s.num_heads,
+            s.qk_nope_head_dim,
+            s.qk_rope_head_dim,
+            s.kv_lora_rank,
+            s.v_head_dim,
+        );
+        let t = x.dim(0)?;
+        let rope = crate::cuda::MlaRope {
+            cos: &inputs.cos,
+            sin: &inputs.sin,
+            interleaved: s.rope.interleaved,
+        };
+        // The absorbed no-rope query first: nothing is written before every kernel has taken its shapes.
+        let q_lat = q
+            .narrow(D::Minus1, 0, nope)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .matmul(&self.w_uk)?; // [nh, T, L]
+        let Some(q_rows) = crate::cuda::mla_query(q, &q_lat, &rope, nope, r)? else {
+            return Ok(None);
+        };
+        let ckv = self.kv_a.forward(x)?;
+        let (lat, _) = kv.layer(layer);
+        let written = crate::cuda::mla_latent_write(
+            &ckv,
+            self.kv_norm.weight(),
+            self.kv_norm.eps(),
+            &rope,
+            &inputs.slots,
+            lat,
+            l,
+            r,
+        )?;
+        if !written {
+            return Ok(None);
+        }
+        let heads = crate::cuda::CacheHeads {
+            keys: lat,
+            values: lat,
+            key_dim: l + r,
+            value_dim: l,
+            key_slot_stride: l + r,
+            key_head_stride: 0,
+            value_slot_stride: l + r,
+            value_head_stride: 0,
+            heads_per_kv: nh,
+        };
+        let out_lat = crate::cuda::paged_attention(&q_rows, &heads, ctx, s.softmax_scale as f32)?;
+        // [T, nh, L] → [nh, T, L] @ [nh, L, v] → [nh, T, v] → [T, nh * v].
+        let out = out_lat
+            .transpose(0, 1)?
+            .contiguous()?
+            .matmul(&self.w_uv_t)?;
+        Ok(Some(
+            self.o
+                .forward(&out.transpose(0, 1)?.reshape((t, nh * v))?)?,
+        ))
+    }
+
     /// `x`: `[T, hidden]` (already normed). Returns `[T, hidden]`.
     pub(crate) fn forward(
         &self,
@@ -105,6 +186,10 @@ impl MlaAttention {
             QueryProj::LowRank { a, norm, b } => b.forward(&norm.forward(&a.forward(x)?)?)?,
         };
         let q = q.reshape((t, nh, nope + r))?;
+        #[cfg(feature = "cuda")]
+        if let Some(out) = self.fused_gpu_step(x, &q, layer, inputs, kv)? {
+            return Ok(out);
+        }
         let q_nope = q.narrow(D::Minus1, 0, nope)?;
         let q_pe = rope::apply(
             &q.narrow(D::Minus1, nope, r)?,
