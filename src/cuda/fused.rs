@@ -28,7 +28,12 @@ pub fn fusions() -> bool {
         1 => true,
         2 => false,
         _ => {
-            let on = std::env::var("MOESERVE_CUDA_FUSIONS").map_or(true, |v| v != "off");
+            let on = std::env::var("MOESERVE_CUDA_FUSIONS").map_or(true, |v| {
+                !matches!(
+                    v.to_ascii_lowercase().as_str(),
+                    "off" | "0" | "false" | "no"
+                )
+            });
             // A racing `set_fusions` wins: only an unset value is replaced.
             let _ = FUSIONS.compare_exchange(
                 0,
@@ -224,7 +229,8 @@ pub fn qk_norm_rope_write(s: &QkvStep<'_>) -> Result<Option<Tensor>> {
 }
 
 /// Each row's argmax of f32 `logits` (`[rows, n]`): `[rows]` u32, the lowest index among equal maxima
-/// (as the host sampler's argmax; candle's GPU argmax breaks ties by thread).
+/// (as the host sampler's argmax; candle's GPU argmax breaks ties by thread); NaN is never chosen (the
+/// host's stops at a NaN in the first place only).
 pub fn row_argmax(logits: &Tensor) -> Result<Tensor> {
     let (rows, n) = logits.dims2()?;
     if logits.dtype() != DType::F32 || n == 0 || n > i32::MAX as usize {

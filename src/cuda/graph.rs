@@ -51,10 +51,20 @@ impl CapturedGraph {
         let captured = f();
         let graph = end_capture(&stream);
         let captured = captured?;
-        let graph = graph?;
-        graph
-            .upload()
-            .map_err(|e| kernel_error("uploading a graph", e))?;
+        // Until the graph's first launch its buffers do not exist: a captured result must not be freed
+        // (dropped) then, or the failed free is stored and fails the next eager call.
+        let graph = match graph.and_then(|g| {
+            g.upload()
+                .map_err(|e| kernel_error("uploading a graph", e))?;
+            Ok(g)
+        }) {
+            Ok(g) => g,
+            Err(e) => {
+                std::mem::forget(captured);
+                let _ = stream.context().check_err();
+                return Err(e);
+            }
+        };
         Ok((eager, captured, Self { graph }))
     }
 
@@ -70,8 +80,12 @@ impl CapturedGraph {
 /// prompt-sized `moe_gemm` allocates and synchronises through thrust — takes another path then).
 pub fn capturing(device: &Device) -> bool {
     device.as_cuda_device().is_ok_and(|d| {
+        // Asked of the driver directly: cudarc's `capture_status` first clears (and so loses) an error
+        // stored during a capture, which `end_capture` must still see.
+        // SAFETY: candle's stream is alive and its context current on the thread that launches on it.
+        let status = unsafe { driver_result::stream::is_capturing(d.cuda_stream().cu_stream()) };
         !matches!(
-            d.cuda_stream().capture_status(),
+            status,
             Ok(CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
         )
     })
