@@ -255,13 +255,19 @@ mod captured {
                             n,
                         )?));
                     }
-                    if !agree(&eager, &logits)? {
+                    // An error here marks the shape eager too, or every later step would retry it.
+                    let why = match agree(&eager, &logits) {
+                        Ok(true) => None,
+                        Ok(false) => Some("its replay differs from the eager step".to_owned()),
+                        Err(e) => Some(e.to_string()),
+                    };
+                    if let Some(why) = why {
                         drop(logits);
                         drop(graph);
+                        state.failed.insert(key);
                         // The replay rewrote this step's cache rows: write them again eagerly.
                         let eager = inputs.run(model, &rope, kv)?;
-                        let why = "its replay differs from the eager step";
-                        return Ok(Some(self.give_up(&mut state, key, why, eager, n)?));
+                        return Ok(Some(self.give_up(&mut state, key, &why, eager, n)?));
                     }
                     tracing::info!(
                         batch = key.0,
