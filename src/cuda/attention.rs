@@ -4,7 +4,7 @@
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::{DType, Device, Tensor};
 
-use super::{cuda_device, dtype_suffix, function, launch_error, output, ptr, Module};
+use super::{cuda_device, dtype_suffix, function, launch, launch_error, output, ptr, Module};
 use crate::error::{Error, Result};
 
 /// What every query token of a step attends to, uploaded once per step and shared by all layers.
@@ -256,23 +256,25 @@ pub fn paged_attention(
 
     if let (Some(acc), Some(ml)) = (&part_acc, &part_ml) {
         let name = format!("attention_combine_{dt}");
-        let f = function(dev, Module::PagedAttention, &name)?;
-        let (acc_p, ml_p, out_p) = (ptr(acc)?, ptr(ml)?, ptr(&out)?);
-        let (vd_i, parts_i) = (vd as i32, parts as i32);
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&acc_p)
-            .arg(&ml_p)
-            .arg(&out_p)
-            .arg(&vd_i)
-            .arg(&parts_i);
+        let pointers = [ptr(acc)?, ptr(ml)?, ptr(&out)?];
+        let ints = [vd as i32, parts as i32];
         let cfg = LaunchConfig {
             grid_dim: ((t * nh) as u32, 1, 1),
             block_dim: (vd.next_multiple_of(32).min(512) as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: partial buffers sized [T, nh, parts, vd] and [T, nh, parts, 2] above.
-        unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+        unsafe {
+            launch(
+                dev,
+                Module::PagedAttention,
+                &name,
+                cfg,
+                &pointers,
+                &ints,
+                &[],
+            )
+        }?;
     }
     Ok(out)
 }

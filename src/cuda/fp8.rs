@@ -3,11 +3,11 @@
 //! reading them, with SwiGLU fused into the gate/up pass — half the bytes of the bf16 the weights were
 //! dequantized to before.
 
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 use candle_core::{DType, Device, Tensor};
 
 use super::moe::SortedRoutes;
-use super::{cuda_device, dtype_suffix, function, launch_error, output, ptr, Module};
+use super::{cuda_device, dtype_suffix, launch, output, ptr, Module};
 use crate::error::{Error, Result};
 
 /// Every expert's copy of one projection, stacked: `[E, N, K]` e4m3 bytes and `[E, N / br, ⌈K / bc⌉]`
@@ -99,7 +99,6 @@ pub fn expert_matmul_fp8(
     let out = output((rows, out_cols), x.dtype(), x.device())?;
     let kind = if glu { "glu" } else { "matmul" };
     let name = format!("expert_{kind}_fp8_{}", dtype_suffix(x.dtype())?);
-    let f = function(dev, Module::ExpertFp8, &name)?;
     let pointers = [
         ptr(&x)?,
         ptr(&w.bytes)?,
@@ -118,14 +117,6 @@ pub fn expert_matmul_fp8(
         w.block.0 as i32,
         w.block.1 as i32,
     ];
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    for p in &pointers {
-        b.arg(p);
-    }
-    for i in &ints {
-        b.arg(i);
-    }
     const WARPS: usize = 4;
     let per_block = if glu { WARPS } else { 2 * WARPS };
     let cfg = LaunchConfig {
@@ -140,6 +131,6 @@ pub fn expert_matmul_fp8(
     // SAFETY: the stack holds e·n·k bytes and its scales (checked in `Fp8Stack::new`: n in whole row
     // blocks, k a multiple of 16 so every 16-byte load stays in its row and block); x is [_, k] aligned
     // to 16 bytes; assignment indices come from moe_sort.
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    unsafe { launch(dev, Module::ExpertFp8, &name, cfg, &pointers, &ints, &[]) }?;
     Ok(out)
 }

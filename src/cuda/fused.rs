@@ -2,10 +2,10 @@
 //! token's top-k expert rows, and a grouped-query attention layer's q/k norm + rope + KV write — each one
 //! launch where candle ops take two to eight.
 
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 use candle_core::{DType, Tensor};
 
-use super::{cuda_device, dtype_suffix, function, launch_error, output, ptr, Module};
+use super::{cuda_device, dtype_suffix, launch, output, ptr, Module};
 use crate::error::{Error, Result};
 
 const NORM_THREADS: u32 = 256;
@@ -73,22 +73,15 @@ pub fn add_rms_norm(x: &Tensor, d: &Tensor, weight: &Tensor, eps: f32) -> Result
     }
     let dev = cuda_device(&x)?;
     let name = format!("add_rms_norm_{}", dtype_suffix(x.dtype())?);
-    let f = function(dev, Module::Fused, &name)?;
     let pointers = [ptr(&x)?, ptr(&d)?, ptr(weight)?, ptr(&sum)?, ptr(&normed)?];
-    let h_i = h as i32;
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    for p in &pointers {
-        b.arg(p);
-    }
-    b.arg(&h_i).arg(&eps);
+    let ints = [h as i32];
     let cfg = LaunchConfig {
         grid_dim: (t as u32, 1, 1),
         block_dim: (NORM_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: all five tensors are contiguous with the shapes checked above (weight [H]).
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    unsafe { launch(dev, Module::Fused, &name, cfg, &pointers, &ints, &[eps]) }?;
     Ok((sum, normed))
 }
 
@@ -108,19 +101,15 @@ pub fn moe_combine(y: &Tensor, k: usize) -> Result<Tensor> {
     let y = y.contiguous()?;
     let dev = cuda_device(&y)?;
     let name = format!("moe_combine_{}", dtype_suffix(y.dtype())?);
-    let f = function(dev, Module::Fused, &name)?;
-    let (y_p, out_p) = (ptr(&y)?, ptr(&out)?);
-    let (t_i, k_i, h_i) = (t as i32, k as i32, h as i32);
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    b.arg(&y_p).arg(&out_p).arg(&t_i).arg(&k_i).arg(&h_i);
+    let pointers = [ptr(&y)?, ptr(&out)?];
+    let ints = [t as i32, k as i32, h as i32];
     let cfg = LaunchConfig {
         grid_dim: ((t * h).div_ceil(256).clamp(1, 4096) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: y is [t·k, h] contiguous, out [t, h].
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    unsafe { launch(dev, Module::Fused, &name, cfg, &pointers, &ints, &[]) }?;
     Ok(out)
 }
 
@@ -183,7 +172,6 @@ pub fn qk_norm_rope_write(s: &QkvStep<'_>) -> Result<Option<Tensor>> {
     }
     let dev = cuda_device(&q)?;
     let name = format!("qk_norm_rope_write_{}", dtype_suffix(dtype)?);
-    let f = function(dev, Module::Fused, &name)?;
     let (qn, kn, eps) = match s.norms {
         Some((qn, kn, eps)) => (ptr(qn)?, ptr(kn)?, eps),
         None => (0, 0, 0.0),
@@ -208,15 +196,6 @@ pub fn qk_norm_rope_write(s: &QkvStep<'_>) -> Result<Option<Tensor>> {
         rd as i32,
         i32::from(s.interleaved),
     ];
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    for p in &pointers {
-        b.arg(p);
-    }
-    for i in &ints {
-        b.arg(i);
-    }
-    b.arg(&eps);
     let cfg = LaunchConfig {
         grid_dim: (t as u32, (nh + nkv) as u32, 1),
         block_dim: (QKV_THREADS, 1, 1),
@@ -224,7 +203,7 @@ pub fn qk_norm_rope_write(s: &QkvStep<'_>) -> Result<Option<Tensor>> {
     };
     // SAFETY: element counts and dtypes checked above; hd within the kernel's shared row; every slot
     // is below the cache's rows (checked when the batch was built) or PAD_SLOT.
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    unsafe { launch(dev, Module::Fused, &name, cfg, &pointers, &ints, &[eps]) }?;
     Ok(Some(q_out))
 }
 
@@ -245,18 +224,25 @@ pub fn row_argmax(logits: &Tensor) -> Result<Tensor> {
     }
     let logits = logits.contiguous()?;
     let dev = cuda_device(&logits)?;
-    let f = function(dev, Module::Fused, "row_argmax_f32")?;
-    let (l_p, o_p, n_i) = (ptr(&logits)?, ptr(&out)?, n as i32);
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    b.arg(&l_p).arg(&o_p).arg(&n_i);
+    let pointers = [ptr(&logits)?, ptr(&out)?];
+    let ints = [n as i32];
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: logits [rows, n] contiguous f32, out [rows] u32.
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error("row_argmax_f32", e))?;
+    unsafe {
+        launch(
+            dev,
+            Module::Fused,
+            "row_argmax_f32",
+            cfg,
+            &pointers,
+            &ints,
+            &[],
+        )
+    }?;
     Ok(out)
 }
 
@@ -309,7 +295,6 @@ pub fn mla_latent_write(
     );
     let dev = cuda_device(&ckv)?;
     let name = format!("mla_latent_write_{}", dtype_suffix(dtype)?);
-    let f = function(dev, Module::Fused, &name)?;
     let pointers = [
         ptr(&ckv)?,
         ptr(norm)?,
@@ -319,15 +304,6 @@ pub fn mla_latent_write(
         ptr(cache)?,
     ];
     let ints = [l as i32, r as i32, i32::from(rope.interleaved)];
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    for p in &pointers {
-        b.arg(p);
-    }
-    for i in &ints {
-        b.arg(i);
-    }
-    b.arg(&eps);
     let cfg = LaunchConfig {
         grid_dim: (t as u32, 1, 1),
         block_dim: (QKV_THREADS, 1, 1),
@@ -335,7 +311,7 @@ pub fn mla_latent_write(
     };
     // SAFETY: shapes and dtypes checked above; slots are cache rows (checked when the batch was built)
     // or PAD_SLOT.
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    unsafe { launch(dev, Module::Fused, &name, cfg, &pointers, &ints, &[eps]) }?;
     Ok(true)
 }
 
@@ -371,7 +347,6 @@ pub fn mla_query(
     let (cos, sin) = (rope.cos.contiguous()?, rope.sin.contiguous()?);
     let dev = cuda_device(&q)?;
     let name = format!("mla_query_{}", dtype_suffix(dtype)?);
-    let f = function(dev, Module::Fused, &name)?;
     let pointers = [ptr(&q)?, ptr(&q_lat)?, ptr(&cos)?, ptr(&sin)?, ptr(&out)?];
     let ints = [
         t as i32,
@@ -381,20 +356,12 @@ pub fn mla_query(
         r as i32,
         i32::from(rope.interleaved),
     ];
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    for p in &pointers {
-        b.arg(p);
-    }
-    for i in &ints {
-        b.arg(i);
-    }
     let cfg = LaunchConfig {
         grid_dim: (t as u32, nh as u32, 1),
         block_dim: (QKV_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: q [t, nh, nope + r], q_lat [nh, t, l] contiguous, out [t, nh, l + r].
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    unsafe { launch(dev, Module::Fused, &name, cfg, &pointers, &ints, &[]) }?;
     Ok(Some(out))
 }

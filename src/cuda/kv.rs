@@ -1,10 +1,10 @@
 //! The paged cache's kernels: writing a step's rows through the slot mapping (pad rows write nothing) and
 //! zeroing freed blocks of every layer in one launch.
 
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 use candle_core::{DType, Tensor};
 
-use super::{cuda_device, dtype_suffix, function, launch_error, ptr, Module};
+use super::{cuda_device, dtype_suffix, launch, ptr, Module};
 use crate::error::{Error, Result};
 
 /// A slot-mapping entry that writes nothing: the rows that pad a captured decode step to its batch
@@ -34,17 +34,9 @@ pub fn kv_write(cache: &Tensor, slots: &Tensor, src: &Tensor) -> Result<()> {
     let src = src.contiguous()?;
     let dev = cuda_device(cache)?;
     let name = format!("kv_write_{}", dtype_suffix(src.dtype())?);
-    let f = function(dev, Module::KvCache, &name)?;
-    let (src_p, cache_p, slots_p) = (ptr(&src)?, ptr(cache)?, ptr(slots)?);
-    let (tokens_i, row_i) = (tokens as i32, row as i32);
+    let pointers = [ptr(&src)?, ptr(cache)?, ptr(slots)?];
+    let ints = [tokens as i32, row as i32];
     let blocks = (tokens * row).div_ceil(256).clamp(1, 8192) as u32;
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    b.arg(&src_p)
-        .arg(&cache_p)
-        .arg(&slots_p)
-        .arg(&tokens_i)
-        .arg(&row_i);
     let cfg = LaunchConfig {
         grid_dim: (blocks, 1, 1),
         block_dim: (256, 1, 1),
@@ -52,9 +44,10 @@ pub fn kv_write(cache: &Tensor, slots: &Tensor, src: &Tensor) -> Result<()> {
     };
     // SAFETY: the pointers come from live tensors of the sizes checked above; every slot is a row of
     // the cache (the block tables hand out slots below num_blocks * block_size).
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    unsafe { launch(dev, Module::KvCache, &name, cfg, &pointers, &ints, &[]) }?;
     Ok(())
 }
+
 /// Zeroes freed blocks of every cache tensor with one launch (instead of one copy per block per
 /// tensor): the tensors' addresses and block sizes are uploaded once.
 pub struct BlockZeroer {
@@ -111,9 +104,8 @@ impl BlockZeroer {
             "kv_zero_blocks_b2"
         };
         let unit = if self.wide { 16 } else { 2 };
-        let f = function(dev, Module::KvCache, name)?;
-        let (bases_p, sizes_p, ids_p) = (ptr(&self.bases)?, ptr(&self.block_bytes)?, ptr(&ids)?);
-        let n_i = blocks.len() as i32;
+        let pointers = [ptr(&self.bases)?, ptr(&self.block_bytes)?, ptr(&ids)?];
+        let ints = [blocks.len() as i32];
         let per_tensor = blocks.len() * self.largest_block / unit;
         let cfg = LaunchConfig {
             grid_dim: (
@@ -124,12 +116,9 @@ impl BlockZeroer {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&bases_p).arg(&sizes_p).arg(&ids_p).arg(&n_i);
         // SAFETY: bases and sizes describe live cache tensors (their owner keeps them); the caller's
         // block ids are below the block count, so every store stays inside its tensor.
-        unsafe { b.launch(cfg) }.map_err(|e| launch_error(name, e))?;
+        unsafe { launch(dev, Module::KvCache, name, cfg, &pointers, &ints, &[]) }?;
         Ok(())
     }
 }

@@ -162,3 +162,36 @@ fn dtype_suffix(dtype: DType) -> Result<&'static str> {
 fn launch_error(name: &str, e: impl std::fmt::Display) -> Error {
     kernel_error(&format!("launching {name}"), e)
 }
+
+/// Launches kernel `name` of `module` on candle's stream with `pointers`, then `ints`, then `floats` as
+/// its arguments, in that order (every kernel here but paged attention takes them so).
+///
+/// # Safety
+/// The arguments must match the kernel's signature, and the pointers must address live device memory
+/// of the sizes the kernel reads and writes under `cfg`.
+unsafe fn launch(
+    dev: &CudaDevice,
+    module: Module,
+    name: &str,
+    cfg: candle_core::cuda_backend::cudarc::driver::LaunchConfig,
+    pointers: &[u64],
+    ints: &[i32],
+    floats: &[f32],
+) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    let f = function(dev, module, name)?;
+    let stream = dev.cuda_stream();
+    let mut b = stream.launch_builder(&f);
+    for p in pointers {
+        b.arg(p);
+    }
+    for i in ints {
+        b.arg(i);
+    }
+    for x in floats {
+        b.arg(x);
+    }
+    // SAFETY: the caller's contract (arguments match the kernel, pointers live and large enough).
+    unsafe { b.launch(cfg) }.map_err(|e| launch_error(name, e))?;
+    Ok(())
+}

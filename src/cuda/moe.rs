@@ -1,10 +1,10 @@
 //! MoE routing on the GPU: router logits → top-k experts and weights (`moe_route`), and the assignments
 //! sorted by expert (`moe_sort`) in the layout candle's grouped GEMM (`moe_gemm`) reads.
 
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 use candle_core::{DType, Tensor};
 
-use super::{cuda_device, function, launch_error, output, ptr, Module};
+use super::{cuda_device, launch, output, ptr, Module};
 use crate::error::{Error, Result};
 
 /// The kernel's limits (shared memory per warp, registers for the chosen list, one lane per group).
@@ -97,7 +97,6 @@ pub fn route(
     let ids = output((t, top_k), DType::U32, logits.device())?;
     let weights = output((t, top_k), DType::F32, logits.device())?;
     let logits = logits.contiguous()?;
-    let f = function(dev, Module::MoeRouting, "moe_route")?;
     let opt = |x: Option<&Tensor>| x.map_or(Ok(0u64), ptr);
     let pointers = [
         ptr(&logits)?,
@@ -115,22 +114,23 @@ pub fn route(
         params.topk_group,
         params.renormalize,
     ];
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    for p in &pointers {
-        b.arg(p);
-    }
-    for i in &ints {
-        b.arg(i);
-    }
-    b.arg(&params.scaling);
     let cfg = LaunchConfig {
         grid_dim: (t.div_ceil(ROUTE_WARPS) as u32, 1, 1),
         block_dim: ((ROUTE_WARPS * 32) as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     // SAFETY: shapes checked above and in RouteParams::new (E ≤ MAX_EXPERTS, k ≤ MAX_TOP_K).
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error("moe_route", e))?;
+    unsafe {
+        launch(
+            dev,
+            Module::MoeRouting,
+            "moe_route",
+            cfg,
+            &pointers,
+            &ints,
+            &[params.scaling],
+        )
+    }?;
     Ok((ids, weights))
 }
 
@@ -160,7 +160,6 @@ pub fn sort_by_expert(ids: &Tensor, num_experts: usize) -> Result<SortedRoutes> 
     let offsets = output(num_experts + 1, DType::U32, ids.device())?;
     let active = output(num_experts + 1, DType::U32, ids.device())?;
     let ids = ids.contiguous()?;
-    let f = function(dev, Module::MoeRouting, "moe_sort")?;
     let pointers = [
         ptr(&ids)?,
         ptr(&assignments)?,
@@ -168,20 +167,24 @@ pub fn sort_by_expert(ids: &Tensor, num_experts: usize) -> Result<SortedRoutes> 
         ptr(&offsets)?,
         ptr(&active)?,
     ];
-    let (n_i, e_i) = (n as i32, num_experts as i32);
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    for p in &pointers {
-        b.arg(p);
-    }
-    b.arg(&n_i).arg(&e_i);
+    let ints = [n as i32, num_experts as i32];
     let cfg = LaunchConfig {
         grid_dim: (1, 1, 1),
         block_dim: (SORT_THREADS, 1, 1),
         shared_mem_bytes: (2 * num_experts * 4) as u32,
     };
     // SAFETY: outputs sized n and E + 1; shared memory holds 2·E counters.
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error("moe_sort", e))?;
+    unsafe {
+        launch(
+            dev,
+            Module::MoeRouting,
+            "moe_sort",
+            cfg,
+            &pointers,
+            &ints,
+            &[],
+        )
+    }?;
     Ok(SortedRoutes {
         assignments: assignments.narrow(0, 0, n)?,
         experts: experts.narrow(0, 0, n)?,
@@ -260,7 +263,6 @@ fn launch_expert(
     };
     let kind = if glu { "glu" } else { "matmul" };
     let name = format!("expert_{kind}_{}_v{vec}", super::dtype_suffix(x.dtype())?);
-    let f = function(dev, Module::ExpertMatmul, &name)?;
     let pointers = [
         ptr(&x)?,
         ptr(weights)?,
@@ -271,14 +273,6 @@ fn launch_expert(
         ptr(&out)?,
     ];
     let ints = [n as i32, k_dim as i32, in_div as i32, e as i32];
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    for p in &pointers {
-        b.arg(p);
-    }
-    for i in &ints {
-        b.arg(i);
-    }
     // A plain warp computes MATMUL_ROWS_PER_WARP rows; a GLU warp one output column (two rows).
     let per_block = if glu {
         MATMUL_WARPS
@@ -297,6 +291,6 @@ fn launch_expert(
     // SAFETY: shapes checked above; assignment indices are below rows (moe_sort), input rows below
     // rows / in_div; 16-byte loads only where K is a multiple of the vector width; GLU weights have an
     // even number of rows.
-    unsafe { b.launch(cfg) }.map_err(|e| launch_error(&name, e))?;
+    unsafe { launch(dev, Module::ExpertMatmul, &name, cfg, &pointers, &ints, &[]) }?;
     Ok(out)
 }

@@ -216,19 +216,7 @@ impl Attention {
         if let Some(ctx) = &inputs.paged {
             let (kc, vc) = kv.layer(layer);
             let vc = vc.ok_or_else(|| crate::Error::Kv("GQA cache without values".into()))?;
-            let heads = crate::cuda::CacheHeads {
-                keys: kc,
-                values: vc,
-                key_dim: hd,
-                value_dim: hd,
-                key_slot_stride: nkv * hd,
-                key_head_stride: hd,
-                value_slot_stride: nkv * hd,
-                value_head_stride: hd,
-                heads_per_kv: groups,
-            };
-            let out = crate::cuda::paged_attention(&q, &heads, ctx, self.scale as f32)?;
-            return self.o.forward(&out.reshape((t, nh * hd))?);
+            return self.attend_paged_gpu(&q, kc, vc, ctx);
         }
         if inputs.fast_cpu {
             let (kc, vc) = kv.layer(layer);
@@ -347,6 +335,24 @@ impl Attention {
         let Some(q) = crate::cuda::qk_norm_rope_write(&step)? else {
             return Ok(None);
         };
+        Ok(Some(self.attend_paged_gpu(&q, kc, vc, ctx)?))
+    }
+
+    /// Paged attention of roped `q` (`[T, nh, hd]`) over the layer's cache on a GPU, then the output
+    /// projection.
+    #[cfg(feature = "cuda")]
+    fn attend_paged_gpu(
+        &self,
+        q: &Tensor,
+        kc: &Tensor,
+        vc: &Tensor,
+        ctx: &crate::cuda::PagedContext,
+    ) -> Result<Tensor> {
+        let (nh, nkv, hd) = (
+            self.spec.num_heads,
+            self.spec.num_kv_heads,
+            self.spec.head_dim,
+        );
         let heads = crate::cuda::CacheHeads {
             keys: kc,
             values: vc,
@@ -359,8 +365,8 @@ impl Attention {
             heads_per_kv: nh / nkv,
         };
         let t = q.dim(0)?;
-        let out = crate::cuda::paged_attention(&q, &heads, ctx, self.scale as f32)?;
-        Ok(Some(self.o.forward(&out.reshape((t, nh * hd))?)?))
+        let out = crate::cuda::paged_attention(q, &heads, ctx, self.scale as f32)?;
+        self.o.forward(&out.reshape((t, nh * hd))?)
     }
 
     fn rotate(&self, x: &Tensor, inputs: &AttentionInputs) -> Result<Tensor> {

@@ -104,14 +104,7 @@ impl MlaAttention {
             return Ok(None);
         }
         let s = &self.spec;
-        let (nh, nope, r, l, v) = (
-            s.num_heads,
-            s.qk_nope_head_dim,
-            s.qk_rope_head_dim,
-            s.kv_lora_rank,
-            s.v_head_dim,
-        );
-        let t = x.dim(0)?;
+        let (nope, r, l) = (s.qk_nope_head_dim, s.qk_rope_head_dim, s.kv_lora_rank);
         let rope = crate::cuda::MlaRope {
             cos: &inputs.cos,
             sin: &inputs.sin,
@@ -141,6 +134,26 @@ impl MlaAttention {
         if !written {
             return Ok(None);
         }
+        Ok(Some(self.attend_latent_gpu(&q_rows, lat, ctx)?))
+    }
+
+    /// Paged attention of the absorbed query rows (`[T, nh, L + R]`) over the layer's latent cache on a
+    /// GPU, the value absorption and the output projection.
+    #[cfg(feature = "cuda")]
+    fn attend_latent_gpu(
+        &self,
+        q_rows: &Tensor,
+        lat: &Tensor,
+        ctx: &crate::cuda::PagedContext,
+    ) -> Result<Tensor> {
+        let s = &self.spec;
+        let (nh, r, l, v) = (
+            s.num_heads,
+            s.qk_rope_head_dim,
+            s.kv_lora_rank,
+            s.v_head_dim,
+        );
+        let t = q_rows.dim(0)?;
         let heads = crate::cuda::CacheHeads {
             keys: lat,
             values: lat,
@@ -152,16 +165,13 @@ impl MlaAttention {
             value_head_stride: 0,
             heads_per_kv: nh,
         };
-        let out_lat = crate::cuda::paged_attention(&q_rows, &heads, ctx, s.softmax_scale as f32)?;
+        let out_lat = crate::cuda::paged_attention(q_rows, &heads, ctx, s.softmax_scale as f32)?;
         // [T, nh, L] → [nh, T, L] @ [nh, L, v] → [nh, T, v] → [T, nh * v].
         let out = out_lat
             .transpose(0, 1)?
             .contiguous()?
             .matmul(&self.w_uv_t)?;
-        Ok(Some(
-            self.o
-                .forward(&out.transpose(0, 1)?.reshape((t, nh * v))?)?,
-        ))
+        self.o.forward(&out.transpose(0, 1)?.reshape((t, nh * v))?)
     }
 
     /// `x`: `[T, hidden]` (already normed). Returns `[T, hidden]`.
@@ -211,26 +221,8 @@ impl MlaAttention {
         #[cfg(feature = "cuda")]
         if let Some(ctx) = &inputs.paged {
             let (lat, _) = kv.layer(layer);
-            let heads = crate::cuda::CacheHeads {
-                keys: lat,
-                values: lat,
-                key_dim: l + r,
-                value_dim: l,
-                key_slot_stride: l + r,
-                key_head_stride: 0,
-                value_slot_stride: l + r,
-                value_head_stride: 0,
-                heads_per_kv: nh,
-            };
             let q_rows = q_full.transpose(0, 1)?.contiguous()?; // [T, nh, L + R]
-            let out_lat =
-                crate::cuda::paged_attention(&q_rows, &heads, ctx, s.softmax_scale as f32)?;
-            // [T, nh, L] → [nh, T, L] @ [nh, L, v] → [nh, T, v] → [T, nh * v].
-            let out = out_lat
-                .transpose(0, 1)?
-                .contiguous()?
-                .matmul(&self.w_uv_t)?;
-            return self.o.forward(&out.transpose(0, 1)?.reshape((t, nh * v))?);
+            return self.attend_latent_gpu(&q_rows, lat, ctx);
         }
         if inputs.fast_cpu {
             let (lat, _) = kv.layer(layer);
