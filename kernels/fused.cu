@@ -63,6 +63,21 @@ MOE_COMBINE(moe_combine_f32, float)
 MOE_COMBINE(moe_combine_bf16, __nv_bfloat16)
 MOE_COMBINE(moe_combine_f16, __half)
 
+// The roped value of element i (< rd) of a row read through `at`: pairs (i, i + rd/2) (rotate-half, as
+// candle's rope_thd) or (2p, 2p + 1) when `interleaved` (rope_i); `c`, `s` the token's cos/sin [rd/2].
+template <typename T, typename At>
+__device__ __forceinline__ float rope_at(At at, int i, int rd, int interleaved, const T* c,
+                                         const T* s) {
+    const int half = rd / 2;
+    if (interleaved) {
+        const int p = i / 2;
+        const float cp = to_f32(c[p]), sp = to_f32(s[p]);
+        return (i % 2 == 0) ? at(i) * cp - at(i + 1) * sp : at(i - 1) * sp + at(i) * cp;
+    }
+    if (i < half) return at(i) * to_f32(c[i]) - at(i + half) * to_f32(s[i]);
+    return at(i - half) * to_f32(s[i - half]) + at(i) * to_f32(c[i - half]);
+}
+
 // A decode layer's attention inputs in one launch (grouped-query attention): per head of the step's q,
 // k and v rows — optional per-head RMSNorm of q and k (Qwen3), rope over the first `rd` dims (pairs
 // (i, i + rd/2), or (2i, 2i+1) when `interleaved`) — q written to q_out, k and v into the cache at the
@@ -109,26 +124,11 @@ __device__ void qk_norm_rope_write(const T* __restrict__ q, const T* __restrict_
     if (!is_q && slot == PAD_SLOT) return;
     T* dst = is_q ? q_out + ((size_t)tok * nh + head) * hd
                   : k_cache + ((size_t)slot * nkv + kvh) * hd;
-    const int half = rd / 2;
-    const T* c = cos + (size_t)tok * half;
-    const T* s = sin + (size_t)tok * half;
-    for (int i = threadIdx.x; i < hd; i += QKV_THREADS) {
-        float out = row[i];
-        if (i < rd) {
-            if (interleaved) {
-                const int p = i / 2;
-                const float cp = to_f32(c[p]), sp = to_f32(s[p]);
-                out = (i % 2 == 0) ? row[i] * cp - row[i + 1] * sp : row[i - 1] * sp + row[i] * cp;
-            } else if (i < half) {
-                const float cp = to_f32(c[i]), sp = to_f32(s[i]);
-                out = row[i] * cp - row[i + half] * sp;
-            } else {
-                const float cp = to_f32(c[i - half]), sp = to_f32(s[i - half]);
-                out = row[i - half] * sp + row[i] * cp;
-            }
-        }
-        dst[i] = from_f32<T>(out);
-    }
+    const T* c = cos + (size_t)tok * (rd / 2);
+    const T* s = sin + (size_t)tok * (rd / 2);
+    const auto at = [&](int j) { return row[j]; };
+    for (int i = threadIdx.x; i < hd; i += QKV_THREADS)
+        dst[i] = from_f32<T>(i < rd ? rope_at(at, i, rd, interleaved, c, s) : row[i]);
     if (!is_q) {
         const T* vs = v + ((size_t)tok * nkv + kvh) * hd;
         T* vd = v_cache + ((size_t)slot * nkv + kvh) * hd;
@@ -212,22 +212,11 @@ __device__ void mla_latent_write(const T* __restrict__ ckv, const T* __restrict_
     T* dst = cache + (size_t)slot * (L + R);
     for (int i = threadIdx.x; i < L; i += QKV_THREADS)
         dst[i] = from_f32<T>(scale * to_f32(src[i]) * to_f32(w[i]));
-    const int half = R / 2;
-    const T* c = cos + (size_t)tok * half;
-    const T* s = sin + (size_t)tok * half;
-    for (int i = threadIdx.x; i < R; i += QKV_THREADS) {
-        float out;
-        if (interleaved) {
-            const int p = i / 2;
-            const float cp = to_f32(c[p]), sp = to_f32(s[p]);
-            out = (i % 2 == 0) ? pe[i] * cp - pe[i + 1] * sp : pe[i - 1] * sp + pe[i] * cp;
-        } else if (i < half) {
-            out = pe[i] * to_f32(c[i]) - pe[i + half] * to_f32(s[i]);
-        } else {
-            out = pe[i - half] * to_f32(s[i - half]) + pe[i] * to_f32(c[i - half]);
-        }
-        dst[L + i] = from_f32<T>(out);
-    }
+    const T* c = cos + (size_t)tok * (R / 2);
+    const T* s = sin + (size_t)tok * (R / 2);
+    const auto at = [&](int j) { return pe[j]; };
+    for (int i = threadIdx.x; i < R; i += QKV_THREADS)
+        dst[L + i] = from_f32<T>(rope_at(at, i, R, interleaved, c, s));
 }
 
 #define MLA_LATENT_WRITE(NAME, T)                                                                  \
@@ -252,23 +241,11 @@ __device__ void mla_query(const T* __restrict__ q, const T* __restrict__ q_lat,
     const T* pe = q + ((size_t)tok * nh + h) * (nope + R) + nope;
     T* dst = out + ((size_t)tok * nh + h) * (L + R);
     for (int i = threadIdx.x; i < L; i += QKV_THREADS) dst[i] = lat[i];
-    const int half = R / 2;
-    const T* c = cos + (size_t)tok * half;
-    const T* s = sin + (size_t)tok * half;
-    for (int i = threadIdx.x; i < R; i += QKV_THREADS) {
-        float o;
-        if (interleaved) {
-            const int p = i / 2;
-            const float cp = to_f32(c[p]), sp = to_f32(s[p]);
-            o = (i % 2 == 0) ? to_f32(pe[i]) * cp - to_f32(pe[i + 1]) * sp
-                             : to_f32(pe[i - 1]) * sp + to_f32(pe[i]) * cp;
-        } else if (i < half) {
-            o = to_f32(pe[i]) * to_f32(c[i]) - to_f32(pe[i + half]) * to_f32(s[i]);
-        } else {
-            o = to_f32(pe[i - half]) * to_f32(s[i - half]) + to_f32(pe[i]) * to_f32(c[i - half]);
-        }
-        dst[L + i] = from_f32<T>(o);
-    }
+    const T* c = cos + (size_t)tok * (R / 2);
+    const T* s = sin + (size_t)tok * (R / 2);
+    const auto at = [&](int j) { return to_f32(pe[j]); };
+    for (int i = threadIdx.x; i < R; i += QKV_THREADS)
+        dst[L + i] = from_f32<T>(rope_at(at, i, R, interleaved, c, s));
 }
 
 #define MLA_QUERY(NAME, T)                                                                         \
