@@ -4,6 +4,20 @@
 
 constexpr int NORM_THREADS = 256;
 
+// The sum of every thread's `v` over a block of THREADS threads (all must call it; it synchronises the
+// block, so shared-memory writes made before it are visible after it).
+template <int THREADS>
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[THREADS / 32];
+    v = warp_sum(v);
+    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int j = 0; j < THREADS / 32; ++j) total += partial[j];
+    return total;
+}
+
 // One block per row: x_out = x + d (rounded to T, as candle's add), h = rmsnorm(x_out) · w (candle's
 // rmsnorm arithmetic: f32 sum of squares, rsqrt(mean + eps), scale · x · w).
 template <typename T>
@@ -18,15 +32,7 @@ __device__ void add_rms_norm(const T* __restrict__ x, const T* __restrict__ d,
         const float f = to_f32(s);
         ss += f * f;
     }
-    __shared__ float partial[NORM_THREADS / 32];
-    ss = warp_sum(ss);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) partial[warp] = ss;
-    __syncthreads();
-    float total = 0.f;
-#pragma unroll
-    for (int j = 0; j < NORM_THREADS / 32; ++j) total += partial[j];
-    const float scale = rsqrtf(total / H + eps);
+    const float scale = rsqrtf(block_sum<NORM_THREADS>(ss) / H + eps);
     // Each thread reads back only what it wrote above.
     for (int i = threadIdx.x; i < H; i += NORM_THREADS)
         h[base + i] = from_f32<T>(scale * to_f32(x_out[base + i]) * to_f32(w[i]));
@@ -96,7 +102,6 @@ __device__ void qk_norm_rope_write(const T* __restrict__ q, const T* __restrict_
                                    T* __restrict__ v_cache, int nh, int nkv, int hd, int rd,
                                    int interleaved, float eps) {
     __shared__ float row[QKV_MAX_HD];
-    __shared__ float partial[QKV_THREADS / 32];
     const int tok = blockIdx.x, head = blockIdx.y;
     const bool is_q = head < nh;
     const int kvh = head - nh;
@@ -109,13 +114,7 @@ __device__ void qk_norm_rope_write(const T* __restrict__ q, const T* __restrict_
         ss += x * x;
     }
     if (w != nullptr) {
-        ss = warp_sum(ss);
-        if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
-        __syncthreads();
-        float total = 0.f;
-#pragma unroll
-        for (int j = 0; j < QKV_THREADS / 32; ++j) total += partial[j];
-        const float scale = rsqrtf(total / hd + eps);
+        const float scale = rsqrtf(block_sum<QKV_THREADS>(ss) / hd + eps);
         for (int i = threadIdx.x; i < hd; i += QKV_THREADS)
             row[i] = to_f32(from_f32<T>(scale * row[i] * to_f32(w[i])));
     }
@@ -190,7 +189,6 @@ __device__ void mla_latent_write(const T* __restrict__ ckv, const T* __restrict_
                                  const T* __restrict__ cos, const T* __restrict__ sin,
                                  const uint32_t* __restrict__ slots, T* __restrict__ cache, int L,
                                  int R, int interleaved, float eps) {
-    __shared__ float partial[QKV_THREADS / 32];
     __shared__ float pe[QKV_MAX_HD];
     const int tok = blockIdx.x;
     const uint32_t slot = slots[tok];
@@ -202,13 +200,8 @@ __device__ void mla_latent_write(const T* __restrict__ ckv, const T* __restrict_
         ss += x * x;
     }
     for (int i = threadIdx.x; i < R; i += QKV_THREADS) pe[i] = to_f32(src[L + i]);
-    ss = warp_sum(ss);
-    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
-    __syncthreads();
-    float total = 0.f;
-#pragma unroll
-    for (int j = 0; j < QKV_THREADS / 32; ++j) total += partial[j];
-    const float scale = rsqrtf(total / L + eps);
+    // block_sum synchronises: pe is complete after it.
+    const float scale = rsqrtf(block_sum<QKV_THREADS>(ss) / L + eps);
     T* dst = cache + (size_t)slot * (L + R);
     for (int i = threadIdx.x; i < L; i += QKV_THREADS)
         dst[i] = from_f32<T>(scale * to_f32(src[i]) * to_f32(w[i]));

@@ -41,6 +41,16 @@ impl Side {
     }
 }
 
+/// The largest |element| of a tensor.
+fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn argmax(row: &[f32]) -> u32 {
     row.iter()
         .enumerate()
@@ -132,23 +142,11 @@ fn check(fixture: &str, dtype: DType, tolerance: f32) {
     );
     // The graphed side's cache holds what the eager side's does (pad rows wrote nothing).
     let (a, b) = (sides[0].kv.layer(0).0, sides[1].kv.layer(0).0);
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = a
-        .to_dtype(DType::F32)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let (a, b) = (
+        a.to_dtype(DType::F32).unwrap(),
+        b.to_dtype(DType::F32).unwrap(),
+    );
+    let (d, scale) = (max_abs(&(&a - &b).unwrap()), max_abs(&a));
     assert!(d <= tolerance * scale, "{fixture} caches differ by {d}");
 }
 

@@ -482,6 +482,50 @@ fn sort_groups_long_prompts_by_expert() {
     assert_eq!(offsets[e] as usize, t * k);
 }
 
+/// Relative difference of a GPU experts backend from the f32 reference on random tokens (rounded to
+/// `dtype`, the GPU's activations) routed to `k` distinct experts of `e` each; `shape` is (tokens,
+/// hidden, e, k).
+fn experts_diff(
+    rng: &mut StdRng,
+    gpu_experts: &dyn ExpertsBackend,
+    reference: &GroupedExperts,
+    (tokens, hidden, e, k): (usize, usize, usize, usize),
+    dtype: DType,
+) -> f32 {
+    let dev = gpu();
+    let x = Tensor::from_vec(
+        uniform(rng, tokens * hidden),
+        (tokens, hidden),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .to_dtype(dtype)
+    .unwrap()
+    .to_dtype(DType::F32)
+    .unwrap();
+    let mut ids = Vec::new();
+    let mut wts = Vec::new();
+    for _ in 0..tokens {
+        let mut all: Vec<u32> = (0..e as u32).collect();
+        all.shuffle(rng);
+        ids.extend_from_slice(&all[..k]);
+        wts.extend((0..k).map(|_| rng.random_range(0.1f32..0.6)));
+    }
+    let routes = |d: &Device| Routes {
+        ids: Tensor::from_slice(&ids, (tokens, k), d).unwrap(),
+        weights: Tensor::from_slice(&wts, (tokens, k), d).unwrap(),
+    };
+    let want = host(&reference.forward(&x, &routes(&Device::Cpu)).unwrap());
+    let got = gpu_experts
+        .forward(
+            &x.to_device(&dev).unwrap().to_dtype(dtype).unwrap(),
+            &routes(&dev),
+        )
+        .unwrap();
+    assert_eq!(got.dims(), &[tokens, hidden]);
+    rel_max_diff(&host(&got), &want)
+}
+
 fn check_experts(tokens: usize, dtype: DType) {
     check_experts_shaped(tokens, dtype, 256, 96);
 }
@@ -518,37 +562,13 @@ fn check_experts_shaped(tokens: usize, dtype: DType, hidden: usize, inter: usize
         .collect();
     let reference = GroupedExperts::from_weights(weights).unwrap();
     let gpu_experts = CudaExperts::from_weights(on_gpu).unwrap();
-    let x = Tensor::from_vec(
-        uniform(&mut rng, tokens * hidden),
-        (tokens, hidden),
-        &Device::Cpu,
-    )
-    .unwrap()
-    .to_dtype(dtype)
-    .unwrap()
-    .to_dtype(DType::F32)
-    .unwrap();
-    let mut ids = Vec::new();
-    let mut wts = Vec::new();
-    for _ in 0..tokens {
-        let mut all: Vec<u32> = (0..e as u32).collect();
-        all.shuffle(&mut rng);
-        ids.extend_from_slice(&all[..k]);
-        wts.extend((0..k).map(|_| rng.random_range(0.1f32..0.6)));
-    }
-    let routes = |d: &Device| Routes {
-        ids: Tensor::from_slice(&ids, (tokens, k), d).unwrap(),
-        weights: Tensor::from_slice(&wts, (tokens, k), d).unwrap(),
-    };
-    let want = host(&reference.forward(&x, &routes(&Device::Cpu)).unwrap());
-    let got = gpu_experts
-        .forward(
-            &x.to_device(&dev).unwrap().to_dtype(dtype).unwrap(),
-            &routes(&dev),
-        )
-        .unwrap();
-    assert_eq!(got.dims(), &[tokens, hidden]);
-    let d = rel_max_diff(&host(&got), &want);
+    let d = experts_diff(
+        &mut rng,
+        &gpu_experts,
+        &reference,
+        (tokens, hidden, e, k),
+        dtype,
+    );
     assert!(d < 2e-2, "experts {tokens} tokens {dtype:?}: {d}");
 }
 
@@ -680,37 +700,8 @@ fn fp8_experts_match_dequantized_reference() {
             .collect();
         let reference = GroupedExperts::from_weights(dense).unwrap();
         let gpu_experts = CudaFp8Experts::from_blocks(&experts, &dev).unwrap();
-        let x = Tensor::from_vec(
-            uniform(&mut rng, tokens * hidden),
-            (tokens, hidden),
-            &Device::Cpu,
-        )
-        .unwrap()
-        .to_dtype(DType::BF16)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-        let mut ids = Vec::new();
-        let mut wts = Vec::new();
-        for _ in 0..tokens {
-            let mut all: Vec<u32> = (0..e as u32).collect();
-            all.shuffle(&mut rng);
-            ids.extend_from_slice(&all[..k]);
-            wts.extend((0..k).map(|_| rng.random_range(0.1f32..0.6)));
-        }
-        let routes = |d: &Device| Routes {
-            ids: Tensor::from_slice(&ids, (tokens, k), d).unwrap(),
-            weights: Tensor::from_slice(&wts, (tokens, k), d).unwrap(),
-        };
-        let want = host(&reference.forward(&x, &routes(&Device::Cpu)).unwrap());
-        let got = gpu_experts
-            .forward(
-                &x.to_device(&dev).unwrap().to_dtype(DType::BF16).unwrap(),
-                &routes(&dev),
-            )
-            .unwrap();
-        assert_eq!(got.dims(), &[tokens, hidden]);
-        let d = rel_max_diff(&host(&got), &want);
+        let shape = (tokens, hidden, e, k);
+        let d = experts_diff(&mut rng, &gpu_experts, &reference, shape, DType::BF16);
         assert!(d < 3e-2, "FP8 experts {tokens} tokens {block:?}: {d}");
     }
 }

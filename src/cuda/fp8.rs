@@ -3,7 +3,6 @@
 //! reading them, with SwiGLU fused into the gate/up pass — half the bytes of the bf16 the weights were
 //! dequantized to before.
 
-use candle_core::cuda_backend::cudarc::driver::LaunchConfig;
 use candle_core::{DType, Device, Tensor};
 
 use super::moe::SortedRoutes;
@@ -117,17 +116,7 @@ pub fn expert_matmul_fp8(
         w.block.0 as i32,
         w.block.1 as i32,
     ];
-    const WARPS: usize = 4;
-    let per_block = if glu { WARPS } else { 2 * WARPS };
-    let cfg = LaunchConfig {
-        grid_dim: (
-            out_cols.div_ceil(per_block) as u32,
-            sorted.max_active as u32,
-            1,
-        ),
-        block_dim: ((WARPS * 32) as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = super::moe::expert_launch_config(out_cols, glu, sorted);
     // SAFETY: the stack holds e·n·k bytes and its scales (checked in `Fp8Stack::new`: n in whole row
     // blocks, k a multiple of 16 so every 16-byte load stays in its row and block); x is [_, k] aligned
     // to 16 bytes; assignment indices come from moe_sort.

@@ -195,8 +195,33 @@ pub fn sort_by_expert(ids: &Tensor, num_experts: usize) -> Result<SortedRoutes> 
     })
 }
 
+/// Warps per block and rows per plain warp of `kernels/expert_common.cuh` (EXPERT_WARPS, R).
 const MATMUL_WARPS: usize = 4;
 const MATMUL_ROWS_PER_WARP: usize = 2;
+
+/// The grid of the grouped expert kernels (bf16/f16/f32 and FP8 share their skeleton): blocks of
+/// [`MATMUL_WARPS`] warps over the output columns — a plain warp computes [`MATMUL_ROWS_PER_WARP`] rows,
+/// a GLU warp one output column (two rows) — by the active-expert slots.
+pub(super) fn expert_launch_config(
+    out_cols: usize,
+    glu: bool,
+    sorted: &SortedRoutes,
+) -> LaunchConfig {
+    let per_block = if glu {
+        MATMUL_WARPS
+    } else {
+        MATMUL_WARPS * MATMUL_ROWS_PER_WARP
+    };
+    LaunchConfig {
+        grid_dim: (
+            out_cols.div_ceil(per_block) as u32,
+            sorted.max_active as u32,
+            1,
+        ),
+        block_dim: ((MATMUL_WARPS * 32) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
 
 /// Grouped expert projection for few tokens per expert: row `a` of the result (`[T·k, N]`) is
 /// `weights[e] · x[a / in_div]` (times `scale[a]` when given) for each assignment `a` of expert `e`.
@@ -273,21 +298,7 @@ fn launch_expert(
         ptr(&out)?,
     ];
     let ints = [n as i32, k_dim as i32, in_div as i32, e as i32];
-    // A plain warp computes MATMUL_ROWS_PER_WARP rows; a GLU warp one output column (two rows).
-    let per_block = if glu {
-        MATMUL_WARPS
-    } else {
-        MATMUL_WARPS * MATMUL_ROWS_PER_WARP
-    };
-    let cfg = LaunchConfig {
-        grid_dim: (
-            out_cols.div_ceil(per_block) as u32,
-            sorted.max_active as u32,
-            1,
-        ),
-        block_dim: ((MATMUL_WARPS * 32) as u32, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = expert_launch_config(out_cols, glu, sorted);
     // SAFETY: shapes checked above; assignment indices are below rows (moe_sort), input rows below
     // rows / in_div; 16-byte loads only where K is a multiple of the vector width; GLU weights have an
     // even number of rows.

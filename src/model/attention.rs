@@ -27,6 +27,12 @@ pub(crate) struct AttentionInputs {
 }
 
 impl AttentionInputs {
+    /// The step's paged context where the fused GPU kernels run (a GPU step, `--cuda-fusions` on).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn fused_paged(&self) -> Option<&crate::cuda::PagedContext> {
+        self.paged.as_ref().filter(|_| crate::cuda::fusions())
+    }
+
     /// Per-sequence rows for [`super::cpu::attention::paged_attention`].
     pub(crate) fn rows(&self) -> Vec<super::cpu::attention::SeqRows<'_>> {
         self.seqs
@@ -293,13 +299,10 @@ impl Attention {
         inputs: &AttentionInputs,
         kv: &KvCache,
     ) -> Result<Option<Tensor>> {
-        let Some(ctx) = &inputs.paged else {
+        let Some(ctx) = inputs.fused_paged() else {
             return Ok(None);
         };
-        if !crate::cuda::fusions()
-            || self.spec.clip_qkv.is_some()
-            || self.spec.qk_norm == QkNorm::Whole
-        {
+        if self.spec.clip_qkv.is_some() || self.spec.qk_norm == QkNorm::Whole {
             return Ok(None);
         }
         let norms = match (self.spec.qk_norm, &self.q_norm, &self.k_norm) {

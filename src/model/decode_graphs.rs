@@ -89,6 +89,9 @@ mod captured {
 
     /// The fixed device buffers a captured step reads.
     struct StepBuffers {
+        /// `[3 · rows]` u32: token ids, positions, slot mapping (one upload per step); the three
+        /// below are views of it.
+        ids: Tensor,
         tokens: Tensor,
         positions: Tensor,
         slots: Tensor,
@@ -99,10 +102,12 @@ mod captured {
     impl StepBuffers {
         fn new(rows: usize, context_bound: usize, model: &Model) -> Result<Self> {
             let device = model.device();
+            let ids = Tensor::zeros(3 * rows, DType::U32, device)?;
             Ok(Self {
-                tokens: Tensor::zeros(rows, DType::U32, device)?,
-                positions: Tensor::zeros(rows, DType::U32, device)?,
-                slots: Tensor::zeros(rows, DType::U32, device)?,
+                tokens: ids.narrow(0, 0, rows)?,
+                positions: ids.narrow(0, rows, rows)?,
+                slots: ids.narrow(0, 2 * rows, rows)?,
+                ids,
                 context: PagedContext::with_capacity(
                     rows,
                     rows * context_bound,
@@ -115,15 +120,21 @@ mod captured {
 
         /// Writes a padded step into the buffers (uploads, outside any capture).
         fn fill(&self, padded: &Batch) -> Result<()> {
-            let device = self.tokens.device();
-            let rows = padded.num_tokens();
-            for (buffer, values) in [
-                (&self.tokens, &padded.tokens),
-                (&self.positions, &padded.positions),
-                (&self.slots, &padded.slot_mapping),
-            ] {
-                buffer.slice_set(&Tensor::from_slice(values, rows, device)?, 0, 0)?;
+            let ids: Vec<u32> = [&padded.tokens, &padded.positions, &padded.slot_mapping]
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+            if ids.len() != self.ids.elem_count() {
+                return Err(Error::Batch(format!(
+                    "a padded step of {} rows for buffers of {}",
+                    padded.num_tokens(),
+                    self.ids.elem_count() / 3
+                )));
             }
+            let n = ids.len();
+            self.ids
+                .slice_set(&Tensor::from_vec(ids, n, self.ids.device())?, 0, 0)?;
             let seqs: Vec<ContextSeq<'_>> = padded
                 .seqs
                 .iter()
@@ -137,9 +148,7 @@ mod captured {
 
         /// Zeroes the buffers (the last step's token ids, positions and slots).
         fn clear(&self) -> Result<()> {
-            for t in [&self.tokens, &self.positions, &self.slots] {
-                t.zero_set()?;
-            }
+            self.ids.zero_set()?;
             self.context.clear()
         }
 

@@ -97,12 +97,9 @@ impl MlaAttention {
         inputs: &AttentionInputs,
         kv: &KvCache,
     ) -> Result<Option<Tensor>> {
-        let Some(ctx) = &inputs.paged else {
+        let Some(ctx) = inputs.fused_paged() else {
             return Ok(None);
         };
-        if !crate::cuda::fusions() {
-            return Ok(None);
-        }
         let s = &self.spec;
         let (nope, r, l) = (s.qk_nope_head_dim, s.qk_rope_head_dim, s.kv_lora_rank);
         let rope = crate::cuda::MlaRope {

@@ -54,11 +54,7 @@ impl CudaFp8Experts {
         if !store.fp8_experts_as_stored() || !fits(hidden, inter, blk) {
             return Ok(None);
         }
-        let (br, bc) = blk;
-        let mut gu_bytes = Vec::with_capacity(e_count * 2 * inter * hidden);
-        let mut gu_scales = Vec::new();
-        let mut d_bytes = Vec::with_capacity(e_count * hidden * inter);
-        let mut d_scales = Vec::new();
+        let mut stacks = Stacks::with_capacity(e_count, hidden, inter);
         let shapes = [[inter, hidden], [inter, hidden], [hidden, inter]];
         for e in 0..e_count {
             for (p, shape) in shapes.iter().enumerate() {
@@ -74,35 +70,10 @@ impl CudaFp8Experts {
                         b.block
                     )));
                 }
-                let (bytes, scales) = if p == 2 {
-                    (&mut d_bytes, &mut d_scales)
-                } else {
-                    (&mut gu_bytes, &mut gu_scales)
-                };
-                bytes.extend_from_slice(&b.bytes);
-                scales.extend_from_slice(&b.scales);
+                stacks.push(p, &b);
             }
         }
-        let device = store.device().clone();
-        Ok(Some(Self {
-            gate_up: Fp8Stack::new(
-                gu_bytes,
-                gu_scales,
-                [e_count, 2 * inter, hidden],
-                (br, bc),
-                &device,
-            )?,
-            down: Fp8Stack::new(
-                d_bytes,
-                d_scales,
-                [e_count, hidden, inter],
-                (br, bc),
-                &device,
-            )?,
-            num_experts: e_count,
-            hidden,
-            intermediate: inter,
-        }))
+        Ok(Some(stacks.upload(hidden, inter, blk, store.device())?))
     }
 
     /// Random FP8 experts of these shapes (`--load-format dummy` of an FP8 checkpoint): finite e4m3
@@ -165,21 +136,57 @@ impl CudaFp8Experts {
             .first()
             .ok_or_else(|| Error::Device("no experts".into()))?;
         let (inter, hidden) = (first[0].rows, first[0].cols);
-        let blk = first[0].block;
-        let mut gu = (Vec::new(), Vec::new());
-        let mut d = (Vec::new(), Vec::new());
-        for [g, u, dn] in experts {
-            for b in [g, u] {
-                gu.0.extend_from_slice(&b.bytes);
-                gu.1.extend_from_slice(&b.scales);
+        let mut stacks = Stacks::with_capacity(experts.len(), hidden, inter);
+        for three in experts {
+            for (p, b) in three.iter().enumerate() {
+                stacks.push(p, b);
             }
-            d.0.extend_from_slice(&dn.bytes);
-            d.1.extend_from_slice(&dn.scales);
         }
-        let e = experts.len();
-        Ok(Self {
-            gate_up: Fp8Stack::new(gu.0, gu.1, [e, 2 * inter, hidden], blk, device)?,
-            down: Fp8Stack::new(d.0, d.1, [e, hidden, inter], blk, device)?,
+        stacks.upload(hidden, inter, first[0].block, device)
+    }
+}
+
+/// Every expert's FP8 bytes and scales appended as they are read: each expert's gate rows then up rows
+/// (`[E, 2·I, H]`), and the downs (`[E, H, I]`).
+struct Stacks {
+    gate_up: (Vec<u8>, Vec<f32>),
+    down: (Vec<u8>, Vec<f32>),
+    experts: usize,
+}
+
+impl Stacks {
+    fn with_capacity(experts: usize, hidden: usize, inter: usize) -> Self {
+        Self {
+            gate_up: (Vec::with_capacity(experts * 2 * inter * hidden), Vec::new()),
+            down: (Vec::with_capacity(experts * hidden * inter), Vec::new()),
+            experts: 0,
+        }
+    }
+
+    /// Appends projection `which` (0 gate, 1 up, 2 down) of the next expert.
+    fn push(&mut self, which: usize, b: &crate::weights::Fp8Blocks) {
+        let (bytes, scales) = if which == 2 {
+            self.experts += 1;
+            &mut self.down
+        } else {
+            &mut self.gate_up
+        };
+        bytes.extend_from_slice(&b.bytes);
+        scales.extend_from_slice(&b.scales);
+    }
+
+    fn upload(
+        self,
+        hidden: usize,
+        inter: usize,
+        block: (usize, usize),
+        device: &Device,
+    ) -> Result<CudaFp8Experts> {
+        let e = self.experts;
+        let (gu, d) = (self.gate_up, self.down);
+        Ok(CudaFp8Experts {
+            gate_up: Fp8Stack::new(gu.0, gu.1, [e, 2 * inter, hidden], block, device)?,
+            down: Fp8Stack::new(d.0, d.1, [e, hidden, inter], block, device)?,
             num_experts: e,
             hidden,
             intermediate: inter,
